@@ -1,0 +1,194 @@
+"""Tests of image_functions: the class/band table, readers, statistics, layers, datasets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import image_functions as imf
+from image_functions import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tables_match_eurosat():
+    assert imf.CLASS_NAMES == tuple(sorted(imf.CLASS_NAMES))
+    assert len(imf.CLASS_NAMES) == 10
+    assert imf.MS_BAND_NAMES[-1] == "B8A" and imf.MS_BAND_NAMES[8:10] == ("B09", "B10")
+    assert imf.select_bands("rgb", imf.MS_BAND_NAMES) == [3, 2, 1]
+    assert imf.select_bands("B08, b8a", imf.MS_BAND_NAMES) == [7, 12]
+    assert imf.select_bands(None, imf.RGB_BAND_NAMES) == [0, 1, 2]
+    with pytest.raises(InputError, match="B99 is not among"):
+        imf.select_bands("B04,B99", imf.MS_BAND_NAMES)
+    mean, std = imf.talk_constants(13)
+    assert mean[9] == pytest.approx(12.092) and std.shape == (13,)
+    with pytest.raises(InputError):
+        imf.talk_constants(4)
+
+
+def test_eurosat_rgb_scaling():
+    values = np.array([-5, 0, 1375, 2750, 9000])
+    assert imf.eurosat_rgb_from_l1c(values).tolist() == [1, 1, 128, 255, 255]
+
+
+def test_read_real_images(sample_rgb_dataset, sample_ms_dataset):
+    rgb = imf.read_image(imf.list_images(sample_rgb_dataset / "Forest")[0])
+    ms = imf.read_image(imf.list_images(sample_ms_dataset / "SeaLake")[0], expected_bands=13)
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    assert ms.shape == (64, 64, 13) and ms.dtype == np.uint16
+    # Water is dark in the near infrared (B08) compared with the blue band (B02).
+    assert ms[..., 7].mean() < ms[..., 1].mean() * 1.5
+
+
+def test_read_errors_name_the_file(tmp_path, sample_ms_dataset, sample_rgb_dataset):
+    tif = imf.list_images(sample_ms_dataset / "Forest")[0]
+    jpg = imf.list_images(sample_rgb_dataset / "Forest")[0]
+    truncated_tif = tmp_path / "truncated.tif"
+    truncated_tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])
+    truncated_jpg = tmp_path / "truncated.jpg"
+    truncated_jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not an image at all")
+    for bad in (truncated_tif, truncated_jpg, garbage):
+        with pytest.raises(InputError, match=str(bad.name)):
+            imf.read_image(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        imf.read_image(tmp_path / "missing.tif")
+    with pytest.raises(InputError, match="has 13 bands, expected 3"):
+        imf.read_image(tif, expected_bands=3)
+
+
+def test_list_class_images_errors(tmp_path, sample_rgb_dataset):
+    with pytest.raises(InputError, match="does not exist"):
+        imf.list_class_images(tmp_path / "nothing")
+    (tmp_path / "Forest").mkdir()
+    with pytest.raises(InputError, match="holds no JPEG or GeoTIFF"):
+        imf.list_class_images(tmp_path)
+    (tmp_path / "Glacier").mkdir()
+    with pytest.raises(InputError, match="Glacier"):
+        imf.list_class_images(tmp_path)
+    pairs = imf.list_class_images(sample_rgb_dataset)
+    assert [label for _, label in pairs] == sorted(label for _, label in pairs)
+    assert {label for _, label in pairs} == set(range(10))
+
+
+@pytest.mark.parametrize("method", ["exact", "talk"])
+def test_band_statistics_match_numpy(sample_ms_dataset, method):
+    paths = [path for path, _ in imf.list_class_images(sample_ms_dataset)]
+    stats = imf.band_statistics(paths, method=method, progress=False)
+    images = np.stack([imf.read_image(path) for path in paths]).astype(np.float64)
+    if method == "exact":
+        mean = images.mean(axis=(0, 1, 2))
+        std = images.std(axis=(0, 1, 2))
+    else:
+        mean = images.mean(axis=(1, 2)).mean(axis=0)
+        std = images.std(axis=(1, 2)).mean(axis=0)
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-9)
+    np.testing.assert_allclose(stats["std"], std, rtol=1e-9)
+    assert stats["images"] == len(paths) and stats["pixels"] == len(paths) * 64 * 64
+    assert stats["bands"] == list(imf.MS_BAND_NAMES)
+
+
+def test_band_statistics_mixed_band_counts(sample_ms_dataset, sample_rgb_dataset):
+    paths = [
+        imf.list_images(sample_ms_dataset / "Forest")[0],
+        imf.list_images(sample_rgb_dataset / "Forest")[0],
+    ]
+    with pytest.raises(InputError, match="has 3 bands, expected 13"):
+        imf.band_statistics(paths, progress=False)
+
+
+def test_normalization_layer_applies_mean_and_std():
+    layer = imf.normalization_layer([10.0, 20.0], [2.0, 4.0])
+    output = np.asarray(layer(np.array([[[[12.0, 12.0]]]], dtype=np.float32)))
+    np.testing.assert_allclose(output[0, 0, 0], [1.0, -2.0], rtol=1e-6)
+
+
+def test_augmentation_only_in_training():
+    images = np.random.default_rng(0).random((4, 64, 64, 13)).astype(np.float32)
+    augmentation = imf.augmentation_layers(seed=1)
+    np.testing.assert_array_equal(np.asarray(augmentation(images, training=False)), images)
+    changed = np.asarray(augmentation(images, training=True))
+    assert changed.shape == images.shape and not np.allclose(changed, images)
+
+
+def test_folder_dataset_is_a_real_epoch(sample_ms_dataset):
+    dataset, labels = imf.folder_dataset(
+        sample_ms_dataset, batch_size=16, training=True, band_indices=[3, 2, 1], progress=False
+    )
+    batches = list(dataset)
+    seen = np.concatenate([np.argmax(np.asarray(y), axis=1) for _, y in batches])
+    assert sorted(seen.tolist()) == sorted(labels.tolist())  # every image once per epoch
+    first_images = batches[0][0]
+    assert first_images.shape[1:] == (64, 64, 3) and first_images.dtype.name == "float32"
+    evaluation, _ = imf.folder_dataset(
+        sample_ms_dataset, batch_size=16, training=False, progress=False
+    )
+    order = np.concatenate([np.argmax(np.asarray(y), axis=1) for _, y in evaluation])
+    np.testing.assert_array_equal(order, labels)
+
+
+def test_talk_generator_batches(sample_rgb_dataset):
+    files = [path for path, _ in imf.list_class_images(sample_rgb_dataset)]
+    indices = {name: index for index, name in enumerate(imf.CLASS_NAMES)}
+    generator = imf.simple_image_generator(
+        files, indices, batch_size=8, rotation_range=45, horizontal_flip=True, vertical_flip=True
+    )
+    images, labels = next(generator)
+    assert images.shape == (8, 64, 64, 3) and labels.shape == (8, 10)
+    np.testing.assert_array_equal(labels.sum(axis=1), np.ones(8))
+    assert abs(images.mean()) < 3  # normalised with the talk's constants
+
+
+def test_import_is_light():
+    code = "import sys, image_functions, command_line; print('tensorflow' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_settings_from_constants(tmp_path):
+    script = tmp_path / "99_example.py"
+    script.write_text(
+        '"""Example script.\n\nMore text."""\n'
+        "BATCH_SIZE = 64  # images per batch\n"
+        'ARCH = "vgg16"  # backbone\n'
+        "OVERWRITE = False  # replace outputs\n"
+        "WEIGHTS = None  # weights file\n"
+        "RATE = 0.5  # a fraction\n"
+    )
+    import command_line
+
+    settings = command_line.parse_settings(
+        script, ["--batch-size", "8", "--overwrite"], choices={"ARCH": ["vgg16", "densenet201"]}
+    )
+    assert settings.batch_size == 8 and settings.overwrite is True
+    assert settings.arch == "vgg16" and settings.weights is None and settings.rate == 0.5
+    with pytest.raises(SystemExit):
+        command_line.parse_settings(script, ["--arch", "resnet"], choices={"ARCH": ["vgg16"]})
+
+
+def test_atomic_output(tmp_path):
+    import command_line
+
+    target = tmp_path / "out" / "result.txt"
+    with command_line.atomic_output(target) as temporary:
+        temporary.write_text("done")
+        assert not target.exists()
+    assert target.read_text() == "done"
+    with pytest.raises(InputError, match="already exists"):
+        with command_line.atomic_output(target):
+            pass
+    with pytest.raises(RuntimeError):
+        with command_line.atomic_output(target, overwrite=True) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "done"
+    assert sorted(path.name for path in target.parent.iterdir()) == ["result.txt"]
+    shutil.rmtree(tmp_path / "out")
