@@ -1,0 +1,420 @@
+"""01_split_data_to_train_and_validation.py: the talk's split, safety, download."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.server
+import importlib.util
+import io
+import os
+import random
+import stat
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from image_functions import CLASS_NAMES, InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "01_split_data_to_train_and_validation.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("split_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+split = load_script()
+
+
+def make_source(folder: Path, counts: dict[str, int] | None = None, suffix: str = ".jpg") -> Path:
+    """A EuroSAT-layout folder of small files (the split looks at names, not pixels)."""
+    counts = counts or {name: 10 + 3 * index for index, name in enumerate(CLASS_NAMES)}
+    for name, count in counts.items():
+        (folder / name).mkdir(parents=True)
+        for number in range(1, count + 1):
+            (folder / name / f"{name}_{number}{suffix}").write_bytes(f"{name}{number}".encode())
+    return folder
+
+
+def run(source: Path, target: Path, *flags: str) -> dict:
+    return split.main(["--source", str(source), "--target", str(target), "--no-progress", *flags])
+
+
+def read_split_csv(target: Path) -> list[tuple[str, str, str]]:
+    with (target / "split.csv").open(newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert tuple(rows[0]) == ("path", "class", "subset")
+    return [tuple(row) for row in rows[1:]]
+
+
+def talk_split(source: Path) -> dict[str, list[str]]:
+    """The talk's algorithm, on a file system whose os.listdir is alphabetical (NTFS)."""
+    random.seed(42)
+    validation = {}
+    for sub_dir in sorted(os.listdir(source)):
+        files = sorted(os.listdir(source / sub_dir))
+        random.shuffle(files)
+        validation[sub_dir] = files[: int(len(files) * 0.3)]
+    return validation
+
+
+# --- the split itself ------------------------------------------------------------
+
+
+def test_default_split_is_the_talks_split(tmp_path):
+    source = make_source(tmp_path / "eurosat")
+    assignment = run(source, tmp_path / "split")
+    expected = talk_split(source)
+    for name in CLASS_NAMES:
+        assert assignment[name]["validation"] == expected[name]
+        n = len(os.listdir(source / name))
+        assert len(assignment[name]["validation"]) == int(n * 0.3)
+
+
+def test_split_is_disjoint_complete_stratified_and_recorded(tmp_path):
+    source = make_source(tmp_path / "eurosat")
+    target = tmp_path / "split"
+    run(source, target, "--test-fraction", "0.2")
+    rows = read_split_csv(target)
+    on_disk = {str(path.relative_to(target)) for path in target.rglob("*") if path.is_file()} - {
+        "split.csv"
+    }
+    assert {row[0] for row in rows} == on_disk
+    names = [Path(row[0]).name for row in rows]
+    assert len(names) == len(set(names)), "a file is in two subsets"
+    for name in CLASS_NAMES:
+        n = len(os.listdir(source / name))
+        per_subset = {s: sum(1 for r in rows if r[1] == name and r[2] == s) for s in split.SUBSETS}
+        assert per_subset["validation"] == int(n * 0.3)
+        assert per_subset["test"] == int(n * 0.2)
+        assert sum(per_subset.values()) == n
+        for row in rows:
+            assert row[0] == f"{row[2]}/{row[1]}/{Path(row[0]).name}"
+    copied = target / "train" / "Forest" / sorted(os.listdir(target / "train" / "Forest"))[0]
+    assert copied.read_bytes() == (source / "Forest" / copied.name).read_bytes()
+
+
+def test_same_seed_same_split_other_seed_other_split(tmp_path):
+    source = make_source(tmp_path / "eurosat")
+    run(source, tmp_path / "a")
+    run(source, tmp_path / "b")
+    run(source, tmp_path / "c", "--seed", "7")
+    assert (tmp_path / "a" / "split.csv").read_bytes() == (
+        tmp_path / "b" / "split.csv"
+    ).read_bytes()
+    assert read_split_csv(tmp_path / "a") != read_split_csv(tmp_path / "c")
+
+
+def test_split_does_not_depend_on_listing_order(tmp_path, monkeypatch):
+    source = make_source(tmp_path / "eurosat")
+    listing = split.list_source(source)
+    scrambled = {name: list(reversed(files)) for name, files in reversed(listing.items())}
+    assert split.split_files(scrambled, 0.3, 0.0, 42) == split.split_files(listing, 0.3, 0.0, 42)
+
+
+@pytest.mark.parametrize("mode", ["hardlink", "symlink"])
+def test_link_modes(tmp_path, mode):
+    source = make_source(tmp_path / "eurosat", {"Forest": 5, "River": 4})
+    target = tmp_path / "split"
+    run(source, target, "--mode", mode)
+    placed = sorted((target / "train" / "Forest").iterdir())[0]
+    original = source / "Forest" / placed.name
+    if mode == "hardlink":
+        assert not placed.is_symlink() and placed.stat().st_ino == original.stat().st_ino
+    else:
+        assert placed.is_symlink() and placed.resolve() == original.resolve()
+
+
+def test_real_ms_samples_split(real_ms_dir, tmp_path):
+    target = tmp_path / "split"
+    assignment = run(real_ms_dir, target, "--mode", "symlink")
+    for name in CLASS_NAMES:
+        n = len(list((real_ms_dir / name).iterdir()))
+        assert len(assignment[name]["validation"]) == int(n * 0.3)
+        assert len(list((target / "train" / name).iterdir())) == n - int(n * 0.3)
+    assert len(read_split_csv(target)) == sum(
+        len(list((real_ms_dir / name).iterdir())) for name in CLASS_NAMES
+    )
+
+
+# --- bad input -----------------------------------------------------------------------
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        run(tmp_path / "nowhere", tmp_path / "split")
+    assert not (tmp_path / "split").exists()
+
+
+def test_source_without_class_folders(tmp_path):
+    (tmp_path / "eurosat").mkdir()
+    (tmp_path / "eurosat" / "readme.txt").write_text("x")
+    with pytest.raises(InputError, match="no class folders"):
+        run(tmp_path / "eurosat", tmp_path / "split")
+
+
+def test_empty_class_folder(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 3})
+    (source / "River").mkdir()
+    with pytest.raises(InputError, match="River holds no images"):
+        run(source, tmp_path / "split")
+    assert not (tmp_path / "split").exists()
+
+
+def test_non_image_file(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 3})
+    (source / "Forest" / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match=r"notes\.txt is not a JPEG or GeoTIFF"):
+        run(source, tmp_path / "split")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--validation-fraction", "1.5"], ["--validation-fraction", "0.6", "--test-fraction", "0.4"]],
+)
+def test_bad_fractions(tmp_path, flags):
+    source = make_source(tmp_path / "eurosat", {"Forest": 3})
+    with pytest.raises(InputError, match="fraction"):
+        run(source, tmp_path / "split", *flags)
+
+
+def test_command_line_error_is_one_sentence_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--source", str(tmp_path / "nowhere"), "--target",
+         str(tmp_path / "split")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: source folder") and "Traceback" not in result.stderr
+
+
+# --- overwrite and nothing half-written ------------------------------------------------
+
+
+def test_existing_target_needs_overwrite(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 4})
+    target = tmp_path / "split"
+    run(source, target)
+    with pytest.raises(InputError, match="--overwrite"):
+        run(source, target, "--seed", "1")
+    run(source, target, "--seed", "1", "--overwrite")
+    assert (target / "split.csv").is_file()
+    assert not list(tmp_path.glob(".split*")), "temporary folder left behind"
+
+
+def test_overwrite_refuses_a_folder_this_script_did_not_make(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 4})
+    target = tmp_path / "thesis"
+    target.mkdir()
+    (target / "chapter1.tex").write_text("precious")
+    with pytest.raises(InputError, match="not made by this script"):
+        run(source, target, "--overwrite")
+    assert (target / "chapter1.tex").read_text() == "precious"
+    # A split.csv of someone else's (other header) is no licence either.
+    (target / "split.csv").write_text("file,label\n")
+    with pytest.raises(InputError, match="not made by this script"):
+        run(source, target, "--overwrite")
+    assert (target / "chapter1.tex").exists()
+
+
+def test_overwrite_refuses_our_target_with_foreign_files(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 4})
+    target = tmp_path / "split"
+    run(source, target)
+    (target / "runs").mkdir()
+    with pytest.raises(InputError, match="did not make .*runs"):
+        run(source, target, "--overwrite")
+    assert (target / "runs").is_dir()
+
+
+def test_target_inside_source_is_refused(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 4})
+    with pytest.raises(InputError, match="inside source"):
+        run(source, source / "split")
+
+
+def test_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
+    source = make_source(tmp_path / "eurosat", {"Forest": 6, "River": 6})
+    target = tmp_path / "split"
+    run(source, target)
+    before = read_split_csv(target)
+    calls = []
+
+    def failing_place_file(*args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        split.shutil.copy2(*args[:2])
+
+    monkeypatch.setattr(split, "place_file", failing_place_file)
+    with pytest.raises(OSError, match="disk full"):
+        run(source, target, "--seed", "3", "--overwrite")
+    assert read_split_csv(target) == before, "the old target was touched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eurosat", "split"]
+
+
+# --- download ----------------------------------------------------------------------------
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `payloads[path]` with HTTP Range support; records the Range headers seen."""
+
+    payloads: dict[str, bytes] = {}
+    ranges: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        data = self.payloads.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        header = self.headers.get("Range")
+        self.ranges.append(header)
+        start = int(header.removeprefix("bytes=").split("-")[0]) if header else 0
+        if start >= len(data) and header:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.end_headers()
+            return
+        self.send_response(206 if header else 200)
+        if header:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def server() -> Iterator[tuple[str, type[RangeHandler]]]:
+    handler = type("Handler", (RangeHandler,), {"payloads": {}, "ranges": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def eurosat_zip(per_class: int = 3) -> bytes:
+    """A small zip laid out like the official one: EuroSAT_RGB/<Class>/<Class>_<n>.jpg."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in CLASS_NAMES:
+            for number in range(1, per_class + 1):
+                archive.writestr(f"EuroSAT_RGB/{name}/{name}_{number}.jpg", f"{name}{number}" * 50)
+    return buffer.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_download_extract_and_split(tmp_path, server):
+    url, handler = server
+    data = eurosat_zip()
+    handler.payloads["/EuroSAT_RGB.zip"] = data
+    source = tmp_path / "data" / "EuroSAT_RGB"
+    assignment = run(
+        source, tmp_path / "split", "--download", "rgb",
+        "--download-url", f"{url}/EuroSAT_RGB.zip", "--download-checksum", sha256(data),
+    )  # fmt: skip
+    assert sorted(p.name for p in source.iterdir()) == sorted(CLASS_NAMES)
+    assert (source / "Forest" / "Forest_2.jpg").read_text() == "Forest2" * 50
+    assert (tmp_path / "data" / "EuroSAT_RGB.zip").read_bytes() == data
+    assert sum(len(f["train"]) + len(f["validation"]) for f in assignment.values()) == 30
+    assert not list((tmp_path / "data").glob(".*")), "temporary extraction folder left behind"
+    # Second run: the data is there, nothing is fetched again.
+    run(source, tmp_path / "split2", "--download", "rgb", "--download-url", f"{url}/gone.zip")
+    assert len(handler.ranges) == 1
+
+
+def test_download_resumes_a_partial_file(tmp_path, server):
+    url, handler = server
+    data = eurosat_zip(per_class=20)
+    handler.payloads["/a.zip"] = data
+    destination = tmp_path / "a.zip"
+    (tmp_path / "a.zip.part").write_bytes(data[:1000])
+    split.download_file(f"{url}/a.zip", destination, sha256(data), progress=False)
+    assert handler.ranges == ["bytes=1000-"]
+    assert destination.read_bytes() == data
+    assert not (tmp_path / "a.zip.part").exists()
+
+
+def test_download_of_a_complete_partial_file_is_verified(tmp_path, server):
+    url, handler = server
+    data = eurosat_zip()
+    handler.payloads["/a.zip"] = data
+    (tmp_path / "a.zip.part").write_bytes(data)
+    split.download_file(f"{url}/a.zip", tmp_path / "a.zip", sha256(data), progress=False)
+    assert (tmp_path / "a.zip").read_bytes() == data
+
+
+def test_download_checksum_mismatch_deletes_the_file(tmp_path, server):
+    url, handler = server
+    data = eurosat_zip()
+    handler.payloads["/a.zip"] = data
+    wrong = "md5:" + hashlib.md5(b"something else").hexdigest()
+    with pytest.raises(InputError, match="expected"):
+        split.download_file(f"{url}/a.zip", tmp_path / "a.zip", wrong, progress=False)
+    assert not (tmp_path / "a.zip").exists() and not (tmp_path / "a.zip.part").exists()
+
+
+def test_download_http_error_is_a_clear_error(tmp_path, server):
+    url, _handler = server
+    with pytest.raises(InputError, match="HTTP 404"):
+        split.download_file(f"{url}/missing.zip", tmp_path / "m.zip", None, progress=False)
+
+
+def test_official_archives_have_published_checksums():
+    for kind, (url, checksum) in split.EUROSAT_ARCHIVES.items():
+        assert url.startswith("https://zenodo.org/records/7711810/files/EuroSAT_")
+        algorithm, digest = split.parse_checksum(checksum)
+        assert algorithm == "md5" and len(digest) == 32, kind
+
+
+def malicious_zip(member: str, symlink: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("EuroSAT_RGB/Forest/Forest_1.jpg", "fine")
+        info = zipfile.ZipInfo(member)
+        if symlink:
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(info, "/etc/passwd" if symlink else "evil")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("member", "symlink", "reason"),
+    [
+        ("../evil.txt", False, "climbs out"),
+        ("EuroSAT_RGB/../../evil.txt", False, "climbs out"),
+        ("/tmp/evil.txt", False, "absolute"),
+        ("EuroSAT_RGB/Forest/link", True, "symbolic link"),
+    ],
+)
+def test_malicious_zip_is_refused(tmp_path, server, member, symlink, reason):
+    url, handler = server
+    data = malicious_zip(member, symlink)
+    handler.payloads["/evil.zip"] = data
+    source = tmp_path / "deep" / "data" / "EuroSAT_RGB"
+    source.parent.mkdir(parents=True)
+    with pytest.raises(InputError, match=reason):
+        run(
+            source, tmp_path / "split", "--download", "rgb",
+            "--download-url", f"{url}/evil.zip", "--download-checksum", sha256(data),
+        )  # fmt: skip
+    assert not source.exists()
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert sorted(p.name for p in (tmp_path / "deep" / "data").iterdir()) == ["evil.zip"]
