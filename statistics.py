@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not folder.is_dir():
         raise InputError(f"folder {folder} does not exist or is not a folder.")
     output = Path(settings.output) if settings.output else default_output(folder)
-    # Refuse an existing output before the (long) pass over the images.
+    # Refuse an existing output before the (long) pass over the images; never
+    # replace something that is not a plain file (a folder, /dev/null, a pipe).
+    if output.exists() and not output.is_file():
+        raise InputError(f"output {output} exists and is not a regular file; choose another.")
     if output.exists() and not settings.overwrite:
         raise InputError(f"output {output} already exists; pass --overwrite to replace it.")
     paths = [path for path, _label in list_class_images(folder)]
