@@ -1,0 +1,50 @@
+"""Fine-tune an ImageNet network on EuroSAT RGB images, in the talk's two stages.
+
+Stage 1 trains only the new head on the frozen ImageNet backbone (Adadelta with
+Keras 2's learning rate 1.0); stage 2 unfreezes everything above block 1 and
+fine-tunes with SGD at a small learning rate. Writes runs/<run name>/ with
+model.keras (takes raw pixel values), model.json, history.csv, TensorBoard logs/
+and report/. `--evaluate-only MODEL` writes the report of a saved model instead.
+"""
+
+from command_line import parse_settings, run_script
+from network_functions import SCRIPT_CHOICES, Stage, run_recipe
+
+DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
+ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
+BANDS = "rgb"  # bands to train on: rgb, all, or names such as B04,B03,B02
+WEIGHTS = "imagenet"  # imagenet (Keras download/cache) or a local weights file without top
+BATCH_SIZE = 64  # images per training step (the talk's 64)
+EPOCHS = 100  # most epochs per stage; early stopping usually ends a stage sooner
+STEPS_PER_EPOCH = 0  # batches per epoch; 0 = one real pass over train/ (the talk used 1000)
+HEAD_LEARNING_RATE = 1.0  # stage 1 Adadelta: Keras 2's default (Keras 3's 0.001 barely moves)
+HEAD_PATIENCE = 10  # stage 1 stops after this many epochs without better validation accuracy
+FINETUNE_LEARNING_RATE = 1e-4  # stage 2 SGD learning rate
+FINETUNE_MOMENTUM = 0.9  # stage 2 SGD momentum
+PATIENCE = 50  # stage 2 stops after this many epochs without better validation accuracy
+OUTPUT = "runs"  # folder that receives the run folder
+RUN_NAME = ""  # run folder name; empty: rgb-finetuning-<arch>; the same name resumes a run
+MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 where the hardware has it)
+SEED = 0  # seed of weights, shuffling and augmentation
+OVERWRITE = False  # replace a finished run of the same name
+EVALUATE_ONLY = ""  # a saved model to evaluate on DATA instead of training
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(__file__, argv, choices=SCRIPT_CHOICES)
+    stages = [
+        Stage("head", "head", "adadelta", settings.head_learning_rate, settings.head_patience),
+        Stage(
+            "fine-tune",
+            "above-block1",
+            "sgd",
+            settings.finetune_learning_rate,
+            settings.patience,
+            settings.finetune_momentum,
+        ),
+    ]
+    run_recipe(settings, stages, recipe="rgb-finetuning")
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,0 +1,55 @@
+"""Fine-tune an ImageNet network on the 13 EuroSAT multispectral bands.
+
+Two ways to feed 13 bands to a 3-band ImageNet backbone (VARIANT): "adapter"
+puts a trainable 1x1 convolution (13 -> 3 bands) in front of the backbone;
+"first-conv" (the talk's "alternative") gives the backbone a 13-band first
+convolution whose B04, B03, B02 kernels come from ImageNet, with every other
+ImageNet weight copied. Stage 1 trains adapter or first convolution and head
+(Adam); stage 2 unfreezes everything above block 1 (SGD, small learning rate).
+Writes runs/<run name>/ with model.keras (takes raw digital numbers),
+model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL`
+writes the report of a saved model instead.
+"""
+
+from command_line import parse_settings, run_script
+from network_functions import SCRIPT_CHOICES, Stage, run_recipe
+
+DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
+VARIANT = "first-conv"  # adapter (1x1 conv 13 -> 3) or first-conv (13-band first convolution)
+ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
+BANDS = "all"  # bands to train on: all, or names such as B02,B03,B04,B08
+WEIGHTS = "imagenet"  # imagenet (Keras download/cache) or a local weights file without top
+BATCH_SIZE = 64  # images per training step (the talk's 64)
+EPOCHS = 100  # most epochs per stage; early stopping usually ends a stage sooner
+STEPS_PER_EPOCH = 0  # batches per epoch; 0 = one real pass over train/ (the talk used 1000)
+HEAD_LEARNING_RATE = 0.001  # stage 1 Adam learning rate
+HEAD_PATIENCE = 10  # stage 1 stops after this many epochs without better validation accuracy
+FINETUNE_LEARNING_RATE = 1e-4  # stage 2 SGD learning rate
+FINETUNE_MOMENTUM = 0.9  # stage 2 SGD momentum
+PATIENCE = 50  # stage 2 stops after this many epochs without better validation accuracy
+OUTPUT = "runs"  # folder that receives the run folder
+RUN_NAME = ""  # run folder name; empty: ms-finetuning-<variant>-<arch>; the same name resumes
+MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 where the hardware has it)
+SEED = 0  # seed of weights, shuffling and augmentation
+OVERWRITE = False  # replace a finished run of the same name
+EVALUATE_ONLY = ""  # a saved model to evaluate on DATA instead of training
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(__file__, argv, choices=SCRIPT_CHOICES)
+    stages = [
+        Stage("head", "head", "adam", settings.head_learning_rate, settings.head_patience),
+        Stage(
+            "fine-tune",
+            "above-block1",
+            "sgd",
+            settings.finetune_learning_rate,
+            settings.patience,
+            settings.finetune_momentum,
+        ),
+    ]
+    run_recipe(settings, stages, recipe="ms-finetuning", variant=settings.variant)
+
+
+if __name__ == "__main__":
+    run_script(main)
