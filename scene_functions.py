@@ -1,0 +1,957 @@
+"""Large rasters: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip), block
+reads with a mirrored halo, sliding-window classification, GeoTIFF and PNG outputs.
+
+The window of pixel (r, c) covers rows r-32..r+31 and cols c-32..c+31 (for the
+64-pixel EuroSAT window), the scene mirrored (numpy "symmetric") past its edges,
+exactly as the talk's classifier did. Unlike the talk, the scene is streamed:
+row blocks are read with GDAL together with their half-window halo, windows are
+views into the block (no per-window Python loop), batches go straight to the
+model, and outputs are written block by block, so memory depends on the block
+size and not on the scene size. TensorFlow and Keras are imported inside the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, gdal_array
+from tqdm import tqdm
+
+from image_functions import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    MS_BAND_NAMES,
+    RGB_BAND_NAMES,
+    InputError,
+    default_band_names,
+    eurosat_rgb_from_l1c,
+    talk_constants,
+)
+
+gdal.UseExceptions()
+
+# Label value of pixels that were not classified (nodata in the scene).
+LABEL_NODATA = 255
+# Probability value of pixels that were not classified.
+PROBABILITY_NODATA = float("nan")
+# Creation options of every output GeoTIFF.
+GEOTIFF_OPTIONS = ("TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
+# Colours (R, G, B) of the EuroSAT classes in label rasters and quicklooks.
+CLASS_COLOURS = {
+    "AnnualCrop": (230, 200, 90),
+    "Forest": (30, 110, 40),
+    "HerbaceousVegetation": (150, 200, 90),
+    "Highway": (120, 120, 120),
+    "Industrial": (200, 60, 60),
+    "Pasture": (180, 230, 120),
+    "PermanentCrop": (200, 140, 60),
+    "Residential": (240, 120, 160),
+    "River": (70, 140, 230),
+    "SeaLake": (20, 50, 150),
+}
+# Longest side of the quicklook image in pixels (larger scenes are decimated).
+QUICKLOOK_MAX_SIDE = 2000
+# Model file suffixes 06 accepts; .h5/.hdf5 are the talk's legacy format.
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+# Layers that stay float32 under mixed precision (preprocessing needs the precision).
+FLOAT32_LAYERS = ("InputLayer", "Normalization", "Rescaling")
+# Sentinel-2 band file names inside a product: T33UUU_20170216T102101_B8A.jp2 (L1C)
+# or T33UUU_20170216T102101_B02_10m.jp2 (L2A).
+SENTINEL2_BAND_FILE = re.compile(r"_(B\d\d|B8A)(?:_(\d+)m)?\.jp2$", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What 06 needs to know about a classifier.
+
+    class_names: one per output unit. band_names: the model's input bands in
+    order. input_size: window side in pixels. mean/std: normalisation applied
+    before the model (legacy models only; None when the model holds its own).
+    source: where the facts came from, for messages.
+    """
+
+    class_names: tuple[str, ...]
+    band_names: tuple[str, ...]
+    input_size: int
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    source: str
+
+
+def normalise_band_name(name: str) -> str:
+    """Canonical Sentinel-2 band name: "B1" and "b01" -> "B01", "B8a" -> "B8A"."""
+    match = re.fullmatch(r"B0*(\d{1,2})(A?)", name.strip().upper())
+    if match is None:
+        return name.strip()
+    return f"B{int(match.group(1)):02d}{match.group(2)}" if not match.group(2) else "B8A"
+
+
+def model_json_path(model_path: Path) -> Path | None:
+    """The model.json beside a model (`<stem>.json` first, then `model.json`), or None."""
+    for candidate in (model_path.with_suffix(".json"), model_path.parent / "model.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _first_int(value: object) -> int | None:
+    """An int from 64, "64", [64, 64] or [64, 64, 13]; None if there is none."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _has_normalization_layer(model) -> bool:
+    """Whether a Keras model (or a model nested in it) holds a Normalization layer."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            return True
+        if hasattr(layer, "layers") and _has_normalization_layer(layer):
+            return True
+    return False
+
+
+def load_classifier(model_path: str | Path):
+    """Load a Keras classifier and its configuration.
+
+    Returns (model, ModelConfig). The configuration comes from `model.json`
+    beside the model ("class_names", "band_names", "input_size"; missing keys
+    fall back to what the model itself says). A model without model.json (the
+    talk's .h5/.hdf5) gets the talk's class list and, unless it holds its own
+    Normalization layer, the talk's normalisation constants chosen by band count.
+    """
+    import keras
+
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise InputError(f"model {model_path} does not exist.")
+    if model_path.suffix.lower() not in MODEL_SUFFIXES:
+        raise InputError(
+            f"model {model_path} is not a Keras model file ({', '.join(MODEL_SUFFIXES)})."
+        )
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as error:  # Keras raises many types for unreadable files.
+        first_line = (str(error).strip().splitlines() or ["unreadable"])[0]
+        raise InputError(f"model {model_path} cannot be loaded: {first_line}") from None
+    input_shape = tuple(model.inputs[0].shape)
+    output_units = int(model.outputs[0].shape[-1])
+    model_bands = int(input_shape[-1])
+    model_size = _first_int(input_shape[1])
+
+    json_path = model_json_path(model_path)
+    facts: dict = {}
+    if json_path is not None:
+        try:
+            facts = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise InputError(f"model configuration {json_path} cannot be read: {error}.") from None
+        if not isinstance(facts, dict):
+            raise InputError(f"model configuration {json_path} is not a JSON object.")
+    class_names = facts.get("class_names") or facts.get("classes")
+    if not class_names:
+        class_names = (
+            CLASS_NAMES
+            if output_units == len(CLASS_NAMES)
+            else [f"class{index}" for index in range(output_units)]
+        )
+    band_names = facts.get("band_names") or facts.get("bands") or default_band_names(model_bands)
+    input_size = _first_int(facts.get("input_size")) or model_size or IMAGE_SIZE
+    source = str(json_path) if json_path is not None else f"{model_path} (no model.json)"
+
+    if len(class_names) != output_units:
+        raise InputError(
+            f"model {model_path} has {output_units} outputs but {source} lists "
+            f"{len(class_names)} classes."
+        )
+    if len(band_names) != model_bands:
+        raise InputError(
+            f"model {model_path} takes {model_bands} bands but {source} lists "
+            f"{len(band_names)} bands ({', '.join(band_names)})."
+        )
+    if model_size is not None and model_size != input_size:
+        raise InputError(
+            f"model {model_path} takes {model_size}x{model_size} windows but {source} says "
+            f"input_size {input_size}."
+        )
+    mean = std = None
+    if json_path is None and not _has_normalization_layer(model):
+        mean, std = talk_constants(model_bands)
+    config = ModelConfig(
+        class_names=tuple(str(name) for name in class_names),
+        band_names=tuple(normalise_band_name(str(name)) for name in band_names),
+        input_size=int(input_size),
+        mean=mean,
+        std=std,
+        source=source,
+    )
+    return model, config
+
+
+def inference_precision(mode: str) -> str:
+    """Resolve "auto" to "float16" with a GPU, "bfloat16" on a CPU with AMX, else "float32"."""
+    if mode != "auto":
+        return mode
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "float16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        flags = ""
+    return "bfloat16" if "amx_bf16" in flags else "float32"
+
+
+def with_precision(model, precision: str):
+    """A copy of `model` computing in `precision` ("float32", "bfloat16", "float16").
+
+    Weights stay float32 (Keras mixed policies); preprocessing layers stay
+    float32 because uint16 digital numbers lose their precision in 16 bits.
+    """
+    import keras
+
+    if precision == "float32":
+        return model
+    policy = f"mixed_{precision}"
+    serialized = keras.saving.serialize_keras_object(model)
+
+    def set_policy(node: object) -> None:
+        if isinstance(node, dict):
+            config = node.get("config")
+            if (
+                isinstance(config, dict)
+                and "dtype" in config
+                and node.get("class_name") not in FLOAT32_LAYERS
+                and isinstance(config["dtype"], dict)
+            ):
+                config["dtype"] = policy
+            for value in node.values():
+                set_policy(value)
+        elif isinstance(node, list):
+            for value in node:
+                set_policy(value)
+
+    set_policy(serialized)
+    mixed = keras.saving.deserialize_keras_object(serialized)
+    mixed.set_weights(model.get_weights())
+    return mixed
+
+
+def make_predictor(
+    model, config: ModelConfig, input_dtype: np.dtype, window_bands: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A fast batch predictor: (n, size, size, bands) raw pixels -> (n, classes) float32.
+
+    Calls the model directly inside one traced tf.function (no per-call
+    `model.predict` overhead); the cast to float32 and the legacy normalisation
+    run inside the graph too.
+    """
+    import tensorflow as tf
+
+    size = config.input_size
+    mean = None if config.mean is None else tf.constant(config.mean, tf.float32)
+    std = None if config.std is None else tf.constant(config.std, tf.float32)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec((None, size, size, window_bands), tf.as_dtype(input_dtype))]
+    )
+    def forward(batch):
+        pixels = tf.cast(batch, tf.float32)
+        if mean is not None:
+            pixels = (pixels - mean) / std
+        return tf.cast(model(pixels, training=False), tf.float32)
+
+    return lambda batch: forward(batch).numpy()
+
+
+# ---------------------------------------------------------------------------
+# Scenes
+# ---------------------------------------------------------------------------
+
+
+def scene_stem(path: str | Path) -> str:
+    """Output name stem of a scene: "a/S2A_X.SAFE.zip" -> "S2A_X", "b/scene.tif" -> "scene"."""
+    name = Path(str(path).rstrip("/")).name
+    for suffix in (".zip", ".safe", ".vrt", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def is_sentinel2_product(path: Path) -> bool:
+    """Whether `path` is a Sentinel-2 .SAFE folder or a .zip of one."""
+    return path.suffix.lower() == ".zip" or (path.is_dir() and path.suffix.upper() == ".SAFE")
+
+
+def sentinel2_band_files(path: Path) -> dict[str, str]:
+    """GDAL paths of the band images of a Sentinel-2 product, by band name ("B01".."B8A").
+
+    Reads .SAFE folders and their .zip without unpacking (/vsizip/). Only
+    GRANULE/<id>/IMG_DATA is searched; where a band exists at several
+    resolutions (L2A), the finest is taken.
+    """
+    if path.suffix.lower() == ".zip":
+        root = f"/vsizip/{path.resolve()}"
+        try:
+            entries = gdal.ReadDirRecursive(root) or []
+        except RuntimeError:
+            entries = []
+        if not entries:
+            raise InputError(f"Sentinel-2 product {path} is not a readable .zip file.")
+        candidates = [f"{root}/{entry}" for entry in entries]
+    else:
+        candidates = [str(file) for file in sorted(path.rglob("*.jp2"))]
+    granules = set()
+    files: dict[str, tuple[int, str]] = {}
+    for candidate in candidates:
+        parts = candidate.replace("\\", "/").split("/")
+        if "IMG_DATA" not in parts or "GRANULE" not in parts:
+            continue
+        match = SENTINEL2_BAND_FILE.search(parts[-1])
+        if match is None:
+            continue
+        granules.add(parts[parts.index("GRANULE") + 1])
+        band = normalise_band_name(match.group(1))
+        resolution = int(match.group(2) or 0)
+        if band not in files or resolution < files[band][0]:
+            files[band] = (resolution, candidate)
+    if not files:
+        raise InputError(
+            f"Sentinel-2 product {path} has no band images (GRANULE/<id>/IMG_DATA/*_B??.jp2)."
+        )
+    if len(granules) > 1:
+        raise InputError(
+            f"Sentinel-2 product {path} holds {len(granules)} granules "
+            f"({', '.join(sorted(granules))}); classify one granule at a time."
+        )
+    return {band: file for band, (_, file) in files.items()}
+
+
+def sentinel2_stack(path: Path) -> gdal.Dataset:
+    """A virtual 10 m stack of a Sentinel-2 product's bands in EuroSAT order.
+
+    Bands B01..B12, B8A (the order of the EuroSAT MS files), those the product
+    has; coarser bands are repeated onto the 10 m grid (nearest neighbour) by a
+    VRT held in memory, so the tile is never copied. Band descriptions are set.
+    """
+    files = sentinel2_band_files(path)
+    names = [name for name in MS_BAND_NAMES if name in files]
+    try:
+        stack = gdal.BuildVRT(
+            "", [files[name] for name in names], separate=True, resolution="highest"
+        )
+    except RuntimeError as error:
+        raise InputError(f"Sentinel-2 product {path} cannot be read: {error}.") from None
+    for number, name in enumerate(names, start=1):
+        stack.GetRasterBand(number).SetDescription(name)
+    return stack
+
+
+def open_scene(
+    path: str | Path,
+    bbox: Sequence[float] | None = None,
+    window: Sequence[int] | None = None,
+) -> gdal.Dataset:
+    """Open a scene read-only: a GeoTIFF/VRT/any GDAL raster, a .SAFE folder or its .zip.
+
+    bbox (minx, miny, maxx, maxy) in the scene's CRS or window (xoff, yoff,
+    xsize, ysize) in pixels limits the scene to that part (a virtual crop, no
+    copy). Raises InputError naming the file when it is missing or not a raster.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"scene {path} does not exist.")
+    if is_sentinel2_product(path):
+        dataset = sentinel2_stack(path)
+    elif path.is_dir():
+        raise InputError(f"scene {path} is a folder but not a Sentinel-2 .SAFE product.")
+    else:
+        try:
+            dataset = gdal.Open(str(path), gdal.GA_ReadOnly)
+        except RuntimeError:
+            dataset = None
+        if dataset is None or dataset.RasterCount == 0:
+            raise InputError(f"scene {path} is not a raster GDAL can read.")
+    if bbox and window:
+        raise InputError("give either a bounding box or a pixel window, not both.")
+    if bbox:
+        if len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
+            raise InputError(f"bounding box {list(bbox)} is not minx miny maxx maxy.")
+        transform = dataset.GetGeoTransform(can_return_null=True)
+        if transform is None:
+            raise InputError(f"scene {path} has no georeferencing, so a bounding box cannot apply.")
+        minx, miny, maxx, maxy = bbox
+        columns = sorted(
+            ((minx - transform[0]) / transform[1], (maxx - transform[0]) / transform[1])
+        )
+        rows = sorted(((maxy - transform[3]) / transform[5], (miny - transform[3]) / transform[5]))
+        window = (
+            math.floor(columns[0] + 1e-9),
+            math.floor(rows[0] + 1e-9),
+            math.ceil(columns[1] - 1e-9) - math.floor(columns[0] + 1e-9),
+            math.ceil(rows[1] - 1e-9) - math.floor(rows[0] + 1e-9),
+        )
+    if window:
+        if len(window) != 4:
+            raise InputError(f"pixel window {list(window)} is not xoff yoff xsize ysize.")
+        xoff, yoff, xsize, ysize = (int(value) for value in window)
+        if (
+            xsize <= 0
+            or ysize <= 0
+            or xoff < 0
+            or yoff < 0
+            or xoff + xsize > dataset.RasterXSize
+            or yoff + ysize > dataset.RasterYSize
+        ):
+            raise InputError(
+                f"window {xoff} {yoff} {xsize} {ysize} (pixels) is not inside scene {path} "
+                f"of {dataset.RasterXSize}x{dataset.RasterYSize} pixels."
+            )
+        descriptions = [
+            dataset.GetRasterBand(number).GetDescription()
+            for number in range(1, dataset.RasterCount + 1)
+        ]
+        dataset = gdal.Translate("", dataset, format="VRT", srcWin=[xoff, yoff, xsize, ysize])
+        for number, description in enumerate(descriptions, start=1):
+            dataset.GetRasterBand(number).SetDescription(description)
+    return dataset
+
+
+def scene_band_names(dataset: gdal.Dataset) -> tuple[str, ...]:
+    """Band names of a scene: its band descriptions (normalised, "B1" -> "B01") when
+    every band has one, else the default names for its band count."""
+    descriptions = [
+        dataset.GetRasterBand(number).GetDescription().strip()
+        for number in range(1, dataset.RasterCount + 1)
+    ]
+    if all(descriptions):
+        return tuple(normalise_band_name(name) for name in descriptions)
+    return default_band_names(dataset.RasterCount)
+
+
+def choose_scene_bands(
+    scene_names: Sequence[str],
+    model_bands: Sequence[str],
+    spec: str | None,
+    scene_label: str,
+) -> list[int]:
+    """0-based scene band indices that feed the model's bands, in the model's order.
+
+    spec None: by band name when the scene has all the model's bands (e.g. the
+    15-band RaVAEn scene, or RGB out of 13 bands), else every band in file order
+    if the count matches. spec "B04,B03,B02" selects by name, "4,3,2" by GDAL
+    band number. A mismatch is an InputError that lists the expected band names.
+    """
+    expected = ", ".join(model_bands)
+    if spec:
+        items = [item.strip() for item in spec.split(",") if item.strip()]
+        if all(item.isdigit() for item in items):
+            indices = [int(item) - 1 for item in items]
+            if any(index < 0 or index >= len(scene_names) for index in indices):
+                raise InputError(
+                    f"bands {spec} are not all among the {len(scene_names)} bands of scene "
+                    f"{scene_label}."
+                )
+        else:
+            wanted = [normalise_band_name(item) for item in items]
+            missing = [name for name in wanted if name not in scene_names]
+            if missing:
+                raise InputError(
+                    f"scene {scene_label} has no band {', '.join(missing)} (its bands: "
+                    f"{', '.join(scene_names)})."
+                )
+            indices = [list(scene_names).index(name) for name in wanted]
+        if len(indices) != len(model_bands):
+            raise InputError(
+                f"bands {spec} select {len(indices)} bands of scene {scene_label}, but the "
+                f"model expects {len(model_bands)} bands: {expected}."
+            )
+        return indices
+    if all(name in scene_names for name in model_bands):
+        return [list(scene_names).index(name) for name in model_bands]
+    if len(scene_names) == len(model_bands):
+        return list(range(len(model_bands)))
+    raise InputError(
+        f"scene {scene_label} has {len(scene_names)} bands ({', '.join(scene_names)}) but the "
+        f"model expects {len(model_bands)} bands: {expected}; select them with --bands."
+    )
+
+
+def symmetric_indices(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices start..stop-1 folded into 0..length-1 as numpy's "symmetric" pad mirrors them.
+
+    -1 -> 0, -2 -> 1, length -> length-1, ... (the edge pixel is repeated), with
+    period 2*length so that windows larger than the scene still work.
+    """
+    positions = np.arange(start, stop) % (2 * length)
+    return np.where(positions < length, positions, 2 * length - 1 - positions)
+
+
+def window_centres(length: int, stride: int) -> np.ndarray:
+    """Centre pixel of every stride x stride output block along one axis (int64).
+
+    Block k covers pixels k*stride .. k*stride+stride-1; its window is centred on
+    pixel k*stride + stride//2 (clipped to the scene), which for even strides puts
+    the window's middle exactly on the block's middle (stride 64: the window is
+    the block). Stride 1 gives every pixel, as the talk.
+    """
+    starts = np.arange(0, length, stride)
+    return np.minimum(starts + stride // 2, length - 1)
+
+
+def nodata_mask(block: np.ndarray, nodata_values: Sequence[float | None]) -> np.ndarray:
+    """True where a pixel has no data: NaN in any band, a band's nodata value, or all zero.
+
+    block (rows, cols, bands) any dtype -> (rows, cols) bool.
+    """
+    mask = np.all(block == 0, axis=-1)
+    if np.issubdtype(block.dtype, np.floating):
+        mask |= np.isnan(block).any(axis=-1)
+    for band, value in enumerate(nodata_values):
+        if value is not None and not math.isnan(value):
+            mask |= block[..., band] == value
+    return mask
+
+
+def read_mirrored(
+    dataset: gdal.Dataset,
+    band_numbers: Sequence[int],
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> np.ndarray:
+    """Scene pixels at the (mirror-folded) `rows` x `cols`: (rows, cols, bands), native dtype.
+
+    One GDAL windowed read of the rows' hull straight into pixel-interleaved
+    memory, then one gather.
+    """
+    first, last = int(rows.min()), int(rows.max())
+    hull = np.empty(
+        (last - first + 1, dataset.RasterXSize, len(band_numbers)),
+        scene_dtype(dataset, [band_numbers[0] - 1], rgb_scaling=False),
+    )
+    dataset.ReadAsArray(
+        0,
+        first,
+        dataset.RasterXSize,
+        last - first + 1,
+        buf_obj=hull.transpose(2, 0, 1),
+        band_list=list(band_numbers),
+    )
+    return hull[np.ix_(rows - first, cols)]
+
+
+def window_view(block: np.ndarray, size: int) -> np.ndarray:
+    """Every size x size window of `block` as a read-only view, no copy.
+
+    block (rows, cols, bands) -> (rows-size+1, cols-size+1, size, size, bands);
+    window (i, j) starts at block pixel (i, j). Indexing it with arrays of window
+    starts gathers a batch (n, size, size, bands) in one contiguous copy.
+    """
+    windows = np.lib.stride_tricks.sliding_window_view(block, (size, size), axis=(0, 1))
+    return windows.transpose(0, 1, 3, 4, 2)
+
+
+# ---------------------------------------------------------------------------
+# Classification
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """One row block of the output, announced before its batches.
+
+    first_row: first output row; nodata: the output rows' nodata mask (rows, cols)
+    bool; grid_shape: its windows (grid rows, grid cols); batch_count: how many
+    Batch items follow; valid_windows: windows sent to the model.
+    """
+
+    first_row: int
+    nodata: np.ndarray
+    grid_shape: tuple[int, int]
+    batch_count: int
+    valid_windows: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Windows ready for the model: pixels (n, size, size, bands) in the scene's
+    dtype and their flat positions in the block's window grid (n,) int64."""
+
+    pixels: np.ndarray
+    positions: np.ndarray
+
+
+def scene_windows(
+    dataset: gdal.Dataset,
+    band_indices: Sequence[int],
+    size: int,
+    stride: int,
+    block_rows: int,
+    batch_size: int,
+    rgb_scaling: bool,
+) -> Iterator[Block | Batch]:
+    """Read the scene block by block and cut it into batches of windows.
+
+    Yields a Block, then its Batch items, for every block of `block_rows`
+    output rows (a multiple of the stride). A block is read with a halo of half
+    a window above and below, mirrored only at the true scene edges, and
+    mirrored left and right. Windows whose centre pixel is nodata are left out;
+    NaN pixels inside the windows that are kept become 0. Batches are cut
+    lazily, so memory holds one block and the batches in flight.
+    """
+    rows, cols = dataset.RasterYSize, dataset.RasterXSize
+    band_numbers = [index + 1 for index in band_indices]
+    nodata_values = [dataset.GetRasterBand(number).GetNoDataValue() for number in band_numbers]
+    before = size // 2
+    all_centre_rows = window_centres(rows, stride)
+    centre_cols = window_centres(cols, stride)
+    # Block column j holds scene column j - before (mirrored past the edges).
+    read_cols = symmetric_indices(-before, cols - before + size, cols)
+    grid_rows_per_block = max(1, block_rows // stride)
+    for first_grid_row in range(0, len(all_centre_rows), grid_rows_per_block):
+        centre_rows = all_centre_rows[first_grid_row : first_grid_row + grid_rows_per_block]
+        first_row = first_grid_row * stride
+        last_row = min(rows, first_row + len(centre_rows) * stride)
+        top = min(int(centre_rows[0]) - before, first_row)
+        bottom = max(int(centre_rows[-1]) - before + size, last_row)
+        block = read_mirrored(
+            dataset, band_numbers, symmetric_indices(top, bottom, rows), read_cols
+        )
+        pixel_nodata = nodata_mask(block, nodata_values)
+        if np.issubdtype(block.dtype, np.floating):
+            np.nan_to_num(block, copy=False, nan=0.0)
+        if rgb_scaling:
+            block = eurosat_rgb_from_l1c(block)
+        centre_nodata = pixel_nodata[np.ix_(centre_rows - top, centre_cols + before)]
+        positions = np.flatnonzero(~centre_nodata.ravel())
+        yield Block(
+            first_row=first_row,
+            nodata=pixel_nodata[first_row - top : last_row - top, before : before + cols],
+            grid_shape=centre_nodata.shape,
+            batch_count=math.ceil(len(positions) / batch_size),
+            valid_windows=len(positions),
+        )
+        windows = window_view(block, size)
+        # The window of centre (r, c) starts at block pixel (r - before - top, c).
+        window_rows = centre_rows - before - top
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
+            grid_row, grid_col = np.divmod(chunk, len(centre_cols))
+            yield Batch(windows[window_rows[grid_row], centre_cols[grid_col]], chunk)
+
+
+def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run `iterator` in a background thread, `depth` items ahead of the consumer.
+
+    Reading and cutting windows (GDAL, numpy) then overlaps with inference
+    (TensorFlow), both of which release the GIL.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    finished = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(finished)
+        except BaseException as error:  # handed to the consumer, raised there
+            items.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is finished:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def create_outputs(
+    dataset: gdal.Dataset,
+    label_path: Path,
+    probability_path: Path,
+    class_names: Sequence[str],
+    probabilities: str,
+) -> tuple[gdal.Dataset, gdal.Dataset]:
+    """Create the label (Byte) and probability (Float32) GeoTIFFs of a scene.
+
+    Both carry the scene's geotransform and projection (when it has them), are
+    tiled and DEFLATE-compressed. The label raster has a colour table, the class
+    names as category names and nodata 255; the probability raster has one band
+    (the winning class's probability) or, with probabilities "all", one band per
+    class described by the class name, nodata NaN.
+    """
+    driver = gdal.GetDriverByName("GTiff")
+    rows, cols = dataset.RasterYSize, dataset.RasterXSize
+    probability_bands = len(class_names) if probabilities == "all" else 1
+    label = driver.Create(str(label_path), cols, rows, 1, gdal.GDT_Byte, list(GEOTIFF_OPTIONS))
+    probability = driver.Create(
+        str(probability_path),
+        cols,
+        rows,
+        probability_bands,
+        gdal.GDT_Float32,
+        [*GEOTIFF_OPTIONS, "PREDICTOR=3"],
+    )
+    transform = dataset.GetGeoTransform(can_return_null=True)
+    projection = dataset.GetProjection()
+    for output in (label, probability):
+        if transform is not None:
+            output.SetGeoTransform(transform)
+        if projection:
+            output.SetProjection(projection)
+    band = label.GetRasterBand(1)
+    band.SetNoDataValue(LABEL_NODATA)
+    band.SetDescription("label")
+    colours = gdal.ColorTable()
+    for index, name in enumerate(class_names):
+        colours.SetColorEntry(index, (*class_colour(name, index), 255))
+    colours.SetColorEntry(LABEL_NODATA, (0, 0, 0, 0))
+    band.SetRasterColorTable(colours)
+    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+    band.SetCategoryNames(list(class_names))
+    for number in range(1, probability_bands + 1):
+        band = probability.GetRasterBand(number)
+        band.SetNoDataValue(PROBABILITY_NODATA)
+        band.SetDescription(class_names[number - 1] if probabilities == "all" else "probability")
+    return label, probability
+
+
+def class_colour(name: str, index: int) -> tuple[int, int, int]:
+    """RGB colour of a class: the EuroSAT colour by name, else one from matplotlib's tab20."""
+    if name in CLASS_COLOURS:
+        return CLASS_COLOURS[name]
+    from matplotlib import colormaps
+
+    red, green, blue, _ = colormaps["tab20"](index % 20)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+def classify_scene(
+    dataset: gdal.Dataset,
+    predict: Callable[[np.ndarray], np.ndarray],
+    config: ModelConfig,
+    band_indices: Sequence[int],
+    label_path: Path,
+    probability_path: Path,
+    stride: int = 16,
+    batch_size: int = 256,
+    block_rows: int = 256,
+    probabilities: str = "max",
+    rgb_scaling: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Classify a scene window by window and write the label and probability GeoTIFFs.
+
+    predict: (n, size, size, bands) raw pixels -> (n, classes) float32 (see
+    `make_predictor`). Pixel (r, c) at stride 1 gets the class of its window,
+    rows r-size/2..r+size/2-1; at stride s each window fills its s x s block.
+    Streams `block_rows` output rows at a time. Returns counts: "windows",
+    "classified", "pixels" per class name and "nodata" pixels.
+    """
+    if stride < 1:
+        raise InputError(f"stride must be at least 1, not {stride}.")
+    if batch_size < 1 or block_rows < 1:
+        raise InputError("batch size and block rows must be at least 1.")
+    rows, cols = dataset.RasterYSize, dataset.RasterXSize
+    block_rows = max(stride, block_rows // stride * stride)
+    size = config.input_size
+    class_count = len(config.class_names)
+    label_output, probability_output = create_outputs(
+        dataset, label_path, probability_path, config.class_names, probabilities
+    )
+    grid_total = len(window_centres(rows, stride)) * len(window_centres(cols, stride))
+    pixel_counts = np.zeros(class_count + 1, np.int64)
+    classified = 0
+
+    def write_block(block: Block, grid: np.ndarray) -> None:
+        """Spread the block's predictions over its stride x stride cells and write them."""
+        grid = grid.reshape(*block.grid_shape, class_count)
+        if stride > 1:
+            grid = np.repeat(np.repeat(grid, stride, axis=0), stride, axis=1)
+        grid = grid[: block.nodata.shape[0], :cols]
+        nodata = block.nodata | np.isnan(grid[..., 0])
+        labels = np.where(nodata, LABEL_NODATA, np.argmax(np.nan_to_num(grid), axis=-1))
+        labels = labels.astype(np.uint8)
+        label_output.GetRasterBand(1).WriteArray(labels, 0, block.first_row)
+        if probabilities == "all":
+            for index in range(class_count):
+                values = np.where(nodata, PROBABILITY_NODATA, grid[..., index])
+                probability_output.GetRasterBand(index + 1).WriteArray(values, 0, block.first_row)
+        else:
+            values = np.where(nodata, PROBABILITY_NODATA, grid.max(axis=-1))
+            probability_output.GetRasterBand(1).WriteArray(values, 0, block.first_row)
+        pixel_counts[:] += np.bincount(
+            np.where(nodata, class_count, labels).ravel(), minlength=class_count + 1
+        )
+
+    items = scene_windows(dataset, band_indices, size, stride, block_rows, batch_size, rgb_scaling)
+    with tqdm(
+        total=grid_total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
+    ) as bar:
+        block, grid, remaining = None, None, 0
+        for item in prefetch(items, depth=4):
+            if isinstance(item, Block):
+                block, remaining = item, item.batch_count
+                grid = np.full((math.prod(item.grid_shape), class_count), np.nan, np.float32)
+                bar.update(math.prod(item.grid_shape) - item.valid_windows)
+                classified += item.valid_windows
+            else:
+                grid[item.positions] = predict(item.pixels)
+                bar.update(len(item.positions))
+                remaining -= 1
+            if remaining == 0:
+                write_block(block, grid)
+    label_output.FlushCache()
+    probability_output.FlushCache()
+    label_output = probability_output = None
+    return {
+        "windows": grid_total,
+        "classified": classified,
+        "pixels": dict(zip(config.class_names, pixel_counts[:class_count].tolist(), strict=True)),
+        "nodata": int(pixel_counts[class_count]),
+    }
+
+
+def write_quicklook(label_path: Path, output_path: Path, class_names: Sequence[str], title: str):
+    """Save a PNG of a label GeoTIFF with a class legend (matplotlib, Agg backend).
+
+    Scenes longer than QUICKLOOK_MAX_SIDE are decimated (nearest neighbour) on read.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    dataset = gdal.Open(str(label_path), gdal.GA_ReadOnly)
+    rows, cols = dataset.RasterYSize, dataset.RasterXSize
+    scale = max(1.0, max(rows, cols) / QUICKLOOK_MAX_SIDE)
+    labels = dataset.GetRasterBand(1).ReadAsArray(
+        buf_xsize=max(1, round(cols / scale)),
+        buf_ysize=max(1, round(rows / scale)),
+        resample_alg=gdal.GRIORA_NearestNeighbour,
+    )
+    dataset = None
+    colours = np.zeros((256, 4))
+    for index, name in enumerate(class_names):
+        colours[index] = (*np.array(class_colour(name, index)) / 255.0, 1.0)
+    figure_width = 10.0
+    figure_height = max(3.0, figure_width * labels.shape[0] / labels.shape[1] * 0.75)
+    figure, axes = plt.subplots(figsize=(figure_width, figure_height))
+    axes.imshow(labels, cmap=ListedColormap(colours), vmin=0, vmax=255, interpolation="nearest")
+    axes.set_title(title)
+    axes.set_axis_off()
+    present = np.unique(labels)
+    handles = [
+        Patch(facecolor=colours[index], edgecolor="black", label=name)
+        for index, name in enumerate(class_names)
+        if index in present
+    ]
+    axes.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def talk_classify(
+    image: np.ndarray,
+    model,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    size: int = IMAGE_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The talk's algorithm, kept as the reference that tests and benchmarks compare to.
+
+    image (rows, cols, bands) in memory; padded by `size` on every side
+    (numpy "symmetric"), normalised in float64 when mean/std are given, then one
+    `model.predict` per image row over the windows rows r-size/2..r+size/2-1.
+    Returns labels (rows, cols) uint8 and max probabilities (rows, cols) float32.
+    """
+    rows, cols = image.shape[:2]
+    padded = np.pad(image.astype(np.float64), ((size, size), (size, size), (0, 0)), "symmetric")
+    if mean is not None:
+        padded = (padded - mean) / std
+    before = size // 2
+    labels = np.zeros((rows, cols), np.uint8)
+    probabilities = np.zeros((rows, cols), np.float32)
+    for row in range(rows):
+        top = row + size - before
+        windows = np.stack(
+            [
+                padded[top : top + size, col + size - before : col + 2 * size - before]
+                for col in range(cols)
+            ]
+        )
+        predicted = model.predict(windows, verbose=0)
+        labels[row] = np.argmax(predicted, axis=-1)
+        probabilities[row] = np.max(predicted, axis=-1)
+    return labels, probabilities
+
+
+def warn_if_not_georeferenced(dataset: gdal.Dataset, scene_label: str) -> None:
+    """Warn (without stopping) when a scene has no geotransform or no projection."""
+    if dataset.GetGeoTransform(can_return_null=True) is None or not dataset.GetProjection():
+        warnings.warn(
+            f"scene {scene_label} is not georeferenced; its outputs will not be either.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def rgb_scaling_needed(mode: str, model_bands: Sequence[str], dataset: gdal.Dataset) -> bool:
+    """Whether to scale L1C digital numbers like EuroSAT's JPEGs (0..2750 -> 1..255).
+
+    mode "eurosat": always; "none": never; "auto": for an RGB model (B04, B03,
+    B02) reading a scene that is not 8-bit.
+    """
+    if mode == "eurosat":
+        return True
+    if mode == "none":
+        return False
+    return tuple(model_bands) == RGB_BAND_NAMES and (
+        dataset.GetRasterBand(1).DataType != gdal.GDT_Byte
+    )
+
+
+def scene_dtype(dataset: gdal.Dataset, band_indices: Sequence[int], rgb_scaling: bool) -> np.dtype:
+    """numpy dtype of the windows cut from a scene (uint8 after EuroSAT RGB scaling)."""
+    if rgb_scaling:
+        return np.dtype(np.uint8)
+    data_type = dataset.GetRasterBand(band_indices[0] + 1).DataType
+    return np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(data_type))

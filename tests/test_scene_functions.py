@@ -1,0 +1,660 @@
+"""Tests of scene_functions: the talk's window geometry exactly, streaming, nodata,
+band handling, GeoTIFF outputs, legacy models and Sentinel-2 products.
+
+Models here are tiny Keras networks built in the test (a position-sensitive
+pooling + dense stack), scenes are a few dozen pixels, so every test is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+import scene_functions as scenes
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
+
+gdal.UseExceptions()
+
+ORIGIN = (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0)
+UTM33N = 32633
+
+
+def tiny_model(bands: int, mean=None, std=None, classes: int = 10, seed: int = 0):
+    """A small position-sensitive classifier of 64x64 windows (raw pixels in when mean given)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64, 64, bands))
+    x = inputs
+    if mean is not None:
+        x = keras.layers.Normalization(mean=list(mean), variance=list(np.square(std)))(x)
+    x = keras.layers.AveragePooling2D(16)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(24, activation="tanh")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def save_model(model, folder: Path, band_names, name: str = "model.keras", json_facts=None):
+    """Save a model with a model.json beside it (as network_functions writes them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    model.save(path)
+    facts = {
+        "class_names": list(CLASS_NAMES),
+        "band_names": list(band_names),
+        "input_size": 64,
+    }
+    facts.update(json_facts or {})
+    (folder / "model.json").write_text(json.dumps(facts))
+    return path
+
+
+def smooth_scene(rows: int, cols: int, bands: int, dtype, scale: float, seed: int = 0):
+    """A scene with structure at several scales, so labels vary across it."""
+    generator = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    layers = []
+    for _ in range(bands):
+        phase = generator.uniform(0, 2 * np.pi, 3)
+        layer = (
+            np.sin(x / 5.0 + phase[0])
+            + np.cos(y / 7.0 + phase[1])
+            + np.sin((x + y) / 11 + phase[2])
+        )
+        layers.append(layer + 0.3 * generator.standard_normal((rows, cols)))
+    scene = (np.stack(layers, axis=-1) + 3.5) * scale
+    return scene.astype(dtype)
+
+
+def write_scene(
+    path: Path,
+    array: np.ndarray,
+    georeferenced: bool = True,
+    nodata: float | None = None,
+    descriptions=None,
+) -> Path:
+    """Write (rows, cols, bands) as a GeoTIFF, optionally georeferenced, nodata, descriptions."""
+    from osgeo import gdal_array, osr
+
+    rows, cols, bands = array.shape
+    data_type = gdal_array.NumericTypeCodeToGDALTypeCode(array.dtype)
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, bands, data_type)
+    if georeferenced:
+        dataset.SetGeoTransform(ORIGIN)
+        reference = osr.SpatialReference()
+        reference.ImportFromEPSG(UTM33N)
+        dataset.SetProjection(reference.ExportToWkt())
+    for band in range(bands):
+        raster_band = dataset.GetRasterBand(band + 1)
+        raster_band.WriteArray(array[..., band])
+        if nodata is not None:
+            raster_band.SetNoDataValue(nodata)
+        if descriptions:
+            raster_band.SetDescription(descriptions[band])
+    dataset = None
+    return path
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """(rows, cols) for one band, (bands, rows, cols) for several."""
+    dataset = gdal.Open(str(path))
+    array = dataset.ReadAsArray()
+    dataset = None
+    return array
+
+
+def run_classification(tmp_path: Path, scene_path: Path, model, config, name="out", **options):
+    """classify_scene on a file with a predictor from `model`; returns (labels, probabilities)."""
+    dataset = scenes.open_scene(scene_path)
+    band_indices = options.pop("band_indices", list(range(dataset.RasterCount)))
+    rgb_scaling = options.pop("rgb_scaling", False)
+    predict = scenes.make_predictor(
+        model,
+        config,
+        scenes.scene_dtype(dataset, band_indices, rgb_scaling),
+        len(band_indices),
+    )
+    label_path = tmp_path / f"{name}_label.tif"
+    probability_path = tmp_path / f"{name}_prob.tif"
+    scenes.classify_scene(
+        dataset,
+        predict,
+        config,
+        band_indices,
+        label_path,
+        probability_path,
+        progress=False,
+        rgb_scaling=rgb_scaling,
+        **options,
+    )
+    return read_raster(label_path), read_raster(probability_path)
+
+
+def raw_config(band_names) -> scenes.ModelConfig:
+    """Configuration of a self-contained model (normalisation inside)."""
+    return scenes.ModelConfig(CLASS_NAMES, tuple(band_names), 64, None, None, "test")
+
+
+def expected_at_stride(reference: np.ndarray, stride: int) -> np.ndarray:
+    """The stride-1 result sampled at each block's centre and spread over the block."""
+    rows, cols = reference.shape
+    centre_rows = scenes.window_centres(rows, stride)
+    centre_cols = scenes.window_centres(cols, stride)
+    sampled = reference[np.ix_(centre_rows, centre_cols)]
+    return np.repeat(np.repeat(sampled, stride, 0), stride, 1)[:rows, :cols]
+
+
+@pytest.fixture(scope="module")
+def rgb_case(tmp_path_factory):
+    """A 40x50 uint8 RGB scene, a model with its own normalisation, the talk's answer."""
+    folder = tmp_path_factory.mktemp("rgb_case")
+    image = smooth_scene(40, 50, 3, np.uint8, 30.0)
+    scene_path = write_scene(folder / "scene.tif", image)
+    mean, std = talk_constants(3)
+    model = tiny_model(3, mean, std)
+    reference = scenes.talk_classify(image, model)
+    return folder, scene_path, image, model, reference
+
+
+# ---------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 3, 7, 40])
+def test_symmetric_indices_mirror_like_numpy_pad(length):
+    values = np.arange(length)
+    padded = np.pad(values, 70, mode="symmetric")
+    assert np.array_equal(values[scenes.symmetric_indices(-70, length + 70, length)], padded)
+
+
+def test_window_centres_sit_in_the_middle_of_each_block():
+    assert scenes.window_centres(5, 1).tolist() == [0, 1, 2, 3, 4]
+    assert scenes.window_centres(130, 64).tolist() == [32, 96, 129]
+    assert scenes.window_centres(10, 4).tolist() == [2, 6, 9]
+
+
+def test_window_view_is_the_talk_window():
+    block = np.arange(70 * 80 * 2).reshape(70, 80, 2)
+    windows = scenes.window_view(block, 64)
+    assert windows.shape == (7, 17, 64, 64, 2)
+    assert np.array_equal(windows[3, 5], block[3:67, 5:69])
+
+
+# ---------------------------------------------------------------------------
+# Exactness against the talk's algorithm
+# ---------------------------------------------------------------------------
+
+
+def test_stride_1_equals_the_talk_algorithm(rgb_case, tmp_path):
+    _, scene_path, _, model, (talk_labels, talk_probabilities) = rgb_case
+    assert len(np.unique(talk_labels)) > 1, "the test scene should not be one class"
+    labels, probabilities = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=1, batch_size=37
+    )
+    assert np.array_equal(labels, talk_labels)
+    np.testing.assert_allclose(probabilities, talk_probabilities, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [4, 7, 16])
+def test_stride_fills_each_block_with_its_centre_window(rgb_case, tmp_path, stride):
+    _, scene_path, _, model, (talk_labels, talk_probabilities) = rgb_case
+    labels, probabilities = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=stride, block_rows=8
+    )
+    assert np.array_equal(labels, expected_at_stride(talk_labels, stride))
+    np.testing.assert_allclose(
+        probabilities, expected_at_stride(talk_probabilities, stride), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(("stride", "block_rows"), [(1, 1), (1, 13), (1, 1000), (3, 5), (3, 64)])
+def test_block_boundaries_are_invisible(rgb_case, tmp_path, stride, block_rows):
+    _, scene_path, _, model, (talk_labels, _) = rgb_case
+    labels, _ = run_classification(
+        tmp_path,
+        scene_path,
+        model,
+        raw_config(RGB_BAND_NAMES),
+        stride=stride,
+        block_rows=block_rows,
+        batch_size=64,
+    )
+    assert np.array_equal(labels, expected_at_stride(talk_labels, stride))
+
+
+def test_scene_smaller_than_half_a_window_mirrors_like_numpy(tmp_path):
+    image = smooth_scene(9, 6, 3, np.uint8, 30.0, seed=3)
+    scene_path = write_scene(tmp_path / "small.tif", image)
+    mean, std = talk_constants(3)
+    model = tiny_model(3, mean, std, seed=1)
+    talk_labels, talk_probabilities = scenes.talk_classify(image, model)
+    labels, probabilities = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=1
+    )
+    assert np.array_equal(labels, talk_labels)
+    np.testing.assert_allclose(probabilities, talk_probabilities, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Models: model.json, legacy .h5, mixed precision
+# ---------------------------------------------------------------------------
+
+
+def test_legacy_h5_model_gets_the_talk_constants(tmp_path):
+    image = smooth_scene(20, 24, 13, np.uint16, 600.0, seed=2)
+    scene_path = write_scene(tmp_path / "ms.tif", image)
+    model = tiny_model(13)  # normalisation outside the model, as the talk trained it
+    model_path = tmp_path / "talk_model.h5"
+    model.save(model_path)
+    loaded, config = scenes.load_classifier(model_path)
+    mean, std = talk_constants(13)
+    assert config.class_names == CLASS_NAMES
+    assert config.band_names == MS_BAND_NAMES
+    np.testing.assert_array_equal(config.mean, mean)
+    talk_labels, talk_probabilities = scenes.talk_classify(image, loaded, mean, std)
+    labels, probabilities = run_classification(tmp_path, scene_path, loaded, config, stride=1)
+    assert np.array_equal(labels, talk_labels)
+    np.testing.assert_allclose(probabilities, talk_probabilities, atol=1e-5)
+
+
+def test_model_json_gives_classes_bands_and_no_outside_normalisation(tmp_path):
+    mean, std = talk_constants(3)
+    names = [f"Class{index}" for index in range(4)]
+    path = save_model(
+        tiny_model(3, mean, std, classes=4),
+        tmp_path / "run",
+        ["B4", "B3", "B2"],
+        json_facts={"class_names": names, "extra": {"ignored": True}},
+    )
+    _, config = scenes.load_classifier(path)
+    assert config.class_names == tuple(names)
+    assert config.band_names == RGB_BAND_NAMES
+    assert config.mean is None and config.input_size == 64
+
+
+def test_keras_model_without_json_but_with_normalisation_gets_raw_pixels(tmp_path):
+    mean, std = talk_constants(3)
+    path = tmp_path / "alone.keras"
+    tiny_model(3, mean, std).save(path)
+    _, config = scenes.load_classifier(path)
+    assert config.mean is None and config.class_names == CLASS_NAMES
+
+
+@pytest.mark.parametrize(
+    ("facts", "message"),
+    [
+        ({"class_names": ["a", "b"]}, "10 outputs but"),
+        ({"band_names": list(MS_BAND_NAMES)}, "takes 3 bands but"),
+        ({"input_size": 32}, "64x64 windows but"),
+    ],
+)
+def test_model_json_that_contradicts_the_model_is_refused(tmp_path, facts, message):
+    mean, std = talk_constants(3)
+    path = save_model(tiny_model(3, mean, std), tmp_path, RGB_BAND_NAMES, json_facts=facts)
+    with pytest.raises(InputError, match=message):
+        scenes.load_classifier(path)
+
+
+def test_files_that_are_not_models_are_refused(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        scenes.load_classifier(tmp_path / "missing.keras")
+    text = tmp_path / "model.txt"
+    text.write_text("x")
+    with pytest.raises(InputError, match="not a Keras model file"):
+        scenes.load_classifier(text)
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="cannot be loaded"):
+        scenes.load_classifier(broken)
+
+
+def test_bfloat16_copy_keeps_weights_and_mostly_the_labels(rgb_case, tmp_path):
+    _, scene_path, _, model, (talk_labels, _) = rgb_case
+    mixed = scenes.with_precision(model, "bfloat16")
+    assert mixed.layers[1].dtype_policy.name == "float32"  # Normalization stays float32
+    assert mixed.layers[-1].dtype_policy.name == "mixed_bfloat16"
+    labels, _ = run_classification(
+        tmp_path, scene_path, mixed, raw_config(RGB_BAND_NAMES), stride=2
+    )
+    assert np.mean(labels == expected_at_stride(talk_labels, 2)) > 0.9
+
+
+# ---------------------------------------------------------------------------
+# Bands and nodata
+# ---------------------------------------------------------------------------
+
+
+def test_band_names_are_normalised():
+    assert scenes.normalise_band_name("B1") == "B01"
+    assert scenes.normalise_band_name("b8a") == "B8A"
+    assert scenes.normalise_band_name("B12") == "B12"
+    assert scenes.normalise_band_name("QA60") == "QA60"
+
+
+def test_bands_chosen_by_description_number_or_order():
+    ravaen = [
+        "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
+        "B09", "B10", "B11", "B12", "QA60", "probability",
+    ]  # fmt: skip
+    indices = scenes.choose_scene_bands(ravaen, MS_BAND_NAMES, None, "s")
+    assert [ravaen[index] for index in indices] == list(MS_BAND_NAMES)
+    assert scenes.choose_scene_bands(MS_BAND_NAMES, RGB_BAND_NAMES, None, "s") == [3, 2, 1]
+    assert scenes.choose_scene_bands(["band1", "band2", "band3"], RGB_BAND_NAMES, None, "s") == [
+        0,
+        1,
+        2,
+    ]
+    assert scenes.choose_scene_bands(MS_BAND_NAMES, RGB_BAND_NAMES, "4,3,2", "s") == [3, 2, 1]
+    assert scenes.choose_scene_bands(ravaen, RGB_BAND_NAMES, "B4,B3,B2", "s") == [3, 2, 1]
+
+
+def test_band_mismatch_lists_the_expected_band_names():
+    with pytest.raises(InputError, match="expects 13 bands: B01, B02, .*B12, B8A"):
+        scenes.choose_scene_bands(RGB_BAND_NAMES, MS_BAND_NAMES, None, "rgb.tif")
+    with pytest.raises(InputError, match="expects 3 bands: B04, B03, B02"):
+        scenes.choose_scene_bands(MS_BAND_NAMES, RGB_BAND_NAMES, "1,2", "s")
+    with pytest.raises(InputError, match="no band B13"):
+        scenes.choose_scene_bands(MS_BAND_NAMES, RGB_BAND_NAMES, "B13,B03,B02", "s")
+    with pytest.raises(InputError, match="not all among the 13 bands"):
+        scenes.choose_scene_bands(MS_BAND_NAMES, RGB_BAND_NAMES, "14,3,2", "s")
+
+
+def test_nodata_mask_nan_value_and_all_zero():
+    block = np.ones((2, 3, 2), np.float32)
+    block[0, 0] = 0
+    block[0, 1, 1] = np.nan
+    block[1, 2, 0] = -9
+    mask = scenes.nodata_mask(block, [-9.0, None])
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
+
+
+def test_nodata_windows_are_skipped_and_marked(rgb_case, tmp_path):
+    _, _, image, model, _ = rgb_case
+    floats = image.astype(np.float32)
+    floats[5:9, 10:30] = np.nan  # NaN nodata, as in the RaVAEn scene
+    floats[20, :] = 7  # this scene's nodata value
+    floats[30:32, 40:45] = 0  # all-zero pixels
+    scene_path = write_scene(tmp_path / "holes.tif", floats, nodata=7.0)
+    labels, probabilities = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=1
+    )
+    holes = np.isnan(floats[..., 0]) | (floats[..., 0] == 7) | (floats[..., 0] == 0)
+    assert np.all(labels[holes] == scenes.LABEL_NODATA)
+    assert np.all(np.isnan(probabilities[holes]))
+    # Elsewhere: the talk's answer on the scene with NaN read as 0.
+    talk_labels, talk_probabilities = scenes.talk_classify(np.nan_to_num(floats), model)
+    assert np.array_equal(labels[~holes], talk_labels[~holes])
+    np.testing.assert_allclose(probabilities[~holes], talk_probabilities[~holes], atol=1e-5)
+
+
+def test_stride_block_with_nodata_centre_is_nodata(rgb_case, tmp_path):
+    _, _, image, model, _ = rgb_case
+    holes = image.copy()
+    holes[2, 2] = 0  # centre of the first 4x4 block
+    scene_path = write_scene(tmp_path / "centre.tif", holes)
+    labels, _ = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=4
+    )
+    assert np.all(labels[:4, :4] == scenes.LABEL_NODATA)
+    assert np.all(labels[4:, 4:] != scenes.LABEL_NODATA)
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------
+
+
+def test_outputs_carry_georeferencing_colours_names_and_nodata(rgb_case, tmp_path):
+    _, scene_path, _, model, _ = rgb_case
+    run_classification(
+        tmp_path,
+        scene_path,
+        model,
+        raw_config(RGB_BAND_NAMES),
+        stride=8,
+        probabilities="all",
+        name="geo",
+    )
+    source = gdal.Open(str(scene_path))
+    label = gdal.Open(str(tmp_path / "geo_label.tif"))
+    probability = gdal.Open(str(tmp_path / "geo_prob.tif"))
+    for output in (label, probability):
+        assert output.GetGeoTransform() == source.GetGeoTransform()
+        assert output.GetSpatialRef().IsSame(source.GetSpatialRef())
+        image_structure = output.GetMetadata("IMAGE_STRUCTURE")
+        assert image_structure["COMPRESSION"] == "DEFLATE"
+        assert output.GetRasterBand(1).GetBlockSize() == [256, 256]  # tiled
+    band = label.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Byte
+    assert band.GetNoDataValue() == scenes.LABEL_NODATA
+    assert band.GetCategoryNames() == list(CLASS_NAMES)
+    colours = band.GetRasterColorTable()
+    assert colours.GetColorEntry(1)[:3] == scenes.CLASS_COLOURS["Forest"]
+    assert colours.GetColorEntry(scenes.LABEL_NODATA)[3] == 0
+    assert probability.RasterCount == len(CLASS_NAMES)
+    descriptions = [probability.GetRasterBand(number).GetDescription() for number in range(1, 11)]
+    assert descriptions == list(CLASS_NAMES)
+    assert math.isnan(probability.GetRasterBand(1).GetNoDataValue())
+    sums = probability.ReadAsArray().sum(axis=0)
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+
+
+def test_not_georeferenced_scene_warns_and_classifies(rgb_case, tmp_path):
+    _, _, image, model, _ = rgb_case
+    scene_path = write_scene(tmp_path / "plain.tif", image, georeferenced=False)
+    dataset = scenes.open_scene(scene_path)
+    with pytest.warns(UserWarning, match="not georeferenced"):
+        scenes.warn_if_not_georeferenced(dataset, str(scene_path))
+    labels, _ = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=8
+    )
+    assert labels.shape == image.shape[:2] and np.all(labels < 10)
+    assert gdal.Open(str(tmp_path / "out_label.tif")).GetProjection() == ""
+
+
+def test_quicklook_is_a_png_with_legend(rgb_case, tmp_path):
+    _, scene_path, _, model, _ = rgb_case
+    run_classification(tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=8)
+    png = tmp_path / "look.png"
+    scenes.write_quicklook(tmp_path / "out_label.tif", png, CLASS_NAMES, "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------
+# Opening scenes: errors, windows, bounding boxes, Sentinel-2 products
+# ---------------------------------------------------------------------------
+
+
+def test_open_scene_refuses_missing_files_and_non_rasters(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        scenes.open_scene(tmp_path / "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    with pytest.raises(InputError, match="not a raster"):
+        scenes.open_scene(text)
+    with pytest.raises(InputError, match="not a Sentinel-2 .SAFE"):
+        scenes.open_scene(tmp_path)
+
+
+def test_window_and_bbox_crop_virtually(rgb_case):
+    _, scene_path, image, _, _ = rgb_case
+    cropped = scenes.open_scene(scene_path, window=(5, 10, 20, 15))
+    assert np.array_equal(np.moveaxis(cropped.ReadAsArray(), 0, -1), image[10:25, 5:25])
+    assert cropped.GetGeoTransform()[0] == ORIGIN[0] + 5 * 10
+    x0, y0 = ORIGIN[0], ORIGIN[3]
+    boxed = scenes.open_scene(scene_path, bbox=(x0 + 50, y0 - 250, x0 + 250, y0 - 100))
+    assert np.array_equal(np.moveaxis(boxed.ReadAsArray(), 0, -1), image[10:25, 5:25])
+    with pytest.raises(InputError, match="not inside scene"):
+        scenes.open_scene(scene_path, window=(40, 0, 20, 10))
+    with pytest.raises(InputError, match="not minx miny maxx maxy"):
+        scenes.open_scene(scene_path, bbox=(x0 + 250, y0 - 250, x0 + 50, y0 - 100))
+
+
+def test_scene_stem_strips_product_suffixes():
+    assert scenes.scene_stem("a/S2A_MSIL1C_X.SAFE.zip") == "S2A_MSIL1C_X"
+    assert scenes.scene_stem("a/S2A_MSIL1C_X.SAFE/") == "S2A_MSIL1C_X"
+    assert scenes.scene_stem("b/scene.tif") == "scene"
+
+
+def safe_layout(target: Path, band_files: dict[str, Path], level: str = "L1C") -> Path:
+    """A .SAFE folder as ESA lays it out, with links to the given band images."""
+    safe = target / f"S2A_MSI{level}_20170216T102101_N0204_R065_T33UUU_20170216T102204.SAFE"
+    image_folder = safe / "GRANULE" / f"{level}_T33UUU_A008670_20170216T102204" / "IMG_DATA"
+    image_folder.mkdir(parents=True)
+    (safe / "manifest.safe").write_text("<xml/>")
+    for band, source in band_files.items():
+        (image_folder / f"T33UUU_20170216T102101_{band}.jp2").symlink_to(source)
+    return safe
+
+
+def generated_jp2_bands(folder: Path, rows: int = 96, cols: int = 60) -> dict[str, Path]:
+    """Small lossless JPEG2000 bands at 10/20/60 m written by GDAL (JP2OpenJPEG)."""
+    from osgeo import osr
+
+    resolution = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B01": 60, "B09": 60, "B10": 60}
+    generator = np.random.default_rng(5)
+    reference = osr.SpatialReference()
+    reference.ImportFromEPSG(UTM33N)
+    files = {}
+    for band in MS_BAND_NAMES:
+        metres = resolution.get(band, 20)
+        factor = metres // 10
+        values = generator.integers(1, 4000, (rows // factor, cols // factor), dtype=np.uint16)
+        memory = gdal.GetDriverByName("MEM").Create("", cols // factor, rows // factor, 1, 2)
+        memory.SetGeoTransform((ORIGIN[0], metres, 0, ORIGIN[3], 0, -metres))
+        memory.SetProjection(reference.ExportToWkt())
+        memory.GetRasterBand(1).WriteArray(values)
+        path = folder / f"{band}.jp2"
+        gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(
+            str(path), memory, options=["REVERSIBLE=YES", "QUALITY=100"]
+        )
+        files[band] = path
+    return files
+
+
+def nearest_stack(files: dict[str, Path]) -> np.ndarray:
+    """The 13 bands repeated onto the 10 m grid by numpy: (13, rows, cols)."""
+    arrays = [read_raster(files[band]) for band in MS_BAND_NAMES]
+    rows = max(array.shape[0] for array in arrays)
+    factors = [rows // array.shape[0] for array in arrays]
+    return np.stack(
+        [np.repeat(np.repeat(array, f, 0), f, 1) for array, f in zip(arrays, factors, strict=True)]
+    )
+
+
+def test_gdal_has_a_jpeg2000_driver():
+    assert gdal.GetDriverByName("JP2OpenJPEG") is not None
+
+
+def test_generated_safe_folder_and_zip_stack_in_eurosat_order(tmp_path):
+    files = generated_jp2_bands(tmp_path)
+    safe = safe_layout(tmp_path, files)
+    expected = nearest_stack(files)
+    stack = scenes.open_scene(safe)
+    assert scenes.scene_band_names(stack) == MS_BAND_NAMES
+    assert stack.GetGeoTransform() == ORIGIN
+    assert np.array_equal(stack.ReadAsArray(), expected)
+    archive = tmp_path / f"{safe.name}.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(safe.rglob("*")):
+            if path.is_file():
+                bundle.write(path, path.relative_to(tmp_path))
+    zipped = scenes.open_scene(archive, window=(8, 16, 32, 48))
+    assert np.array_equal(zipped.ReadAsArray(), expected[:, 16:64, 8:40])
+    assert scenes.scene_band_names(zipped) == MS_BAND_NAMES
+
+
+def test_product_without_band_images_or_with_two_granules_is_refused(tmp_path):
+    empty = tmp_path / "empty" / "S2A_MSIL1C_X.SAFE"
+    (empty / "GRANULE").mkdir(parents=True)
+    with pytest.raises(InputError, match="has no band images"):
+        scenes.open_scene(empty)
+    files = generated_jp2_bands(tmp_path, rows=12, cols=12)
+    safe = safe_layout(tmp_path / "two", files)
+    second = safe / "GRANULE" / "L1C_T33UUV_B" / "IMG_DATA"
+    second.mkdir(parents=True)
+    (second / "T33UUV_20170216T102101_B02.jp2").symlink_to(files["B02"])
+    with pytest.raises(InputError, match="2 granules"):
+        scenes.open_scene(safe)
+    bad_zip = tmp_path / "bad.zip"
+    bad_zip.write_text("no zip")
+    with pytest.raises(InputError, match="not a readable .zip"):
+        scenes.open_scene(bad_zip)
+
+
+def test_l2a_product_takes_the_finest_resolution(tmp_path):
+    files = generated_jp2_bands(tmp_path, rows=12, cols=12)
+    safe = tmp_path / "S2A_MSIL2A_X.SAFE"
+    for folder, suffix in (("R10m", "_10m"), ("R20m", "_20m")):
+        target = safe / "GRANULE" / "L2A_T33UUU" / "IMG_DATA" / folder
+        target.mkdir(parents=True)
+        for band in ("B02", "B03", "B04"):
+            (target / f"T33UUU_20170216T102101_{band}{suffix}.jp2").symlink_to(
+                files[band] if suffix == "_10m" else files["B05"]
+            )
+    found = scenes.sentinel2_band_files(safe)
+    assert sorted(found) == ["B02", "B03", "B04"]
+    assert all(path.endswith("_10m.jp2") for path in found.values())
+
+
+# ---------------------------------------------------------------------------
+# The real scenes (shared data); skipped with a reason when absent
+# ---------------------------------------------------------------------------
+
+
+def test_real_safe_stack_equals_the_13_band_geotiff(scenes_dir, tmp_path):
+    bands_folder = scenes_dir / "sentinel2_l1c_T33UUU_20170216_jp2"
+    stacked = scenes_dir / "sentinel2_l1c_T33UUU_20170216_13band_1536x768.tif"
+    if not bands_folder.is_dir() or not stacked.is_file():
+        pytest.skip("the T33UUU jp2 bands or their 13-band GeoTIFF are not in the shared data")
+    files = {band: next(bands_folder.glob(f"*_{band}.jp2")) for band in MS_BAND_NAMES}
+    stack = scenes.open_scene(safe_layout(tmp_path, files))
+    reference = gdal.Open(str(stacked))
+    assert stack.GetGeoTransform() == reference.GetGeoTransform()
+    assert np.array_equal(stack.ReadAsArray(), reference.ReadAsArray())
+
+
+def test_real_ravaen_scene_selects_bands_by_description_and_honours_nan(scenes_dir, tmp_path):
+    path = scenes_dir / "sentinel2_ravaen_lahinch_2017-09-26_15band.tif"
+    if not path.is_file():
+        pytest.skip("the RaVAEn 15-band scene is not in the shared data")
+    dataset = scenes.open_scene(path)
+    indices = scenes.choose_scene_bands(
+        scenes.scene_band_names(dataset), MS_BAND_NAMES, None, str(path)
+    )
+    assert indices == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 8]
+    mean, std = talk_constants(13)
+    model = tiny_model(13, mean, std)
+    labels, probabilities = run_classification(
+        tmp_path, path, model, raw_config(MS_BAND_NAMES), stride=8, band_indices=indices
+    )
+    pixels = np.moveaxis(dataset.ReadAsArray(), 0, -1)[..., indices]
+    missing = np.isnan(pixels).any(axis=-1)
+    assert missing.any()
+    assert np.all(labels[missing] == scenes.LABEL_NODATA)
+    assert np.all(np.isnan(probabilities[missing]))
+    assert np.mean(labels[~missing] != scenes.LABEL_NODATA) > 0.9
+
+
+def test_real_landsat_scene_with_nodata_0(scenes_dir, tmp_path):
+    path = scenes_dir / "landsat7_rasterio_RGB.byte.tif"
+    if not path.is_file():
+        pytest.skip("the Landsat RGB scene is not in the shared data")
+    mean, std = talk_constants(3)
+    model = tiny_model(3, mean, std)
+    labels, _ = run_classification(
+        tmp_path, path, model, raw_config(RGB_BAND_NAMES), stride=32, block_rows=128
+    )
+    pixels = np.moveaxis(read_raster(path), 0, -1)
+    assert np.all(labels[(pixels == 0).any(axis=-1)] == scenes.LABEL_NODATA)
+    assert np.mean(labels[(pixels != 0).all(axis=-1)] < 10) > 0.8
+    output = gdal.Open(str(tmp_path / "out_label.tif"))
+    assert output.GetGeoTransform() == gdal.Open(str(path)).GetGeoTransform()
