@@ -407,14 +407,18 @@ def set_trainable(model, arch: str, trainable: str, variant: str | None = None) 
     The first convolution of a "first-conv" backbone is new, so it trains in
     every stage, as the talk trained it with the head.
     """
-    backbone = model.get_layer(arch)
-    model.trainable = True
-    if trainable == "all":
-        return
-    if trainable not in ("head", "above-block1"):
+    if trainable not in ("head", "above-block1", "all"):
         raise ValueError(f"trainable must be head, above-block1 or all, not {trainable}")
+    model.trainable = True
+    backbone = model.get_layer(arch)
+    backbone.trainable = True
     names = [layer.name for layer in backbone.layers]
-    frozen_count = len(names) if trainable == "head" else names.index(FROZEN_THROUGH[arch]) + 1
+    if trainable == "head":
+        frozen_count = len(names)
+    elif trainable == "above-block1":
+        frozen_count = names.index(FROZEN_THROUGH[arch]) + 1
+    else:
+        frozen_count = 0
     for position, layer in enumerate(backbone.layers):
         layer.trainable = position >= frozen_count
     if variant == "first-conv":

@@ -1,0 +1,252 @@
+"""Tests of network_functions: heads, freezing, weight transfer, precision, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import network_functions as nf
+from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, InputError
+
+MEAN3, STD3 = [100.0, 100.0, 100.0], [30.0, 30.0, 30.0]
+MEAN13, STD13 = [1000.0] * 13, [300.0] * 13
+
+
+@pytest.fixture
+def keras_backend():
+    """Keras with a float32 global policy and cleared session around each test."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    yield keras
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def save_backbone(arch: str, path, seed: int = 1):
+    """A 3-band backbone with random weights saved to `path` (stands in for ImageNet)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    backbone = nf.build_backbone(arch, 3)
+    if str(path).endswith(".weights.h5"):
+        backbone.save_weights(path)
+    else:
+        backbone.save(path)  # legacy full-model .h5, read like Keras' ImageNet files
+    return backbone
+
+
+def assert_same_weights(expected, actual) -> None:
+    assert len(expected) == len(actual)
+    for left, right in zip(expected, actual, strict=True):
+        assert np.array_equal(left, right)
+
+
+def layer_names(model) -> list[str]:
+    return [layer.name for layer in model.layers]
+
+
+def test_vgg16_head_and_talk_freezing(keras_backend):
+    model = nf.build_classifier("vgg16", RGB_BAND_NAMES, 10, MEAN3, STD3)
+    assert layer_names(model)[-4:] == ["average_pool", "head_dense1", "head_dense2", "predictions"]
+    assert [model.get_layer(f"head_dense{i}").units for i in (1, 2)] == [2048, 2048]
+    assert model.output_shape == (None, 10)
+    backbone = model.get_layer("vgg16")
+    nf.set_trainable(model, "vgg16", "head")
+    assert not any(layer.trainable for layer in backbone.layers)
+    assert model.get_layer("head_dense1").trainable
+    nf.set_trainable(model, "vgg16", "above-block1")
+    frozen = [layer.name for layer in backbone.layers if not layer.trainable]
+    # The talk froze layers[:4]: input and block 1.
+    assert frozen == layer_names(backbone)[:4]
+    assert frozen[1:] == ["block1_conv1", "block1_conv2", "block1_pool"]
+    nf.set_trainable(model, "vgg16", "all")
+    assert all(layer.trainable for layer in backbone.layers)
+
+
+def test_densenet201_head_and_talk_freezing(keras_backend):
+    model = nf.build_classifier("densenet201", RGB_BAND_NAMES, 7, MEAN3, STD3)
+    assert layer_names(model)[-2:] == ["average_pool", "predictions"]
+    assert model.output_shape == (None, 7)
+    backbone = model.get_layer("densenet201")
+    nf.set_trainable(model, "densenet201", "above-block1")
+    frozen = [layer.name for layer in backbone.layers if not layer.trainable]
+    # The talk froze layers[:7]: the stem up to and including pool1.
+    assert frozen == layer_names(backbone)[:7]
+    assert frozen[-1] == "pool1" and "conv1_conv" in frozen
+    assert backbone.layers[7].trainable
+
+
+def test_model_owns_preprocessing_and_float32_softmax(keras_backend):
+    with nf.dtype_policy("mixed_bfloat16"):
+        model = nf.build_classifier("tiny", MS_BAND_NAMES, 10, MEAN13, STD13)
+    assert keras_backend.mixed_precision.global_policy().name == "float32"
+    assert model.get_layer("normalization").dtype_policy.name == "float32"
+    assert model.get_layer("augmentation").dtype_policy.name == "float32"
+    assert model.get_layer("tiny").get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    pixels = np.full((2, 64, 64, 13), 1000.0, np.float32)
+    first = np.asarray(model(pixels, training=False))
+    assert first.dtype == np.float32
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+    # Augmentation is active only in training: inference is deterministic.
+    assert np.array_equal(first, np.asarray(model(pixels, training=False)))
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".h5"])
+def test_rgb_weights_file_is_transferred_exactly(keras_backend, tmp_path, suffix):
+    source = save_backbone("tiny", tmp_path / f"backbone{suffix}")
+    model = nf.build_classifier(
+        "tiny", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / f"backbone{suffix}"
+    )
+    assert_same_weights(source.get_weights(), model.get_layer("tiny").get_weights())
+
+
+def test_first_conv_variant_maps_rgb_kernels_and_copies_the_rest(keras_backend, tmp_path):
+    source = save_backbone("vgg16", tmp_path / "vgg16.weights.h5")
+    model = nf.build_classifier(
+        "vgg16", MS_BAND_NAMES, 10, MEAN13, STD13,
+        weights=tmp_path / "vgg16.weights.h5", variant="first-conv",
+    )  # fmt: skip
+    backbone = model.get_layer("vgg16")
+    assert backbone.input_shape == (None, 64, 64, 13)
+    for source_layer, layer in zip(source.layers, backbone.layers, strict=True):
+        if layer.name != "block1_conv1":
+            assert_same_weights(source_layer.get_weights(), layer.get_weights())
+    rgb_kernel, rgb_bias = source.get_layer("block1_conv1").get_weights()
+    kernel, bias = backbone.get_layer("block1_conv1").get_weights()
+    assert kernel.shape == (3, 3, 13, 64)
+    assert np.array_equal(bias, rgb_bias)
+    # VGG16's ImageNet kernels take Caffe BGR: channel 0 = blue (B02), 2 = red (B04).
+    for channel, band in enumerate(("B02", "B03", "B04")):
+        assert np.array_equal(kernel[:, :, MS_BAND_NAMES.index(band)], rgb_kernel[:, :, channel])
+    others = [i for i, band in enumerate(MS_BAND_NAMES) if band not in ("B02", "B03", "B04")]
+    assert 0 < kernel[:, :, others].std() < 0.2 * rgb_kernel.std()
+    nf.set_trainable(model, "vgg16", "head", variant="first-conv")
+    trainable = [layer.name for layer in backbone.layers if layer.trainable]
+    assert trainable == ["block1_conv1"]
+
+
+def test_adapter_variant_selects_rgb_bands_in_front_of_copied_backbone(keras_backend, tmp_path):
+    source = save_backbone("tiny", tmp_path / "tiny.weights.h5")
+    model = nf.build_classifier(
+        "tiny", MS_BAND_NAMES, 10, MEAN13, STD13,
+        weights=tmp_path / "tiny.weights.h5", variant="adapter",
+    )  # fmt: skip
+    assert_same_weights(source.get_weights(), model.get_layer("tiny").get_weights())
+    kernel, bias = model.get_layer(nf.ADAPTER_LAYER).get_weights()
+    expected = np.zeros((1, 1, 13, 3), np.float32)
+    for channel, band in enumerate(RGB_BAND_NAMES):  # tiny takes RGB order
+        expected[0, 0, MS_BAND_NAMES.index(band), channel] = 1.0
+    assert np.array_equal(kernel, expected)
+    assert not bias.any()
+    nf.set_trainable(model, "tiny", "head", variant="adapter")
+    assert model.get_layer(nf.ADAPTER_LAYER).trainable
+    assert not any(layer.trainable for layer in model.get_layer("tiny").layers)
+
+
+def test_wrong_architecture_weights_file_is_one_clear_error(keras_backend, tmp_path):
+    save_backbone("tiny", tmp_path / "tiny.weights.h5")
+    with pytest.raises(InputError, match=r"does not fit a vgg16 backbone without top"):
+        nf.build_classifier(
+            "vgg16", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / "tiny.weights.h5"
+        )
+    with pytest.raises(InputError, match="does not exist"):
+        nf.build_classifier("tiny", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / "no.h5")
+
+
+def test_pretrained_weights_need_a_variant_for_13_bands(keras_backend, tmp_path):
+    save_backbone("tiny", tmp_path / "tiny.weights.h5")
+    with pytest.raises(InputError, match="use variant adapter or first-conv"):
+        nf.build_classifier(
+            "tiny", MS_BAND_NAMES, 10, MEAN13, STD13, weights=tmp_path / "tiny.weights.h5"
+        )
+
+
+def test_imagenet_download_failure_says_where_to_put_the_file(keras_backend, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: Name or service not known")  # noqa: TRY002
+
+    monkeypatch.setattr(keras_backend.utils, "get_file", offline)
+    expected = tmp_path / "keras" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with pytest.raises(InputError) as raised:
+        nf.resolve_weights("vgg16", "imagenet")
+    message = str(raised.value)
+    assert str(expected) in message and "--weights PATH" in message
+    assert message.count(". ") == 0 and "\n" not in message
+    expected.parent.mkdir(parents=True)
+    expected.write_bytes(b"cached")
+    assert nf.resolve_weights("vgg16", "imagenet") == expected
+    with pytest.raises(InputError, match="no ImageNet weights for arch tiny"):
+        nf.resolve_weights("tiny", "imagenet")
+    assert nf.resolve_weights("tiny", "none") is None
+
+
+def test_cpu_bfloat16_detection_reads_cpu_flags(tmp_path):
+    with_amx = tmp_path / "amx"
+    with_amx.write_text("processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert nf.cpu_has_bfloat16(with_amx)
+    assert not nf.cpu_has_bfloat16(plain)
+    assert not nf.cpu_has_bfloat16(tmp_path / "missing")
+
+
+def test_precision_modes(keras_backend, monkeypatch):
+    assert nf.precision_policy("off") == "float32"
+    assert nf.precision_policy("bf16") == "mixed_bfloat16"
+    assert nf.precision_policy("fp16") == "mixed_float16"
+    monkeypatch.setattr(nf, "cpu_has_bfloat16", lambda: True)
+    assert nf.precision_policy("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(nf, "cpu_has_bfloat16", lambda: False)
+    assert nf.precision_policy("auto") == "float32"
+    with pytest.raises(InputError):
+        nf.precision_policy("int8")
+    assert nf.set_mixed_precision("bf16") == "mixed_bfloat16"
+    assert keras_backend.mixed_precision.global_policy().name == "mixed_bfloat16"
+
+
+def test_fp16_compiles_with_loss_scaling(keras_backend):
+    with nf.dtype_policy("mixed_float16"):
+        model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, MEAN3, STD3)
+        nf.compile_for_stage(model, nf.Stage("s", "all", "sgd", 0.01, 1), "tiny")
+    assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+
+
+def test_talk_optimizers_keep_explicit_learning_rates():
+    adadelta = nf.make_optimizer("adadelta", 1.0)
+    sgd = nf.make_optimizer("sgd", 1e-4, 0.9)
+    assert float(adadelta.learning_rate) == 1.0
+    assert float(sgd.learning_rate) == pytest.approx(1e-4) and sgd.momentum == 0.9
+
+
+def test_default_strategy_without_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    strategy = nf.choose_strategy()
+    assert strategy.num_replicas_in_sync == 1
+    assert nf.is_chief(strategy)
+
+
+def test_classification_metrics_and_plots(tmp_path):
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probabilities = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    metrics = nf.classification_metrics(labels, probabilities, ["a", "b", "c"])
+    assert metrics["overall_accuracy"] == pytest.approx(4 / 6)
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert metrics["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert metrics["per_class"]["b"]["recall"] == 1.0
+    assert metrics["per_class"]["a"]["f1"] == pytest.approx(0.5)
+    json.dumps(metrics)
+    nf.plot_confusion_matrix(metrics["confusion_matrix"], ["a", "b", "c"], "t", tmp_path / "c.png")
+    history = [
+        {"epoch": 1, "loss": 2.0, "val_loss": 2.1, "categorical_accuracy": 0.2},
+        {"epoch": 2, "loss": 1.0, "val_loss": 1.5, "val_categorical_accuracy": 0.5},
+    ]
+    nf.plot_training_curves(history, [0, 1], tmp_path / "curves.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "curves.png").stat().st_size > 1000
