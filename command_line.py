@@ -48,7 +48,7 @@ def script_constants(script_file: str | Path) -> list[tuple[str, object, str]]:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
             continue
         target = node.targets[0]
-        if not (isinstance(target, ast.Name) and target.id.isupper()):
+        if not (isinstance(target, ast.Name) and target.id.isupper() and target.id[0].isalpha()):
             continue
         try:
             value = ast.literal_eval(node.value)
@@ -160,5 +160,10 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if overwrite and path.exists() and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(temporary, path)
+        # GDAL keeps some metadata (category names, statistics) in a side file.
+        for side_file in temporary.parent.glob(f"{temporary.name}.*"):
+            os.replace(side_file, path.with_name(path.name + side_file.name[len(temporary.name) :]))
     finally:
         _remove(temporary)
+        for side_file in temporary.parent.glob(f"{temporary.name}.*"):
+            _remove(side_file)

@@ -15,7 +15,6 @@ Usage: python demo_data.py --target demo [--images-per-class N] [--scene-size N]
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -579,8 +578,6 @@ def write_demo_scene(
     ):
         _write_geotiff(scene_temporary, scene, band_names, SCENE_ORIGIN, options)
         _write_geotiff(truth_temporary, truth[None], ("class",), SCENE_ORIGIN, options, CLASS_NAMES)
-        side_file = truth_temporary.with_name(f"{truth_temporary.name}.aux.xml")
-    os.replace(side_file, truth_path.with_name(f"{truth_path.name}.aux.xml"))
     return path, truth_path
 
 
