@@ -1,0 +1,293 @@
+"""End-to-end runs of the training scripts 02-05 on tiny splits (arch "tiny", few steps)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import network_functions as nf
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, InputError, list_images
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {
+    "02": "02_train_rgb_finetuning.py",
+    "03": "03_train_rgb_from_scratch.py",
+    "04": "04_train_ms_finetuning.py",
+    "05": "05_train_ms_from_scratch.py",
+}
+# Tiny and quick: the test network, 4 images per batch, float32.
+FAST = ["--arch", "tiny", "--batch-size", "4", "--mixed-precision", "off"]
+
+
+def script_main(number: str):
+    """The main() of a numbered script (file names start with digits, so no plain import)."""
+    path = REPO_ROOT / SCRIPTS[number]
+    spec = importlib.util.spec_from_file_location(f"script_{number}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def make_split(source: Path, target: Path, with_test: bool = False) -> Path:
+    """train/ (first 3 per class), validation/ (next 2), test/ (last 1) as links to `source`."""
+    parts = {"train": slice(0, 3), "validation": slice(3, 5)}
+    if with_test:
+        parts["test"] = slice(5, 6)
+    for class_name in CLASS_NAMES:
+        images = list_images(source / class_name)
+        for part, chosen in parts.items():
+            (target / part / class_name).mkdir(parents=True)
+            for image in images[chosen]:
+                (target / part / class_name / image.name).symlink_to(image.resolve())
+    return target
+
+
+@pytest.fixture(scope="module")
+def rgb_split(sample_rgb_dataset, tmp_path_factory) -> Path:
+    return make_split(sample_rgb_dataset, tmp_path_factory.mktemp("rgb_split"))
+
+
+@pytest.fixture(scope="module")
+def ms_split(sample_ms_dataset, tmp_path_factory) -> Path:
+    return make_split(sample_ms_dataset, tmp_path_factory.mktemp("ms_split"), with_test=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A random 3-band tiny backbone saved like ImageNet weights (tests never download)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
+    nf.build_backbone("tiny", 3).save_weights(path)
+    return path
+
+
+def read_history(run: Path) -> list[dict]:
+    with (run / "history.csv").open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_complete_run(run: Path, stages: list[str], bands: list[str], parts=("validation",)):
+    """The files of a finished run and what they must say."""
+    for name in ("model.keras", "model.json", "history.csv", "state.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").rglob("events.out.tfevents*"))
+    info = json.loads((run / "model.json").read_text())
+    assert info["class_names"] == list(CLASS_NAMES)
+    assert info["band_names"] == bands
+    assert info["input_size"] == [64, 64]
+    assert len(info["mean"]) == len(info["std"]) == len(bands)
+    assert [stage["name"] for stage in info["stages"]] == stages
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    for part in parts:
+        result = metrics[part]
+        matrix = np.array(result["confusion_matrix"])
+        assert matrix.shape == (10, 10)
+        assert matrix.sum() == result["images"] == (20 if part == "validation" else 10)
+        assert result["overall_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+        assert info["metrics"][part]["overall_accuracy"] == result["overall_accuracy"]
+        assert set(result["per_class"]) == set(CLASS_NAMES)
+        assert set(result["per_class"]["Forest"]) == {"precision", "recall", "f1", "support"}
+        suffix = "" if part == "validation" else f"_{part}"
+        assert (run / "report" / f"confusion_matrix{suffix}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "report" / "training_curves.png").is_file()
+    assert "Forest" in (run / "report" / "classification_report.txt").read_text()
+    history = read_history(run)
+    assert [row["stage"] for row in history] == [
+        stage for stage in stages for _ in range(len(history) // len(stages))
+    ]
+    assert [int(row["epoch"]) for row in history] == list(range(1, len(history) + 1))
+    return info, metrics
+
+
+def assert_reload_predicts_identically(run: Path, split: Path, band_indices=None) -> None:
+    """A reloaded model gives the same predictions as the best checkpoint it was saved from,
+    and reproduces the report's accuracy on the whole validation set."""
+    import keras
+
+    from image_functions import load_arrays
+
+    images, labels, _ = load_arrays(split / "validation", band_indices, progress=False)
+    pixels = images.astype(np.float32)
+    model = keras.saving.load_model(run / "model.keras")
+    info = json.loads((run / "model.json").read_text())
+    best = run / "checkpoints" / f"{info['stages'][-1]['name']}-best.keras"
+    checkpoint = keras.saving.load_model(best)
+    predictions = model.predict(pixels, verbose=0)
+    assert np.array_equal(predictions, model.predict(pixels, verbose=0))
+    assert np.array_equal(predictions, checkpoint.predict(pixels, verbose=0))
+    accuracy = float((predictions.argmax(axis=1) == labels).mean())
+    assert accuracy == pytest.approx(info["metrics"]["validation"]["overall_accuracy"])
+
+
+def test_02_rgb_finetuning_end_to_end(rgb_split, tiny_weights, tmp_path):
+    script_main("02")(
+        ["--data", str(rgb_split), "--weights", str(tiny_weights), "--epochs", "2",
+         "--output", str(tmp_path), *FAST]
+    )  # fmt: skip
+    run = tmp_path / "rgb-finetuning-tiny"
+    info, _ = assert_complete_run(run, ["head", "fine-tune"], ["B04", "B03", "B02"])
+    assert info["settings"]["head_learning_rate"] == 1.0
+    assert info["epochs_trained"] == 4
+    assert_reload_predicts_identically(run, rgb_split)
+
+
+def test_03_rgb_from_scratch_talk_epochs_and_bf16(rgb_split, tmp_path):
+    script_main("03")(
+        ["--data", str(rgb_split), "--epochs", "2", "--steps-per-epoch", "3",
+         "--output", str(tmp_path), "--run-name", "scratch", "--arch", "tiny",
+         "--batch-size", "4", "--mixed-precision", "bf16"]
+    )  # fmt: skip
+    run = tmp_path / "scratch"
+    info, _ = assert_complete_run(run, ["train"], ["B04", "B03", "B02"])
+    assert info["mixed_precision"] == "mixed_bfloat16"
+    assert len(read_history(run)) == 2
+    assert_reload_predicts_identically(run, rgb_split)
+
+
+@pytest.mark.parametrize("variant", ["adapter", "first-conv"])
+def test_04_ms_finetuning_both_variants(ms_split, tiny_weights, tmp_path, variant):
+    script_main("04")(
+        ["--data", str(ms_split), "--weights", str(tiny_weights), "--variant", variant,
+         "--epochs", "1", "--output", str(tmp_path), *FAST]
+    )  # fmt: skip
+    run = tmp_path / f"ms-finetuning-{variant}-tiny"
+    info, _ = assert_complete_run(
+        run, ["head", "fine-tune"], list(MS_BAND_NAMES), parts=("validation", "test")
+    )
+    assert info["variant"] == variant
+    import keras
+
+    model = keras.saving.load_model(run / "model.keras")
+    first_conv = model.get_layer("tiny").get_layer("block1_conv1")
+    assert first_conv.kernel.shape[2] == (3 if variant == "adapter" else 13)
+    assert (variant == "adapter") == (nf.ADAPTER_LAYER in [layer.name for layer in model.layers])
+
+
+def test_05_ms_from_scratch_with_test_part_and_evaluate_only(ms_split, tmp_path):
+    main = script_main("05")
+    main(["--data", str(ms_split), "--epochs", "2", "--output", str(tmp_path), *FAST])
+    run = tmp_path / "ms-scratch-tiny"
+    _, metrics = assert_complete_run(
+        run, ["train"], list(MS_BAND_NAMES), parts=("validation", "test")
+    )
+    assert_reload_predicts_identically(run, ms_split)
+    main(["--data", str(ms_split), "--evaluate-only", str(run / "model.keras"), *FAST])
+    evaluation = json.loads((run / f"report-{ms_split.name}" / "metrics.json").read_text())
+    for part in ("validation", "test"):
+        assert evaluation[part]["confusion_matrix"] == metrics[part]["confusion_matrix"]
+
+
+def test_rerun_resumes_after_interruption_and_refuses_finished_run(
+    rgb_split, tmp_path, monkeypatch
+):
+    main = script_main("03")
+    arguments = ["--data", str(rgb_split), "--epochs", "3", "--output", str(tmp_path), *FAST]
+    original = nf.progress_callback
+
+    def interrupting(run_folder, state, stage):
+        callback = original(run_folder, state, stage)
+        on_epoch_end = callback.on_epoch_end
+
+        def end_then_interrupt(epoch, logs=None):
+            on_epoch_end(epoch, logs)
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        callback.on_epoch_end = end_then_interrupt
+        return callback
+
+    monkeypatch.setattr(nf, "progress_callback", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        main(arguments)
+    run = tmp_path / "rgb-scratch-tiny"
+    assert not (run / "model.keras").exists() and not (run / "report").exists()
+    assert len(read_history(run)) == 2
+    import keras
+
+    keras.saving.load_model(run / "checkpoints" / "last.keras")  # the last good checkpoint
+    monkeypatch.setattr(nf, "progress_callback", original)
+    main(arguments)
+    history = read_history(run)
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3]
+    assert json.loads((run / "state.json").read_text())["finished"]
+    with pytest.raises(InputError, match="already complete"):
+        main(arguments)
+    main([*arguments, "--overwrite", "--epochs", "1"])
+    assert len(read_history(run)) == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no-validation", "has no validation/ folder"),
+        ("class-differs", "missing Forest, extra none"),
+        ("unknown-band", "band B08 is not among the available bands"),
+        ("stats-bands", "describe 13 bands but the images"),
+        ("wrong-weights", "does not fit a tiny backbone without top"),
+        ("output-is-file", "is a file"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_writes_nothing(rgb_split, tmp_path, case, message):
+    split = tmp_path / "split"
+    for part in ("train", "validation"):
+        for class_folder in (rgb_split / part).iterdir():
+            (split / part).mkdir(parents=True, exist_ok=True)
+            if case != "class-differs" or part == "train" or class_folder.name != "Forest":
+                (split / part / class_folder.name).symlink_to(class_folder)
+    output = tmp_path / "runs"
+    arguments = ["--data", str(split), "--output", str(output), "--epochs", "1", *FAST]
+    if case == "no-validation":
+        (split / "validation").rename(tmp_path / "elsewhere")
+    if case == "unknown-band":
+        arguments += ["--bands", "B04,B08"]
+    if case == "stats-bands":
+        stats = {"bands": list(MS_BAND_NAMES), "mean": [1.0] * 13, "std": [1.0] * 13}
+        (split / "band_stats.json").write_text(json.dumps(stats))
+    if case == "wrong-weights":
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")
+        nf.build_backbone("vgg16", 3).save_weights(tmp_path / "vgg16.weights.h5")
+        arguments += ["--weights", str(tmp_path / "vgg16.weights.h5")]
+    if case == "output-is-file":
+        output.write_text("not a folder")
+    with pytest.raises(InputError, match=message) as raised:
+        script_main("02" if case == "wrong-weights" else "03")(arguments)
+    assert "\n" not in str(raised.value)
+    if case != "output-is-file":
+        assert not output.exists()
+
+
+def test_script_exit_status_and_instant_help(tmp_path):
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    script = str(REPO_ROOT / SCRIPTS["05"])
+    result = subprocess.run(
+        [sys.executable, script, "--data", str(tmp_path / "missing"), "--output", str(tmp_path)],
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: split folder")
+    assert list(tmp_path.iterdir()) == []
+    code = (
+        f"import runpy, sys; sys.argv = [{script!r}, '--help']; runpy.run_path({script!r}, "
+        "run_name='__main__')"
+    )
+    check = f"{code}\nassert 'tensorflow' not in sys.modules, 'TensorFlow imported for --help'"
+    result = subprocess.run(
+        [sys.executable, "-c", f"try:\n    exec({check!r})\nexcept SystemExit:\n    pass\n"
+         "import sys\nassert 'tensorflow' not in sys.modules"],
+        capture_output=True, text=True, env=environment, cwd=REPO_ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--steps-per-epoch" in result.stdout and "--evaluate-only" in result.stdout
