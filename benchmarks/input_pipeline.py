@@ -1,0 +1,203 @@
+"""Input-pipeline benchmark: training batches per second, ours vs the talk's generator.
+
+Three feeds of 13-band 64x64 training batches, timed side by side in one run:
+
+- talk: `image_functions.simple_image_generator`, the talk's generator
+  re-implemented faithfully: random file sampling, every image read from disk
+  with each batch, normalised, random up/down and left/right flips, rotated by
+  a uniform angle in ±45° with scikit-image (bilinear, reflect), one image at a
+  time in Python.
+- ours: `image_functions.make_dataset` over arrays decoded once
+  (`load_arrays`), shuffled per epoch, batched, with the same augmentation as
+  Keras layers (`augmentation_layers`: flips and ±45° reflect rotation) run
+  per batch inside tf.data, prefetched.
+- raw: the same cached tf.data feed without augmentation (cast and one-hot
+  only), the ceiling of what the pipeline can deliver.
+- folded: a proposal for `augmentation_layers`, the same augmentation with both
+  flips folded into the rotation's affine transform, so one
+  ImageProjectiveTransformV3 call does all three (Keras' RandomFlip costs a
+  third of the augmentation time on its own).
+
+The feeds take turns (ROUNDS rounds of SECONDS / ROUNDS each), so a change in
+the machine's load during the run hits all of them alike.
+
+Images come from the real EuroSAT MS samples (`../shared/data/eurosat/ms`
+beside the checkout or `$EUROSAT_SAMPLES/eurosat/ms`) when present, else from
+demo_data's generated 13-band GeoTIFFs. Prints images/s of each and the ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DATA = None  # folder of class folders of 13-band GeoTIFFs; None: real MS samples, else demo data
+BATCH_SIZE = 64  # images per batch, as in the talk
+SECONDS = 6.0  # measuring time per feed, after warm-up
+ROUNDS = 3  # the feeds take turns this many times
+WARMUP_BATCHES = 3  # batches drawn before the clock starts (tracing, first reads)
+SEED = 0  # seed of shuffling and augmentation
+
+
+FEED_LABELS = {
+    "talk": "talk generator (disk read + skimage per image)",
+    "ours": "ours: cached tf.data + augmentation_layers()",
+    "raw": "raw cached feed (no augmentation)",
+    "folded": "proposed: flips folded into the rotation transform",
+}
+
+
+def find_ms_samples() -> Path | None:
+    """The real EuroSAT MS sample folder, or None when it is not beside the checkout."""
+    candidates = []
+    if os.environ.get("EUROSAT_SAMPLES"):
+        given = Path(os.environ["EUROSAT_SAMPLES"])
+        candidates += [given / "eurosat" / "ms", given / "ms"]
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "eurosat" / "ms")
+    return next((folder for folder in candidates if folder.is_dir()), None)
+
+
+def draw_for(batches: Iterator, seconds: float) -> tuple[int, float]:
+    """Draw batches for about `seconds`; returns (images drawn, seconds taken)."""
+    images = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        batch_images, _labels = next(batches)
+        images += int(batch_images.shape[0])
+    return images, elapsed
+
+
+def folded_flip_rotate(images, training: bool = True, max_degrees: float = 45.0):
+    """Random up/down and left/right flips and a uniform rotation in ±max_degrees,
+    as one bilinear, reflect-filled ImageProjectiveTransformV3 per batch.
+
+    images (n, rows, cols, bands) float32 -> same shape. The transform maps an
+    output pixel p to the input pixel F R (p - c) + c (R rotation, F = diag of
+    ±1 flips, c the image centre), which has the same distribution as the talk's
+    flip-then-rotate since the angle is symmetric about 0.
+    """
+    import tensorflow as tf
+
+    if not training:
+        return images
+    shape = tf.shape(images)
+    count = shape[0]
+    angle = tf.random.uniform([count], -max_degrees, max_degrees) * (3.141592653589793 / 180.0)
+    flip_x = tf.where(tf.random.uniform([count]) < 0.5, -1.0, 1.0)
+    flip_y = tf.where(tf.random.uniform([count]) < 0.5, -1.0, 1.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    centre_y = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
+    centre_x = (tf.cast(shape[2], tf.float32) - 1.0) / 2.0
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack(
+        [
+            flip_x * cos,
+            -flip_x * sin,
+            centre_x - flip_x * (cos * centre_x - sin * centre_y),
+            flip_y * sin,
+            flip_y * cos,
+            centre_y - flip_y * (sin * centre_x + cos * centre_y),
+            zeros,
+            zeros,
+        ],
+        axis=1,
+    )
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=shape[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+
+
+def talk_feed(folder: Path, batch_size: int) -> Iterator:
+    """The talk's generator over every file of `folder`, with the talk's augmentation."""
+    from image_functions import CLASS_NAMES, list_class_images, simple_image_generator
+
+    files = [str(path) for path, _label in list_class_images(folder)]
+    class_indices = {name: index for index, name in enumerate(CLASS_NAMES)}
+    return simple_image_generator(
+        files,
+        class_indices,
+        batch_size=batch_size,
+        rotation_range=45,
+        horizontal_flip=True,
+        vertical_flip=True,
+    )
+
+
+def our_feed(images, labels, batch_size: int, augment, seed: int) -> Iterator:
+    """Our cached tf.data feed, endless (epochs repeated); `augment` None, "layers"
+    (image_functions.augmentation_layers) or a callable(images, training)."""
+    from image_functions import augmentation_layers, make_dataset
+
+    if augment == "layers":
+        augment = augmentation_layers(seed=seed)
+    dataset = make_dataset(images, labels, batch_size, training=True, seed=seed, augment=augment)
+    return iter(dataset.repeat())
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the three feeds, print images/s and ratios; returns {feed: images/s}."""
+    from command_line import parse_settings
+    from image_functions import load_arrays
+
+    settings = parse_settings(__file__, argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(settings.data) if settings.data else find_ms_samples()
+        origin = "real EuroSAT MS samples"
+        if folder is None:
+            import demo_data
+
+            folder = demo_data.write_demo_dataset(
+                Path(scratch) / "ms", kind="ms", images_per_class=40, seed=settings.seed
+            )
+            origin = "generated demo data (real samples not found)"
+        elif settings.data:
+            origin = "given data"
+        images, labels, _paths = load_arrays(folder, progress=False)
+        print(
+            f"{len(labels)} images {images.shape[1:]} {images.dtype} from {folder} ({origin}); "
+            f"batch {settings.batch_size}, {settings.seconds:g} s per feed, {os.cpu_count()} CPUs"
+        )
+        feeds: dict[str, Iterator] = {
+            "talk": talk_feed(folder, settings.batch_size),
+            "ours": our_feed(images, labels, settings.batch_size, "layers", settings.seed),
+            "raw": our_feed(images, labels, settings.batch_size, None, settings.seed),
+            "folded": our_feed(
+                images, labels, settings.batch_size, folded_flip_rotate, settings.seed
+            ),
+        }
+        drawn = dict.fromkeys(feeds, 0)
+        taken = dict.fromkeys(feeds, 0.0)
+        for batches in feeds.values():
+            for _ in range(settings.warmup_batches):
+                next(batches)
+        for _ in range(settings.rounds):
+            for name, batches in feeds.items():
+                images_drawn, seconds = draw_for(batches, settings.seconds / settings.rounds)
+                drawn[name] += images_drawn
+                taken[name] += seconds
+    rates = {name: drawn[name] / taken[name] for name in feeds}
+    for name, label in FEED_LABELS.items():
+        print(f"{label:<50} {rates[name]:>10,.0f} images/s  ({drawn[name]} images)")
+    print(
+        f"ours / talk: {rates['ours'] / rates['talk']:.1f}x (target >= 3x); "
+        f"folded / talk: {rates['folded'] / rates['talk']:.1f}x; "
+        f"raw feed {rates['raw']:,.0f} images/s (target >= 20,000)"
+    )
+    return rates
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO_ROOT))
+    main()
