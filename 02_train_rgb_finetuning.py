@@ -7,8 +7,8 @@ model.keras (takes raw pixel values), model.json, history.csv, TensorBoard logs/
 and report/. `--evaluate-only MODEL` writes the report of a saved model instead.
 """
 
-from command_line import parse_settings, run_script
-from network_functions import SCRIPT_CHOICES, Stage, run_recipe
+from command_line import run_script
+from network_functions import finetuning_stages, parse_training_settings, run_recipe
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
@@ -26,23 +26,11 @@ OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: rgb-finetuning-<arch>; the same name resumes a run
 MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 where the hardware has it)
 SEED = 0  # seed of weights, shuffling and augmentation
-OVERWRITE = False  # replace a finished run of the same name
-EVALUATE_ONLY = ""  # a saved model to evaluate on DATA instead of training
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(__file__, argv, choices=SCRIPT_CHOICES)
-    stages = [
-        Stage("head", "head", "adadelta", settings.head_learning_rate, settings.head_patience),
-        Stage(
-            "fine-tune",
-            "above-block1",
-            "sgd",
-            settings.finetune_learning_rate,
-            settings.patience,
-            settings.finetune_momentum,
-        ),
-    ]
+    settings = parse_training_settings(__file__, argv)
+    stages = finetuning_stages(settings, head_optimizer="adadelta")
     run_recipe(settings, stages, recipe="rgb-finetuning")
 
 

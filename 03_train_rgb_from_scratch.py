@@ -7,8 +7,8 @@ history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL` writes the
 report of a saved model instead.
 """
 
-from command_line import parse_settings, run_script
-from network_functions import SCRIPT_CHOICES, Stage, run_recipe
+from command_line import run_script
+from network_functions import Stage, parse_training_settings, run_recipe
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
@@ -23,12 +23,10 @@ OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: rgb-scratch-<arch>; the same name resumes a run
 MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 where the hardware has it)
 SEED = 0  # seed of weights, shuffling and augmentation
-OVERWRITE = False  # replace a finished run of the same name
-EVALUATE_ONLY = ""  # a saved model to evaluate on DATA instead of training
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(__file__, argv, choices=SCRIPT_CHOICES)
+    settings = parse_training_settings(__file__, argv)
     stages = [Stage("train", "all", "adam", settings.learning_rate, settings.patience)]
     run_recipe(settings, stages, recipe="rgb-scratch")
 

@@ -11,8 +11,8 @@ model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL`
 writes the report of a saved model instead.
 """
 
-from command_line import parse_settings, run_script
-from network_functions import SCRIPT_CHOICES, Stage, run_recipe
+from command_line import run_script
+from network_functions import finetuning_stages, parse_training_settings, run_recipe
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 VARIANT = "first-conv"  # adapter (1x1 conv 13 -> 3) or first-conv (13-band first convolution)
@@ -31,23 +31,11 @@ OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: ms-finetuning-<variant>-<arch>; the same name resumes
 MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 where the hardware has it)
 SEED = 0  # seed of weights, shuffling and augmentation
-OVERWRITE = False  # replace a finished run of the same name
-EVALUATE_ONLY = ""  # a saved model to evaluate on DATA instead of training
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(__file__, argv, choices=SCRIPT_CHOICES)
-    stages = [
-        Stage("head", "head", "adam", settings.head_learning_rate, settings.head_patience),
-        Stage(
-            "fine-tune",
-            "above-block1",
-            "sgd",
-            settings.finetune_learning_rate,
-            settings.patience,
-            settings.finetune_momentum,
-        ),
-    ]
+    settings = parse_training_settings(__file__, argv)
+    stages = finetuning_stages(settings, head_optimizer="adam")
     run_recipe(settings, stages, recipe="ms-finetuning", variant=settings.variant)
 
 

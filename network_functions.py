@@ -50,7 +50,7 @@ ARCHITECTURES = ("vgg16", "densenet201", "tiny")
 # How 04 feeds 13 bands to an ImageNet backbone (see build_classifier).
 VARIANTS = ("adapter", "first-conv")
 PRECISION_MODES = ("auto", "off", "bf16", "fp16")
-# Flag choices shared by the training scripts (command_line.parse_settings).
+# Flag choices of the training scripts' constants (command_line.parse_settings).
 SCRIPT_CHOICES = {"ARCH": ARCHITECTURES, "MIXED_PRECISION": PRECISION_MODES, "VARIANT": VARIANTS}
 
 # Keras' ImageNet weights without the classifier top: file name, download folder, MD5.
@@ -399,6 +399,24 @@ class Stage:
     learning_rate: float
     patience: int
     momentum: float = 0.0
+
+
+def finetuning_stages(settings: argparse.Namespace, head_optimizer: str) -> list[Stage]:
+    """The talk's two fine-tuning stages from a script's settings: "head" (backbone
+    frozen, `head_optimizer` at head_learning_rate, head_patience), then
+    "fine-tune" (frozen up to block 1, SGD at finetune_learning_rate with
+    finetune_momentum, patience)."""
+    return [
+        Stage("head", "head", head_optimizer, settings.head_learning_rate, settings.head_patience),
+        Stage(
+            "fine-tune",
+            "above-block1",
+            "sgd",
+            settings.finetune_learning_rate,
+            settings.patience,
+            settings.finetune_momentum,
+        ),
+    ]
 
 
 def set_trainable(model, arch: str, trainable: str, variant: str | None = None) -> None:
@@ -947,6 +965,29 @@ def evaluate_model(
 # ---------------------------------------------------------------------------
 
 
+def add_action_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags every training script has besides its constants: what to do, not how."""
+    parser.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train again a finished run of the same name, replacing its outputs",
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        metavar="MODEL",
+        default="",
+        help="write the report of a saved model on --data instead of training",
+    )
+
+
+def parse_training_settings(script_file: str, argv: list[str] | None = None):
+    """A training script's settings: its constants as flags plus the action flags."""
+    from command_line import parse_settings
+
+    return parse_settings(script_file, argv, choices=SCRIPT_CHOICES, extra=add_action_flags)
+
+
 def run_recipe(
     settings: argparse.Namespace, stages: Sequence[Stage], recipe: str, variant: str | None = None
 ) -> Path:
@@ -993,21 +1034,14 @@ def run_recipe(
                 variant=variant,
                 seed=settings.seed,
             )
-        train_data, _ = folder_dataset(
-            split.folder / "train",
-            settings.batch_size,
-            training=True,
-            band_indices=split.band_indices,
-            class_names=split.class_names,
-            seed=settings.seed,
-        )
-        validation_data, _ = folder_dataset(
-            split.folder / "validation",
-            settings.batch_size,
-            training=False,
-            band_indices=split.band_indices,
-            class_names=split.class_names,
-        )
+        train_data, validation_data = (
+            folder_dataset(
+                split.folder / part, settings.batch_size, training=part == "train",
+                band_indices=split.band_indices, class_names=split.class_names,
+                seed=settings.seed,
+            )[0]
+            for part in ("train", "validation")
+        )  # fmt: skip
         # Workers other than the chief write into a scratch folder (Keras' multi-worker rule).
         work_folder = run_folder if writer else Path(tempfile.mkdtemp(prefix="worker-run-"))
         work_folder.mkdir(parents=True, exist_ok=True)

@@ -165,8 +165,7 @@ def test_pretrained_weights_need_a_variant_for_13_bands(keras_backend, tmp_path)
         )
 
 
-def test_imagenet_download_failure_says_where_to_put_the_file(keras_backend, tmp_path,
-                                                              monkeypatch):
+def test_imagenet_download_failure_says_where_to_put_the_file(keras_backend, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
 
     def offline(*args, **kwargs):
