@@ -17,6 +17,7 @@ from pathlib import Path
 
 from command_line import atomic_output, parse_settings, refuse_existing, run_script
 from image_functions import InputError
+from network_functions import PRECISION_MODES
 
 IMAGE = None  # scene: GeoTIFF/VRT, Sentinel-2 .SAFE folder or its .zip
 MODEL = None  # trained model (.keras; the talk's .h5/.hdf5 too) with model.json beside it
@@ -29,7 +30,7 @@ BBOX = ()  # minx miny maxx maxy in the scene's CRS: classify only this part
 WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
 PROBABILITIES = "max"  # max: one band, the winning class's probability; all: a band per class
 RGB_SCALING = "auto"  # auto: RGB models get L1C values scaled like EuroSAT's JPEGs (eurosat)
-MIXED_PRECISION = "float32"  # float32 (exact), bfloat16, float16; auto: by hardware
+MIXED_PRECISION = "off"  # off: float32 (exact, the talk's answer); bf16, fp16; auto: by hardware
 QUICKLOOK = True  # also write <stem>_quicklook.png
 PROGRESS = True  # show a progress bar
 OVERWRITE = False  # replace existing outputs
@@ -53,10 +54,11 @@ def main(argv: list[str] | None = None) -> dict:
         choices={
             "PROBABILITIES": ["max", "all"],
             "RGB_SCALING": ["auto", "eurosat", "none"],
-            "MIXED_PRECISION": ["float32", "bfloat16", "float16", "auto"],
+            "MIXED_PRECISION": PRECISION_MODES,
         },
     )
     import scene_functions as scenes
+    from network_functions import precision_policy
 
     if not settings.image or not settings.model:
         raise InputError("give the scene with --image and the trained model with --model.")
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     scenes.warn_if_not_georeferenced(scene, str(image))
     rgb_scaling = scenes.rgb_scaling_needed(settings.rgb_scaling, config.band_names, scene)
-    precision = scenes.inference_precision(settings.mixed_precision)
+    precision = precision_policy(settings.mixed_precision)
     model = scenes.with_precision(model, precision)
     dtype = scenes.scene_dtype(scene, band_indices, rgb_scaling)
     predict = scenes.make_predictor(model, config, dtype, len(band_indices))
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             scenes.write_quicklook(
                 label_temporary, quicklook_temporary, config.class_names, f"{stem} ({precision})"
             )
+    scenes.write_category_names(label_path, config.class_names)
     seconds = time.perf_counter() - started
 
     classified_pixels = sum(summary["pixels"].values())
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, count in summary["pixels"].items():
         if count:
             print(f"  {name:22s} {100 * count / max(classified_pixels, 1):5.1f} %")
-    for path in outputs:
+    for path in [*outputs, Path(f"{label_path}.aux.xml")]:
         print(f"wrote {path}")
     return summary
 

@@ -208,32 +208,17 @@ def load_classifier(model_path: str | Path):
     return model, config
 
 
-def inference_precision(mode: str) -> str:
-    """Resolve "auto" to "float16" with a GPU, "bfloat16" on a CPU with AMX, else "float32"."""
-    if mode != "auto":
-        return mode
-    import tensorflow as tf
+def with_precision(model, policy: str):
+    """A copy of `model` computing under a Keras dtype policy ("mixed_bfloat16", ...).
 
-    if tf.config.list_physical_devices("GPU"):
-        return "float16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        flags = ""
-    return "bfloat16" if "amx_bf16" in flags else "float32"
-
-
-def with_precision(model, precision: str):
-    """A copy of `model` computing in `precision` ("float32", "bfloat16", "float16").
-
-    Weights stay float32 (Keras mixed policies); preprocessing layers stay
-    float32 because uint16 digital numbers lose their precision in 16 bits.
+    network_functions.precision_policy turns the scripts' auto|off|bf16|fp16
+    into the policy. Weights stay float32; preprocessing layers stay float32
+    because uint16 digital numbers lose their precision in 16 bits.
     """
     import keras
 
-    if precision == "float32":
+    if policy == "float32":
         return model
-    policy = f"mixed_{precision}"
     serialized = keras.saving.serialize_keras_object(model)
 
     def set_policy(node: object) -> None:
@@ -711,8 +696,8 @@ def create_outputs(
     """Create the label (Byte) and probability (Float32) GeoTIFFs of a scene.
 
     Both carry the scene's geotransform and projection (when it has them), are
-    tiled and DEFLATE-compressed. The label raster has a colour table, the class
-    names as category names and nodata 255; the probability raster has one band
+    tiled and DEFLATE-compressed. The label raster has a colour table and nodata
+    255 (class names follow with `write_category_names`); the probability raster has one band
     (the winning class's probability) or, with probabilities "all", one band per
     class described by the class name, nodata NaN.
     """
@@ -744,12 +729,23 @@ def create_outputs(
     colours.SetColorEntry(LABEL_NODATA, (0, 0, 0, 0))
     band.SetRasterColorTable(colours)
     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
-    band.SetCategoryNames(list(class_names))
     for number in range(1, probability_bands + 1):
         band = probability.GetRasterBand(number)
         band.SetNoDataValue(PROBABILITY_NODATA)
         band.SetDescription(class_names[number - 1] if probabilities == "all" else "probability")
     return label, probability
+
+
+def write_category_names(label_path: Path, class_names: Sequence[str]) -> None:
+    """Give a finished label GeoTIFF its class names as category names.
+
+    GeoTIFF has no tag for them, so GDAL keeps them in `<label>.aux.xml` beside
+    the file (QGIS and GDAL read it); call this after the label file has its
+    final name, or the sidecar would keep the temporary name.
+    """
+    dataset = gdal.Open(str(label_path), gdal.GA_Update)
+    dataset.GetRasterBand(1).SetCategoryNames(list(class_names))
+    dataset = None
 
 
 def class_colour(name: str, index: int) -> tuple[int, int, int]:

@@ -318,7 +318,7 @@ def test_files_that_are_not_models_are_refused(tmp_path):
 
 def test_bfloat16_copy_keeps_weights_and_mostly_the_labels(rgb_case, tmp_path):
     _, scene_path, _, model, (talk_labels, _) = rgb_case
-    mixed = scenes.with_precision(model, "bfloat16")
+    mixed = scenes.with_precision(model, "mixed_bfloat16")
     assert mixed.layers[1].dtype_policy.name == "float32"  # Normalization stays float32
     assert mixed.layers[-1].dtype_policy.name == "mixed_bfloat16"
     labels, _ = run_classification(
@@ -423,6 +423,7 @@ def test_outputs_carry_georeferencing_colours_names_and_nodata(rgb_case, tmp_pat
         probabilities="all",
         name="geo",
     )
+    scenes.write_category_names(tmp_path / "geo_label.tif", CLASS_NAMES)
     source = gdal.Open(str(scene_path))
     label = gdal.Open(str(tmp_path / "geo_label.tif"))
     probability = gdal.Open(str(tmp_path / "geo_prob.tif"))

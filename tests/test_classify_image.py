@@ -1,0 +1,232 @@
+"""Tests of 06_classify_image.py as users run it: flags, outputs, every bad input.
+
+main(argv) is called in-process (TensorFlow starts once for the module); one
+test runs the script in a subprocess to check the exit status and the one-line
+error. Scenes are tiny; models are built in the tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from test_scene_functions import (
+    ORIGIN,
+    expected_at_stride,
+    generated_jp2_bands,
+    read_raster,
+    safe_layout,
+    save_model,
+    smooth_scene,
+    tiny_model,
+    write_scene,
+)
+
+import scene_functions as scenes
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "06_classify_image.py"
+
+
+def load_script():
+    """The 06 script as a module (its file name starts with a digit)."""
+    spec = importlib.util.spec_from_file_location("classify_image", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+classify_image = load_script()
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """An RGB scene, an MS scene, a self-contained RGB model and an MS model."""
+    folder = tmp_path_factory.mktemp("classify")
+    rgb = smooth_scene(30, 36, 3, np.uint8, 30.0)
+    rgb_path = write_scene(folder / "rgb_scene.tif", rgb)
+    ms = smooth_scene(20, 22, 13, np.uint16, 600.0)
+    ms_path = write_scene(folder / "ms_scene.tif", ms, descriptions=MS_BAND_NAMES)
+    mean, std = talk_constants(3)
+    rgb_model = tiny_model(3, mean, std)
+    rgb_model_path = save_model(rgb_model, folder / "rgb_run", RGB_BAND_NAMES)
+    ms_mean, ms_std = talk_constants(13)
+    ms_model_path = save_model(tiny_model(13, ms_mean, ms_std), folder / "ms_run", MS_BAND_NAMES)
+    return {
+        "folder": folder,
+        "rgb": rgb,
+        "rgb_path": rgb_path,
+        "ms_path": ms_path,
+        "rgb_model": rgb_model,
+        "rgb_model_path": rgb_model_path,
+        "ms_model_path": ms_model_path,
+        "talk": scenes.talk_classify(rgb, rgb_model),
+    }
+
+
+def run(*argv: object) -> dict:
+    return classify_image.main([str(value) for value in argv] + ["--no-progress"])
+
+
+def test_help_is_instant_and_lists_the_constants():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    )
+    for flag in ("--image", "--model", "--stride", "--block-rows", "--bands", "--bbox"):
+        assert flag in result.stdout
+
+
+def test_classifies_and_writes_label_probability_and_quicklook(case, tmp_path):
+    summary = run(
+        "--image", case["rgb_path"], "--model", case["rgb_model_path"],
+        "--output-dir", tmp_path, "--stride", 1, "--block-rows", 7,
+    )  # fmt: skip
+    labels = read_raster(tmp_path / "rgb_scene_label.tif")
+    probabilities = read_raster(tmp_path / "rgb_scene_prob.tif")
+    talk_labels, talk_probabilities = case["talk"]
+    assert np.array_equal(labels, talk_labels)
+    np.testing.assert_allclose(probabilities, talk_probabilities, atol=1e-5)
+    png = (tmp_path / "rgb_scene_quicklook.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert summary["classified"] == summary["windows"] == 30 * 36
+    assert sum(summary["pixels"].values()) == 30 * 36
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "rgb_scene_label.tif",
+        "rgb_scene_label.tif.aux.xml",  # the class names
+        "rgb_scene_prob.tif",
+        "rgb_scene_quicklook.png",
+    ]
+
+
+def test_stride_and_probabilities_all(case, tmp_path):
+    run(
+        "--image", case["rgb_path"], "--model", case["rgb_model_path"], "--output-dir", tmp_path,
+        "--stride", 4, "--probabilities", "all", "--no-quicklook",
+    )  # fmt: skip
+    labels = read_raster(tmp_path / "rgb_scene_label.tif")
+    assert np.array_equal(labels, expected_at_stride(case["talk"][0], 4))
+    assert read_raster(tmp_path / "rgb_scene_prob.tif").shape == (10, 30, 36)
+    assert not (tmp_path / "rgb_scene_quicklook.png").exists()
+
+
+def test_existing_outputs_need_overwrite(case, tmp_path):
+    arguments = ["--image", case["rgb_path"], "--model", case["rgb_model_path"]]
+    arguments += ["--output-dir", tmp_path, "--stride", 8]
+    (tmp_path / "rgb_scene_label.tif").write_text("keep me")
+    with pytest.raises(InputError, match="rgb_scene_label.tif already exists; pass --overwrite"):
+        run(*arguments)
+    assert (tmp_path / "rgb_scene_label.tif").read_text() == "keep me"
+    assert not (tmp_path / "rgb_scene_prob.tif").exists()
+    run(*arguments, "--overwrite")
+    assert read_raster(tmp_path / "rgb_scene_label.tif").shape == (30, 36)
+
+
+def test_failure_leaves_nothing_half_written(case, tmp_path, monkeypatch):
+    def broken_quicklook(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(scenes, "write_quicklook", broken_quicklook)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run("--image", case["rgb_path"], "--model", case["rgb_model_path"],
+            "--output-dir", tmp_path, "--stride", 8)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_legacy_h5_model_through_the_script(case, tmp_path):
+    model = tiny_model(3)  # the talk normalised outside the model
+    model_path = tmp_path / "model" / "talk.hdf5"
+    model_path.parent.mkdir()
+    model.save(model_path.with_suffix(".h5"))
+    model_path.with_suffix(".h5").rename(model_path)
+    run("--image", case["rgb_path"], "--model", model_path, "--output-dir", tmp_path / "out",
+        "--stride", 3)  # fmt: skip
+    mean, std = talk_constants(3)
+    talk_labels, _ = scenes.talk_classify(case["rgb"], model, mean, std)
+    labels = read_raster(tmp_path / "out" / "rgb_scene_label.tif")
+    assert np.array_equal(labels, expected_at_stride(talk_labels, 3))
+
+
+def test_bands_flag_selects_and_reorders(case, tmp_path):
+    rgb_from_ms = ["--image", case["ms_path"], "--model", case["rgb_model_path"]]
+    run(*rgb_from_ms, "--output-dir", tmp_path / "a", "--stride", 4, "--rgb-scaling", "none")
+    run(*rgb_from_ms, "--output-dir", tmp_path / "b", "--stride", 4, "--rgb-scaling", "none",
+        "--bands", "4,3,2")  # fmt: skip
+    assert np.array_equal(
+        read_raster(tmp_path / "a" / "ms_scene_label.tif"),
+        read_raster(tmp_path / "b" / "ms_scene_label.tif"),
+    )
+
+
+def test_not_georeferenced_scene_warns_but_classifies(case, tmp_path):
+    plain = write_scene(tmp_path / "plain.tif", case["rgb"], georeferenced=False)
+    with pytest.warns(UserWarning, match="not georeferenced"):
+        run("--image", plain, "--model", case["rgb_model_path"], "--stride", 8)
+    assert read_raster(tmp_path / "plain_label.tif").shape == (30, 36)
+
+
+def test_safe_product_with_bbox_into_an_rgb_model(case, tmp_path):
+    safe = safe_layout(tmp_path, generated_jp2_bands(tmp_path))
+    x0, y0 = ORIGIN[0], ORIGIN[3]
+    run("--image", safe, "--model", case["rgb_model_path"], "--output-dir", tmp_path / "out",
+        "--bbox", x0 + 100, y0 - 500, x0 + 400, y0 - 200, "--stride", 5)  # fmt: skip
+    stem = safe.name.removesuffix(".SAFE")
+    output = gdal.Open(str(tmp_path / "out" / f"{stem}_label.tif"))
+    assert (output.RasterXSize, output.RasterYSize) == (30, 30)
+    assert output.GetGeoTransform()[0] == x0 + 100
+    assert output.GetGeoTransform()[3] == y0 - 200
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "give the scene with --image"),
+        (["--image", "{folder}/missing.tif", "--model", "{rgb_model}"], "missing.tif does not"),
+        (["--image", "{folder}/rgb_scene.tif", "--model", "{folder}/no.keras"], "no.keras does"),
+        (["--image", "{folder}/notes.txt", "--model", "{rgb_model}"], "is not a raster"),
+        (["--image", "{folder}/rgb_scene.tif", "--model", "{ms_model}"],
+         "expects 13 bands: B01, B02, B03, B04, B05, B06, B07, B08, B09, B10, B11, B12, B8A"),
+        (["--image", "{folder}/ms_scene.tif", "--model", "{rgb_model}", "--bands", "B02,B03"],
+         "select 2 bands .* expects 3 bands: B04, B03, B02"),
+        (["--image", "{folder}/rgb_scene.tif", "--model", "{rgb_model}", "--bbox", "1", "2"],
+         "bounding box \\[1.0, 2.0\\] is not minx"),
+        (["--image", "{folder}/rgb_scene.tif", "--model", "{rgb_model}", "--stride", "0"],
+         "stride must be at least 1"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_clear_sentence(case, tmp_path, arguments, message):
+    (case["folder"] / "notes.txt").write_text("not a raster")
+    values = {
+        "folder": case["folder"],
+        "rgb_model": case["rgb_model_path"],
+        "ms_model": case["ms_model_path"],
+    }
+    arguments = [argument.format(**values) for argument in arguments]
+    with pytest.raises(InputError, match=message):
+        run(*arguments, "--output-dir", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_exits_with_status_2_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--image", str(tmp_path / "missing.tif"), "--model", "m"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: scene {tmp_path / 'missing.tif'} does not exist."
+
+
+def test_class_names_in_the_label_raster(case, tmp_path):
+    run("--image", case["rgb_path"], "--model", case["rgb_model_path"], "--output-dir", tmp_path,
+        "--stride", 8, "--no-quicklook")  # fmt: skip
+    dataset = gdal.Open(str(tmp_path / "rgb_scene_label.tif"))  # keep: bands need it alive
+    # GDAL 3.6's GeoTIFF driver loads the .aux.xml lazily, on the first georeferencing
+    # query; GetCategoryNames alone does not trigger it (QGIS and gdalinfo do).
+    assert dataset.GetGeoTransform() == ORIGIN
+    assert dataset.GetRasterBand(1).GetCategoryNames() == list(CLASS_NAMES)
