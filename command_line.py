@@ -144,6 +144,8 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     refuse_existing([path], overwrite)
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise InputError(f"output {path} exists and is not a regular file or folder.")
     if not path.parent.exists():
         try:
             path.parent.mkdir(parents=True)

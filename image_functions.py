@@ -272,23 +272,113 @@ def normalization_layer(mean: Sequence[float], std: Sequence[float], name: str =
     return keras.layers.Normalization(axis=-1, mean=mean, variance=std**2, name=name)
 
 
-def augmentation_layers(seed: int | None = None, name: str = "augmentation"):
-    """The talk's augmentation as Keras layers, active only in training.
+_CUSTOM_LAYERS: dict[str, type] = {}
 
-    Horizontal and vertical flips, rotation by a uniform angle in ±45° with
-    reflect fill and bilinear interpolation.
+
+def custom_layers() -> dict[str, type]:
+    """The project's Keras layer classes, defined (and registered for saving) on first use.
+
+    Defined lazily so that importing this module does not start TensorFlow.
+    """
+    if _CUSTOM_LAYERS:
+        return _CUSTOM_LAYERS
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable(package="cnn_sentinel")
+    class RandomFlipRotation(keras.layers.Layer):
+        """Random up/down and left/right flips and a rotation by a uniform angle in
+        ±max_degrees, bilinear with reflect fill, active only in training.
+
+        One projective transform per batch does all three: an output pixel p
+        samples the input at F R (p - c) + c (R the rotation, F the diagonal of
+        ±1 flips, c the image centre). Keras' RandomFlip + RandomRotation do the
+        same in three passes over the batch, which made augmentation the
+        bottleneck of the input pipeline (see benchmarks/input_pipeline.py).
+        Input and output: (batch, rows, cols, bands), any float dtype.
+        """
+
+        def __init__(self, max_degrees: float = 45.0, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.max_degrees = max_degrees
+            self.seed = seed
+            self.seed_generator = keras.random.SeedGenerator(seed)
+            self.supports_masking = True
+
+        def call(self, inputs, training=False):
+            if not training:
+                return inputs
+            images = tf.cast(inputs, tf.float32)
+            shape = tf.shape(images)
+            count = shape[:1]
+            radians = keras.random.uniform(
+                count, -self.max_degrees, self.max_degrees, seed=self.seed_generator
+            ) * (np.pi / 180.0)
+            flips = keras.random.uniform(tf.concat([count, [2]], 0), seed=self.seed_generator)
+            flip = tf.where(flips < 0.5, -1.0, 1.0)
+            flip_x, flip_y = flip[:, 0], flip[:, 1]
+            cos, sin = tf.cos(radians), tf.sin(radians)
+            centre_y = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
+            centre_x = (tf.cast(shape[2], tf.float32) - 1.0) / 2.0
+            zeros = tf.zeros_like(cos)
+            transforms = tf.stack(
+                [
+                    flip_x * cos,
+                    -flip_x * sin,
+                    centre_x - flip_x * (cos * centre_x - sin * centre_y),
+                    flip_y * sin,
+                    flip_y * cos,
+                    centre_y - flip_y * (sin * centre_x + cos * centre_y),
+                    zeros,
+                    zeros,
+                ],
+                axis=1,
+            )
+            output = tf.raw_ops.ImageProjectiveTransformV3(
+                images=images,
+                transforms=transforms,
+                output_shape=shape[1:3],
+                fill_value=0.0,
+                interpolation="BILINEAR",
+                fill_mode="REFLECT",
+            )
+            return tf.cast(output, inputs.dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "max_degrees": self.max_degrees, "seed": self.seed}
+
+    _CUSTOM_LAYERS["RandomFlipRotation"] = RandomFlipRotation
+    return _CUSTOM_LAYERS
+
+
+def augmentation_layers(seed: int | None = None, name: str = "augmentation"):
+    """The talk's augmentation as one Keras layer, active only in training.
+
+    Random horizontal and vertical flips and a rotation by a uniform angle in
+    ±45° with reflect fill and bilinear interpolation (see RandomFlipRotation).
+    """
+    return custom_layers()["RandomFlipRotation"](max_degrees=45.0, seed=seed, name=name)
+
+
+def load_keras_model(path: str | Path, compile: bool = False):
+    """Load a saved Keras model (.keras, .h5, .hdf5) that may use the project's layers.
+
+    Raises InputError naming the file when it is missing or is not a Keras model.
     """
     import keras
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            keras.layers.RandomRotation(
-                factor=45.0 / 360.0, fill_mode="reflect", interpolation="bilinear", seed=seed
-            ),
-        ],
-        name=name,
-    )
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model {path} does not exist.")
+    custom_layers()
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # Keras raises many types for a bad file.
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error)
+        raise InputError(f"model {path} cannot be loaded as a Keras model: {detail}") from None
 
 
 def load_arrays(
@@ -448,7 +538,7 @@ def simple_image_generator(
     horizontal_flip: bool = False,
     vertical_flip: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The talk's training generator: endless batches drawn with replacement.
+    """The talk's training generator: endless batches of randomly drawn files.
 
     Each image is read from disk, normalised with the talk's constants, flipped
     at random up/down and left/right, rotated by a uniform angle in
@@ -462,7 +552,8 @@ def simple_image_generator(
     while True:
         batch_x = []
         batch_y = np.zeros((batch_size, len(class_indices)))
-        for position, path in enumerate(random.choices(files, k=batch_size)):
+        # Each batch is drawn without replacement; batches are independent draws.
+        for position, path in enumerate(random.sample(files, k=batch_size)):
             image = read_image(path)
             image = (
                 preprocessing_image_rgb(image)

@@ -117,6 +117,50 @@ def test_augmentation_only_in_training():
     assert changed.shape == images.shape and not np.allclose(changed, images)
 
 
+def test_flip_rotation_layer_geometry():
+    images = np.random.default_rng(0).random((32, 8, 8, 2)).astype(np.float32)
+    flips_only = imf.custom_layers()["RandomFlipRotation"](max_degrees=0.0, seed=3)
+    output = np.asarray(flips_only(images, training=True))
+    variants = {"none": 0, "rows": 0, "cols": 0, "both": 0}
+    for image, result in zip(images, output, strict=True):
+        candidates = {
+            "none": image,
+            "rows": image[::-1],
+            "cols": image[:, ::-1],
+            "both": image[::-1, ::-1],
+        }
+        matches = [
+            key for key, value in candidates.items() if np.allclose(result, value, atol=1e-5)
+        ]
+        assert len(matches) == 1
+        variants[matches[0]] += 1
+    assert all(count > 0 for count in variants.values())  # all four flips occur
+    # Bilinear resampling with reflect fill stays within the range of the input values.
+    quarter = imf.custom_layers()["RandomFlipRotation"](max_degrees=90.0, seed=0)
+    turned = np.asarray(quarter(images, training=True))
+    assert turned.shape == images.shape and np.isfinite(turned).all()
+    assert turned.min() >= images.min() - 1e-6 and turned.max() <= images.max() + 1e-6
+
+
+def test_augmentation_survives_saving(tmp_path):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = imf.augmentation_layers(seed=0)(inputs)
+    outputs = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, outputs)
+    model.save(tmp_path / "model.keras")
+    loaded = imf.load_keras_model(tmp_path / "model.keras")
+    images = np.random.default_rng(1).random((2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
+    assert loaded.get_layer("augmentation").max_degrees == 45.0
+    (tmp_path / "broken.keras").write_bytes(b"nonsense")
+    with pytest.raises(InputError, match="broken.keras cannot be loaded"):
+        imf.load_keras_model(tmp_path / "broken.keras")
+    with pytest.raises(InputError, match="does not exist"):
+        imf.load_keras_model(tmp_path / "missing.keras")
+
+
 def test_folder_dataset_is_a_real_epoch(sample_ms_dataset):
     dataset, labels = imf.folder_dataset(
         sample_ms_dataset, batch_size=16, training=True, band_indices=[3, 2, 1], progress=False
@@ -191,4 +235,7 @@ def test_atomic_output(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "done"
     assert sorted(path.name for path in target.parent.iterdir()) == ["result.txt"]
+    with pytest.raises(InputError, match="not a regular file"):
+        with command_line.atomic_output("/dev/null", overwrite=True):
+            pass
     shutil.rmtree(tmp_path / "out")
