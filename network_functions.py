@@ -166,10 +166,63 @@ def choose_strategy():
     import tensorflow as tf
 
     if os.environ.get("TF_CONFIG"):
+        patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def patch_keras_for_multi_worker() -> None:
+    """Make Keras 3's fit work under MultiWorkerMirroredStrategy (TensorFlow backend).
+
+    Keras 3.15 reduces per-replica values with calls that collective all-reduce
+    rejects: the first batch before building (eagerly) and scalar metrics with
+    axis=0 (keras-team/keras#20585). This builds from the worker's own first
+    batch and averages scalars over replicas instead. Harmless for other
+    strategies; remove once Keras fixes the issue.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tensorflow_trainer
+
+    if getattr(tensorflow_trainer, "_multi_worker_patched", False):
+        return
+    original_reduce = tensorflow_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            return tf.nest.map_structure(
+                lambda value: (
+                    strategy.reduce("MEAN", value, axis=None)
+                    if isinstance(value, tf.distribute.DistributedValues)
+                    else value
+                ),
+                values,
+            )
+        return original_reduce(values, strategy, reduction)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: (
+                        self.distribute_strategy.experimental_local_results(value)[0]
+                        if isinstance(value, tf.distribute.DistributedValues)
+                        else value
+                    ),
+                    next(batches),
+                )
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    tensorflow_trainer.reduce_per_replica = reduce_per_replica
+    tensorflow_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    tensorflow_trainer._multi_worker_patched = True
 
 
 def is_chief(strategy) -> bool:
@@ -1080,6 +1133,7 @@ def run_recipe(
         "variant": variant,
         "recipe": recipe,
         "mixed_precision": policy,
+        "replicas": strategy.num_replicas_in_sync,
         "settings": dict(vars(settings)),
         "stages": [asdict(stage) for stage in stages],
         "epochs_trained": state["epoch"],
