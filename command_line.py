@@ -38,8 +38,10 @@ def _constant_comments(source: str) -> dict[int, str]:
 def script_constants(script_file: str | Path) -> list[tuple[str, object, str]]:
     """The UPPER_CASE constants at module level of a script, in order.
 
-    Returns (name, default value, help text from the trailing comment). Only
-    literal values count (numbers, strings, booleans, None, tuples/lists of them).
+    Returns (name, default value, help text from the trailing comment). A
+    setting is a constant with a literal value (numbers, strings, booleans,
+    None, tuples/lists of them) and a trailing `# comment`; constants without
+    one are facts of the script (file names, tables) and get no flag.
     """
     source = Path(script_file).read_text(encoding="utf-8")
     comments = _constant_comments(source)
@@ -54,7 +56,9 @@ def script_constants(script_file: str | Path) -> list[tuple[str, object, str]]:
             value = ast.literal_eval(node.value)
         except ValueError:
             continue
-        constants.append((target.id, value, comments.get(node.end_lineno, "")))
+        help_text = comments.get(node.end_lineno, "")
+        if help_text:
+            constants.append((target.id, value, help_text))
     return constants
 
 
