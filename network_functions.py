@@ -380,6 +380,7 @@ def build_classifier(
     weights: str | Path | None = None,
     variant: str | None = None,
     seed: int = 0,
+    augment: bool = True,
 ):
     """Self-contained classifier: raw pixels -> normalisation -> augmentation
     (training only) -> [band adapter] -> backbone -> head -> float32 softmax.
@@ -391,6 +392,7 @@ def build_classifier(
     "first-conv" (backbone with a band-count first convolution, all other
     ImageNet weights copied). Heads: GlobalAveragePooling2D, HEAD_UNITS[arch]
     relu Dense layers, Dense(num_classes, softmax) in float32.
+    `augment=False` leaves out the augmentation layers (for timing the network alone).
     Preprocessing layers are float32 whatever the global mixed-precision policy
     (uint16 digital numbers do not fit bfloat16's 8-bit mantissa).
     """
@@ -410,7 +412,8 @@ def build_classifier(
     with dtype_policy("float32"):
         inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, len(band_names)), name="pixels")
         x = normalization_layer(mean, std)(inputs)
-        x = augmentation_layers(seed=seed)(x)
+        if augment:
+            x = augmentation_layers(seed=seed)(x)
     if variant == "adapter":
         adapter = keras.layers.Conv2D(3, 1, name=ADAPTER_LAYER)
         x = adapter(x)
