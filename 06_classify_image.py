@@ -15,6 +15,8 @@ import contextlib
 import time
 from pathlib import Path
 
+from osgeo import gdal
+
 from command_line import atomic_output, parse_settings, refuse_existing, run_script
 from image_functions import InputError
 from network_functions import PRECISION_MODES
@@ -31,6 +33,7 @@ WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
 PROBABILITIES = "max"  # max: one band, the winning class's probability; all: a band per class
 RGB_SCALING = "auto"  # auto: RGB models get L1C values scaled like EuroSAT's JPEGs (eurosat)
 MIXED_PRECISION = "off"  # off: float32 (exact, the talk's answer); bf16, fp16; auto: by hardware
+GDAL_CACHE_MB = 256  # GDAL's block cache: enough for the tiles of about two row blocks
 QUICKLOOK = True  # also write <stem>_quicklook.png
 PROGRESS = True  # show a progress bar
 OVERWRITE = False  # replace existing outputs
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{', EuroSAT RGB scaling' if rgb_scaling else ''}), stride {settings.stride}"
     )
 
+    gdal.SetCacheMax(settings.gdal_cache_mb * 2**20)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         label_temporary = stack.enter_context(atomic_output(label_path, settings.overwrite))

@@ -259,7 +259,8 @@ def make_predictor(
     std = None if config.std is None else tf.constant(config.std, tf.float32)
 
     @tf.function(
-        input_signature=[tf.TensorSpec((None, size, size, window_bands), tf.as_dtype(input_dtype))]
+        autograph=False,
+        input_signature=[tf.TensorSpec((None, size, size, window_bands), tf.as_dtype(input_dtype))],
     )
     def forward(batch):
         pixels = tf.cast(batch, tf.float32)
@@ -522,28 +523,44 @@ def nodata_mask(block: np.ndarray, nodata_values: Sequence[float | None]) -> np.
 def read_mirrored(
     dataset: gdal.Dataset,
     band_numbers: Sequence[int],
-    rows: np.ndarray,
-    cols: np.ndarray,
+    top: int,
+    bottom: int,
+    left: int,
+    right: int,
 ) -> np.ndarray:
-    """Scene pixels at the (mirror-folded) `rows` x `cols`: (rows, cols, bands), native dtype.
+    """Scene rows top..bottom-1, all columns plus `left`/`right` more, mirrored past the edges.
 
-    One GDAL windowed read of the rows' hull straight into pixel-interleaved
-    memory, then one gather.
+    Returns (bottom - top, left + cols + right, bands) in the scene's dtype,
+    numpy "symmetric" beyond the scene. The scene part is read by GDAL straight
+    into its place in the block (no second copy); the mirrored margins are then
+    copied from it.
     """
-    first, last = int(rows.min()), int(rows.max())
-    hull = np.empty(
-        (last - first + 1, dataset.RasterXSize, len(band_numbers)),
+    rows, cols = dataset.RasterYSize, dataset.RasterXSize
+    row_sources = symmetric_indices(top, bottom, rows) - top
+    col_sources = symmetric_indices(-left, cols + right, cols) + left
+    block = np.empty(
+        (bottom - top, left + cols + right, len(band_numbers)),
         scene_dtype(dataset, [band_numbers[0] - 1], rgb_scaling=False),
     )
+    first, last = max(0, -top), min(bottom - top, rows - top)  # block rows inside the scene
+    mirrored_rows = np.flatnonzero(row_sources != np.arange(bottom - top))
+    mirrored_cols = np.flatnonzero(col_sources != np.arange(left + cols + right))
+    if np.any((row_sources < first) | (row_sources >= last)):
+        # The scene is smaller than the margins: mirror what one read of it gives.
+        scene = dataset.ReadAsArray(band_list=list(band_numbers))
+        scene = np.moveaxis(scene.reshape(len(band_numbers), rows, cols), 0, -1)
+        return scene[np.ix_(row_sources + top, col_sources - left)]
     dataset.ReadAsArray(
         0,
-        first,
-        dataset.RasterXSize,
-        last - first + 1,
-        buf_obj=hull.transpose(2, 0, 1),
+        top + first,
+        cols,
+        last - first,
+        buf_obj=block[first:last, left : left + cols].transpose(2, 0, 1),
         band_list=list(band_numbers),
     )
-    return hull[np.ix_(rows - first, cols)]
+    block[mirrored_rows, left : left + cols] = block[row_sources[mirrored_rows], left : left + cols]
+    block[:, mirrored_cols] = block[:, col_sources[mirrored_cols]]
+    return block
 
 
 def window_view(block: np.ndarray, size: int) -> np.ndarray:
@@ -611,8 +628,6 @@ def scene_windows(
     before = size // 2
     all_centre_rows = window_centres(rows, stride)
     centre_cols = window_centres(cols, stride)
-    # Block column j holds scene column j - before (mirrored past the edges).
-    read_cols = symmetric_indices(-before, cols - before + size, cols)
     grid_rows_per_block = max(1, block_rows // stride)
     for first_grid_row in range(0, len(all_centre_rows), grid_rows_per_block):
         centre_rows = all_centre_rows[first_grid_row : first_grid_row + grid_rows_per_block]
@@ -620,9 +635,8 @@ def scene_windows(
         last_row = min(rows, first_row + len(centre_rows) * stride)
         top = min(int(centre_rows[0]) - before, first_row)
         bottom = max(int(centre_rows[-1]) - before + size, last_row)
-        block = read_mirrored(
-            dataset, band_numbers, symmetric_indices(top, bottom, rows), read_cols
-        )
+        # Block column j holds scene column j - before (mirrored past the edges).
+        block = read_mirrored(dataset, band_numbers, top, bottom, before, size - before)
         pixel_nodata = nodata_mask(block, nodata_values)
         if np.issubdtype(block.dtype, np.floating):
             np.nan_to_num(block, copy=False, nan=0.0)
@@ -771,13 +785,16 @@ def classify_scene(
     probabilities: str = "max",
     rgb_scaling: bool = False,
     progress: bool = True,
+    prefetch_depth: int = 4,
 ) -> dict:
     """Classify a scene window by window and write the label and probability GeoTIFFs.
 
     predict: (n, size, size, bands) raw pixels -> (n, classes) float32 (see
     `make_predictor`). Pixel (r, c) at stride 1 gets the class of its window,
     rows r-size/2..r+size/2-1; at stride s each window fills its s x s block.
-    Streams `block_rows` output rows at a time. Returns counts: "windows",
+    Streams `block_rows` output rows at a time; reading and cutting windows run
+    in a background thread `prefetch_depth` items ahead of inference (0: in
+    line). Returns counts: "windows",
     "classified", "pixels" per class name and "nodata" pixels.
     """
     if stride < 1:
@@ -795,47 +812,56 @@ def classify_scene(
     pixel_counts = np.zeros(class_count + 1, np.int64)
     classified = 0
 
-    def write_block(block: Block, grid: np.ndarray) -> None:
-        """Spread the block's predictions over its stride x stride cells and write them."""
-        grid = grid.reshape(*block.grid_shape, class_count)
+    def spread(values: np.ndarray, nodata: np.ndarray, fill: float) -> np.ndarray:
+        """(grid rows, grid cols) -> the block's (rows, cols), each value over its cell."""
         if stride > 1:
-            grid = np.repeat(np.repeat(grid, stride, axis=0), stride, axis=1)
-        grid = grid[: block.nodata.shape[0], :cols]
-        nodata = block.nodata | np.isnan(grid[..., 0])
-        labels = np.where(nodata, LABEL_NODATA, np.argmax(np.nan_to_num(grid), axis=-1))
-        labels = labels.astype(np.uint8)
+            values = np.repeat(np.repeat(values, stride, axis=0), stride, axis=1)
+        values = np.ascontiguousarray(values[: nodata.shape[0], :cols])
+        values[nodata] = fill
+        return values
+
+    def write_block(block: Block, grid: np.ndarray) -> None:
+        """Spread the block's predictions over their stride x stride cells and write them."""
+        grid = grid.reshape(*block.grid_shape, class_count)
+        unclassified = np.isnan(grid[..., 0])
+        labels = np.argmax(np.nan_to_num(grid), axis=-1).astype(np.uint8)
+        labels[unclassified] = LABEL_NODATA
+        labels = spread(labels, block.nodata, LABEL_NODATA)
         label_output.GetRasterBand(1).WriteArray(labels, 0, block.first_row)
         if probabilities == "all":
             for index in range(class_count):
-                values = np.where(nodata, PROBABILITY_NODATA, grid[..., index])
+                values = spread(grid[..., index], block.nodata, PROBABILITY_NODATA)
                 probability_output.GetRasterBand(index + 1).WriteArray(values, 0, block.first_row)
         else:
-            values = np.where(nodata, PROBABILITY_NODATA, grid.max(axis=-1))
+            values = spread(grid.max(axis=-1), block.nodata, PROBABILITY_NODATA)
             probability_output.GetRasterBand(1).WriteArray(values, 0, block.first_row)
-        pixel_counts[:] += np.bincount(
-            np.where(nodata, class_count, labels).ravel(), minlength=class_count + 1
-        )
+        # Write the finished tiles now: GDAL would otherwise keep them in its cache.
+        label_output.FlushCache()
+        probability_output.FlushCache()
+        counts = np.bincount(labels.ravel(), minlength=256)
+        pixel_counts[:class_count] += counts[:class_count]
+        pixel_counts[class_count] += counts[LABEL_NODATA]
 
     items = scene_windows(dataset, band_indices, size, stride, block_rows, batch_size, rgb_scaling)
-    with tqdm(
-        total=grid_total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
-    ) as bar:
-        block, grid, remaining = None, None, 0
-        for item in prefetch(items, depth=4):
-            if isinstance(item, Block):
-                block, remaining = item, item.batch_count
-                grid = np.full((math.prod(item.grid_shape), class_count), np.nan, np.float32)
-                bar.update(math.prod(item.grid_shape) - item.valid_windows)
-                classified += item.valid_windows
-            else:
-                grid[item.positions] = predict(item.pixels)
-                bar.update(len(item.positions))
-                remaining -= 1
-            if remaining == 0:
-                write_block(block, grid)
-    label_output.FlushCache()
-    probability_output.FlushCache()
-    label_output = probability_output = None
+    try:
+        with tqdm(
+            total=grid_total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
+        ) as bar:
+            block, grid, remaining = None, None, 0
+            for item in prefetch(items, prefetch_depth) if prefetch_depth > 0 else items:
+                if isinstance(item, Block):
+                    block, remaining = item, item.batch_count
+                    grid = np.full((math.prod(item.grid_shape), class_count), np.nan, np.float32)
+                    bar.update(math.prod(item.grid_shape) - item.valid_windows)
+                    classified += item.valid_windows
+                else:
+                    grid[item.positions] = predict(item.pixels)
+                    bar.update(len(item.positions))
+                    remaining -= 1
+                if remaining == 0:
+                    write_block(block, grid)
+    finally:  # close the files deterministically, also when interrupted
+        label_output = probability_output = None
     return {
         "windows": grid_total,
         "classified": classified,

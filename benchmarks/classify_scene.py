@@ -1,0 +1,309 @@
+"""Benchmark of 06's scene classifier against the talk's algorithm and the model itself.
+
+Prints, side by side with ratios:
+  0. the inference call: model(x) in a tf.function vs predict_on_batch vs predict;
+  1. ours vs the talk's algorithm, same small scene and model, stride 1, float32
+     (labels must be identical);
+  2. ours vs the model-bound limit (the same patches through model.predict on
+     ready-made float32 arrays), and ours with and without the reading thread;
+  3. bfloat16 vs float32 (time and label agreement);
+  4. a full Sentinel-2 tile 10980 x 10980 x 13 uint16 (a VRT mosaic of one
+     generated 1098 x 1098 block, so nothing big is written) through
+     06_classify_image.py at stride 64 in a subprocess: time and peak RSS.
+
+Run from the repository root:
+    .venv/bin/python benchmarks/classify_scene.py            # everything
+    .venv/bin/python benchmarks/classify_scene.py --skip-tile
+The small scene is a crop of the real T33UUU scene when the shared data is
+there, a generated one otherwise. Models have random weights (speed only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import scene_functions as scenes  # noqa: E402
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, talk_constants  # noqa: E402
+
+gdal.UseExceptions()
+
+# The real 13-band scene the small benchmark scene is cropped from (when present).
+REAL_SCENE = Path("sentinel2_l1c_T33UUU_20170216_13band_1536x768.tif")
+# Runs of each of our measurements; the best counts (the machine is shared).
+REPEATS = 3
+# Side of a full Sentinel-2 tile at 10 m.
+TILE_SIDE = 10980
+
+
+def shared_scenes() -> Path | None:
+    """The shared scenes folder ($EUROSAT_SAMPLES/../scenes or ../shared/data/scenes)."""
+    candidates = []
+    if os.environ.get("EUROSAT_SAMPLES"):
+        given = Path(os.environ["EUROSAT_SAMPLES"])
+        candidates += [given / "scenes", given.parent / "scenes"]
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "scenes")
+    return next((folder for folder in candidates if folder.is_dir()), None)
+
+
+def build_model(kind: str, bands: int):
+    """A classifier with its own normalisation: "small" (3 strided convs) or "vgg16"."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    mean, std = talk_constants(bands)
+    inputs = keras.Input((64, 64, bands))
+    x = keras.layers.Normalization(mean=list(mean), variance=list(np.square(std)))(inputs)
+    if kind == "vgg16":
+        backbone = keras.applications.VGG16(include_top=False, weights=None, input_tensor=x)
+        x = keras.layers.GlobalAveragePooling2D()(backbone.output)
+        x = keras.layers.Dense(2048, activation="relu")(x)
+        x = keras.layers.Dense(2048, activation="relu")(x)
+    else:
+        for filters in (32, 64, 128):
+            x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def small_scene(folder: Path, rows: int, cols: int) -> Path:
+    """A rows x cols x 13 uint16 scene: a crop of the real scene, or generated."""
+    path = folder / "small_scene.tif"
+    base = shared_scenes()
+    if base is not None and (base / REAL_SCENE).is_file():
+        gdal.Translate(str(path), str(base / REAL_SCENE), srcWin=[600, 300, cols, rows])
+        return path
+    generator = np.random.default_rng(0)
+    image = generator.integers(200, 3000, (13, rows, cols), dtype=np.uint16)
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, 13, gdal.GDT_UInt16)
+    dataset.WriteArray(image)
+    dataset = None
+    return path
+
+
+def timed(function, *args, **kwargs):
+    """(seconds, result) of one call."""
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def ours(dataset, model, folder: Path, name: str, batch_size: int, prefetch_depth: int = 4):
+    """Classify the scene with scene_functions at stride 1: (best of REPEATS seconds, labels)."""
+    config = scenes.ModelConfig(CLASS_NAMES, MS_BAND_NAMES, 64, None, None, "benchmark")
+    predict = scenes.make_predictor(model, config, np.dtype(np.uint16), 13)
+    predict(np.zeros((batch_size, 64, 64, 13), np.uint16))  # trace once, as a run would
+    label_path, probability_path = folder / f"{name}_label.tif", folder / f"{name}_prob.tif"
+    best = math.inf
+    for _ in range(REPEATS):
+        for path in (label_path, probability_path):
+            path.unlink(missing_ok=True)
+        seconds, _ = timed(
+            scenes.classify_scene,
+            dataset,
+            predict,
+            config,
+            list(range(13)),
+            label_path,
+            probability_path,
+            stride=1,
+            batch_size=batch_size,
+            block_rows=64,
+            progress=False,
+            prefetch_depth=prefetch_depth,
+        )
+        best = min(best, seconds)
+    return best, gdal.Open(str(label_path)).ReadAsArray()
+
+
+def in_batches(predict, windows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Predictions of ready-made windows (n, 64, 64, bands), batch by batch."""
+    return [
+        predict(windows[start : start + batch_size]) for start in range(0, len(windows), batch_size)
+    ]
+
+
+def row(name: str, seconds: float, patches: int, reference: float | None, note: str = "") -> None:
+    ratio = f"{reference / seconds:6.2f}x" if reference else "      "
+    print(f"  {name:44s} {seconds:8.2f} s {patches / seconds:9.0f} patches/s {ratio}  {note}")
+
+
+def inference_calls(model, batch_size: int, repeats: int = 5) -> None:
+    """0. Time one batch through the three ways of calling a Keras model."""
+    import tensorflow as tf
+
+    batch = np.random.default_rng(1).integers(200, 3000, (batch_size, 64, 64, 13))
+    batch = batch.astype(np.float32)
+
+    @tf.function(autograph=False)
+    def forward(x):
+        return model(x, training=False)
+
+    ways = {
+        "model(x) in tf.function": lambda: forward(batch).numpy(),
+        "model.predict_on_batch(x)": lambda: model.predict_on_batch(batch),
+        "model.predict(x)": lambda: model.predict(batch, batch_size=batch_size, verbose=0),
+    }
+    print(f"0. one batch of {batch_size} windows, best of {repeats}")
+    fastest = None
+    for name, call in ways.items():
+        call()
+        best = min(timed(call)[0] for _ in range(repeats))
+        fastest = fastest or best
+        row(name, best, batch_size, fastest)
+
+
+def full_tile(folder: Path, model, stride: int, block_rows: int) -> None:
+    """4. A 10980 x 10980 x 13 tile through the 06 script in a subprocess: time, peak RSS."""
+    block_side = TILE_SIDE // 10
+    generator = np.random.default_rng(2)
+    block = generator.integers(200, 3000, (13, block_side, block_side), dtype=np.uint16)
+    source = folder / "tile_block.tif"
+    dataset = gdal.GetDriverByName("GTiff").Create(
+        str(source), block_side, block_side, 13, gdal.GDT_UInt16, ["TILED=YES"]
+    )
+    dataset.WriteArray(block)
+    dataset = None
+    # A VRT repeating the block 10 x 10 times: a full tile that is read like a file.
+    sources = "".join(
+        f'<SimpleSource><SourceFilename relativeToVRT="1">{source.name}</SourceFilename>'
+        f"<SourceBand>{{band}}</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{block_side}" ySize="{block_side}"/>'
+        f'<DstRect xOff="{column * block_side}" yOff="{line * block_side}" '
+        f'xSize="{block_side}" ySize="{block_side}"/></SimpleSource>'
+        for line in range(10)
+        for column in range(10)
+    )
+    bands = "".join(
+        f'<VRTRasterBand dataType="UInt16" band="{number}"><Description>{name}</Description>'
+        + sources.format(band=number)
+        + "</VRTRasterBand>"
+        for number, name in enumerate(MS_BAND_NAMES, start=1)
+    )
+    vrt = folder / "tile.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{TILE_SIDE}" rasterYSize="{TILE_SIDE}">'
+        "<GeoTransform>300000, 10, 0, 5900040, 0, -10</GeoTransform>"
+        f"{bands}</VRTDataset>"
+    )
+    model_folder = folder / "tile_model"
+    model_folder.mkdir()
+    model.save(model_folder / "model.keras")
+    facts = {"class_names": list(CLASS_NAMES), "band_names": list(MS_BAND_NAMES)}
+    (model_folder / "model.json").write_text(json.dumps({**facts, "input_size": [64, 64]}))
+    command = [
+        sys.executable, str(REPO_ROOT / "06_classify_image.py"),
+        "--image", str(vrt), "--model", str(model_folder / "model.keras"),
+        "--output-dir", str(folder / "tile_out"), "--stride", str(stride),
+        "--block-rows", str(block_rows), "--no-progress",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    windows = (TILE_SIDE // stride + (TILE_SIDE % stride > 0)) ** 2
+    talk_bytes = ((TILE_SIDE + 128) ** 2 * 13 + TILE_SIDE**2 * 13 + TILE_SIDE**2 * 2) * 8
+    print(
+        f"4. full tile {TILE_SIDE} x {TILE_SIDE} x 13 uint16, stride {stride}, 06 in a subprocess"
+    )
+    if result.returncode != 0:
+        print(result.stdout[-2000:], result.stderr[-2000:])
+        raise SystemExit("the full-tile run failed")
+    print(f"  {windows} windows in {seconds:.1f} s (whole process, TensorFlow start included)")
+    print(f"  peak RSS {peak:.2f} GiB (limit 2 GiB)")
+    print(
+        f"  the talk's algorithm would hold >= {talk_bytes / 2**30:.0f} GiB (float64 scene, padded)"
+    )
+    print("  " + result.stdout.strip().splitlines()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=32, help="small scene rows")
+    parser.add_argument("--cols", type=int, default=64, help="small scene columns")
+    parser.add_argument("--model", choices=["small", "vgg16"], default="small")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--tile-stride", type=int, default=64)
+    parser.add_argument("--tile-block-rows", type=int, default=256)
+    parser.add_argument("--skip-tile", action="store_true", help="skip the full-tile run")
+    parser.add_argument("--skip-small", action="store_true", help="only the full-tile run")
+    arguments = parser.parse_args()
+    import tensorflow as tf
+
+    print(
+        f"TensorFlow {tf.__version__}, devices "
+        f"{[device.device_type for device in tf.config.list_physical_devices()]}, "
+        f"{os.cpu_count()} CPUs visible, model {arguments.model}"
+    )
+    model = build_model(arguments.model, 13)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        if not arguments.skip_small:
+            small_scene_comparisons(model, folder, arguments)
+        if not arguments.skip_tile:
+            small = build_model("small", 13)
+            full_tile(folder, small, arguments.tile_stride, arguments.tile_block_rows)
+
+
+def small_scene_comparisons(model, folder: Path, arguments: argparse.Namespace) -> None:
+    """0.-3. on a small scene at stride 1."""
+    inference_calls(model, arguments.batch_size)
+
+    scene_path = small_scene(folder, arguments.rows, arguments.cols)
+    dataset = scenes.open_scene(scene_path)
+    image = np.moveaxis(dataset.ReadAsArray(), 0, -1)
+    patches = arguments.rows * arguments.cols
+    print(f"1.-3. {arguments.rows} x {arguments.cols} x 13 scene ({scene_path.name}), stride 1")
+    model.predict(np.zeros((1, 64, 64, 13), np.float32), verbose=0)
+    talk_seconds, (talk_labels, _) = timed(scenes.talk_classify, image, model)
+    ours_seconds, labels = ours(dataset, model, folder, "ours", arguments.batch_size)
+    inline_seconds, inline_labels = ours(
+        dataset, model, folder, "inline", arguments.batch_size, prefetch_depth=0
+    )
+    padded = np.pad(image.astype(np.float32), ((32, 31), (32, 31), (0, 0)), "symmetric")
+    windows = np.ascontiguousarray(scenes.window_view(padded, 64).reshape(-1, 64, 64, 13))
+    bound_seconds, _ = timed(model.predict, windows, batch_size=arguments.batch_size, verbose=0)
+    config = scenes.ModelConfig(CLASS_NAMES, MS_BAND_NAMES, 64, None, None, "benchmark")
+    forward = scenes.make_predictor(model, config, np.dtype(np.float32), 13)
+    forward(windows[: arguments.batch_size])
+    forward_seconds = min(
+        timed(in_batches, forward, windows, arguments.batch_size)[0] for _ in range(REPEATS)
+    )
+    del windows
+    mixed = scenes.with_precision(model, "mixed_bfloat16")
+    bf16_seconds, bf16_labels = ours(dataset, mixed, folder, "bf16", arguments.batch_size)
+    identical = np.array_equal(labels, talk_labels) and np.array_equal(inline_labels, labels)
+    row("talk algorithm (model.predict per row)", talk_seconds, patches, None)
+    row(
+        "ours (float32)", ours_seconds, patches, talk_seconds,
+        f"vs talk; labels identical: {identical}",
+    )  # fmt: skip
+    row("model-bound: model.predict on ready arrays", bound_seconds, patches, None)
+    row("ours (float32)", ours_seconds, patches, bound_seconds, "of the model-bound limit")
+    row("model-bound: tf.function on ready arrays", forward_seconds, patches, None)
+    row("ours (float32)", ours_seconds, patches, forward_seconds, "of the tf.function bound")
+    row("ours without the reading thread", inline_seconds, patches, forward_seconds, "of it")
+    agreement = np.mean(bf16_labels == labels)
+    row(
+        "ours (bfloat16)", bf16_seconds, patches, ours_seconds,
+        f"vs float32; label agreement {agreement:.4f}",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
