@@ -249,3 +249,26 @@ def test_classification_metrics_and_plots(tmp_path):
     nf.plot_training_curves(history, [0, 1], tmp_path / "curves.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_mixed_precision_backbones_use_fused_batch_normalization(keras_backend):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    stock = nf.build_backbone("tiny", 3)
+    with nf.dtype_policy("mixed_bfloat16"):
+        fused = nf.with_fused_batch_normalization(stock)
+        built = nf.build_backbone("tiny", 3)
+    fused_class = nf.fused_batch_normalization_class()
+    assert type(built.get_layer("block1_bn")) is fused_class
+    assert type(stock.get_layer("block1_bn")) is keras.layers.BatchNormalization
+    assert_same_weights(stock.get_weights(), fused.get_weights())
+    pixels = np.random.default_rng(0).normal(size=(4, 64, 64, 3)).astype(np.float32)
+    for training in (False, True):
+        np.testing.assert_allclose(
+            np.asarray(fused(pixels, training=training), np.float32),
+            np.asarray(stock(pixels, training=training)),
+            atol=0.1,
+        )
+    moving_mean = fused.get_layer("block1_bn").moving_mean.numpy()
+    assert not np.array_equal(moving_mean, np.zeros_like(moving_mean))  # training updated it
