@@ -659,3 +659,21 @@ def test_real_landsat_scene_with_nodata_0(scenes_dir, tmp_path):
     assert np.mean(labels[(pixels != 0).all(axis=-1)] < 10) > 0.8
     output = gdal.Open(str(tmp_path / "out_label.tif"))
     assert output.GetGeoTransform() == gdal.Open(str(path)).GetGeoTransform()
+
+
+def test_rgb_model_on_l1c_values_sees_them_scaled_like_eurosat_jpegs(rgb_case, tmp_path):
+    _, _, _, model, _ = rgb_case
+    digital_numbers = smooth_scene(20, 24, 3, np.uint16, 500.0, seed=4)
+    scene_path = write_scene(tmp_path / "l1c.tif", digital_numbers)
+    dataset = scenes.open_scene(scene_path)
+    assert scenes.rgb_scaling_needed("auto", RGB_BAND_NAMES, dataset)
+    assert not scenes.rgb_scaling_needed("auto", MS_BAND_NAMES, dataset)
+    assert not scenes.rgb_scaling_needed("none", RGB_BAND_NAMES, dataset)
+    byte_scene = scenes.open_scene(rgb_case[1])
+    assert not scenes.rgb_scaling_needed("auto", RGB_BAND_NAMES, byte_scene)
+    labels, _ = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=3, rgb_scaling=True
+    )
+    scaled = np.clip(digital_numbers.astype(np.float64), 0, 2750) * 254 / 2750 + 1
+    talk_labels, _ = scenes.talk_classify(np.round(scaled).astype(np.uint8), model)
+    assert np.array_equal(labels, expected_at_stride(talk_labels, 3))
