@@ -149,8 +149,10 @@ def load_classifier(model_path: str | Path):
         raise InputError(
             f"model {model_path} is not a Keras model file ({', '.join(MODEL_SUFFIXES)})."
         )
+    from network_functions import custom_objects
+
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        model = keras.models.load_model(model_path, compile=False, custom_objects=custom_objects())
     except Exception as error:  # Keras raises many types for unreadable files.
         first_line = (str(error).strip().splitlines() or ["unreadable"])[0]
         raise InputError(f"model {model_path} cannot be loaded: {first_line}") from None
@@ -237,8 +239,11 @@ def with_precision(model, policy: str):
             for value in node:
                 set_policy(value)
 
+    from network_functions import custom_objects
+
     set_policy(serialized)
-    mixed = keras.saving.deserialize_keras_object(serialized)
+    with keras.saving.custom_object_scope(custom_objects()):
+        mixed = keras.saving.deserialize_keras_object(serialized)
     mixed.set_weights(model.get_weights())
     return mixed
 

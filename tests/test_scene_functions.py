@@ -677,3 +677,23 @@ def test_rgb_model_on_l1c_values_sees_them_scaled_like_eurosat_jpegs(rgb_case, t
     scaled = np.clip(digital_numbers.astype(np.float64), 0, 2750) * 254 / 2750 + 1
     talk_labels, _ = scenes.talk_classify(np.round(scaled).astype(np.uint8), model)
     assert np.array_equal(labels, expected_at_stride(talk_labels, 3))
+
+
+def test_models_with_our_custom_layers_load_and_convert(tmp_path):
+    import keras
+
+    from network_functions import fused_batch_normalization_class
+
+    mean, std = talk_constants(3)
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Normalization(mean=list(mean), variance=list(np.square(std)))(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4)(x)
+    x = fused_batch_normalization_class()()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    path = save_model(keras.Model(inputs, outputs), tmp_path, RGB_BAND_NAMES)
+    model, config = scenes.load_classifier(path)
+    assert config.band_names == RGB_BAND_NAMES
+    assert scenes.with_precision(model, "mixed_bfloat16").layers[-1].dtype_policy.name == (
+        "mixed_bfloat16"
+    )
