@@ -47,7 +47,7 @@ SCENE_ORIGIN: tuple[float, float] = (399960.0, 5900040.0)
 # EuroSAT's JPEGs differ from their MS twins by about 1.5 levels; so do ours at this quality.
 JPEG_QUALITY: int = 95
 # Scene regions are about this many pixels across (at least ten, one per class).
-SCENE_REGION_SIZE: int = 128
+SCENE_REGION_SIZE: int = 192
 
 # Sentinel-2 bands recorded at 20 m and 60 m; EuroSAT resampled them to 10 m,
 # so they are smoother than the 10 m bands. Box-filter widths in 10 m pixels.
@@ -176,6 +176,17 @@ def _herbaceous_vegetation(rng: np.random.Generator, rows: int, cols: int) -> Fi
     return _mix({"dry_vegetation": dry, "grass": grass, "canopy": shrubs, "soil": soil})
 
 
+# Roads and rivers repeat every LINE_SPACING pixels across their direction, so a
+# 64x64 window anywhere in a large Highway or River region of the scene sees one,
+# as every EuroSAT patch of these classes does; a patch itself holds just one.
+LINE_SPACING: int = 72
+
+
+def _distance_to_repeated_line(offset: np.ndarray) -> np.ndarray:
+    """Distance in pixels to the nearest of parallel lines at offset 0, ±LINE_SPACING, ..."""
+    return np.abs((offset + LINE_SPACING / 2) % LINE_SPACING - LINE_SPACING / 2)
+
+
 def _highway(rng: np.random.Generator, rows: int, cols: int) -> Field:
     background = 0.5 * _crop_fields(rng, rows, cols, greenness=0.3) + 0.5 * _pasture(
         rng, rows, cols
@@ -184,7 +195,7 @@ def _highway(rng: np.random.Generator, rows: int, cols: int) -> Field:
     # A gentle curve through the middle: two carriageways and a green median.
     curve = v - rng.uniform(-10, 10) - u * u / rng.uniform(400, 4000) * rng.choice((-1, 1))
     width = rng.uniform(2.0, 3.5)
-    distance = np.abs(curve)
+    distance = _distance_to_repeated_line(curve)
     road = np.clip(width - distance + 0.5, 0, 1)
     verge = np.clip(width + 2.5 - distance, 0, 1) * (1 - road)
     median = np.clip(0.8 - distance, 0, 1) * rng.uniform(0.3, 0.8)
@@ -279,7 +290,7 @@ def _river(rng: np.random.Generator, rows: int, cols: int) -> Field:
     u, v = _rotated_coordinates(rng, rows, cols)
     wavelength = rng.uniform(40, 120)
     meander = rng.uniform(4, 14) * np.sin(2 * np.pi * u / wavelength + rng.uniform(0, 2 * np.pi))
-    distance = np.abs(v - rng.uniform(-8, 8) - meander)
+    distance = _distance_to_repeated_line(v - rng.uniform(-8, 8) - meander)
     half_width = rng.uniform(6, 13)
     water = np.clip(half_width - distance + 0.5, 0, 1)
     bank_trees = np.clip(half_width + 3 - distance, 0, 1) * (1 - water)

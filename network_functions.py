@@ -35,6 +35,7 @@ from image_functions import (
     augmentation_layers,
     band_statistics,
     class_folders,
+    custom_layers,
     default_band_names,
     folder_dataset,
     list_class_images,
@@ -333,7 +334,8 @@ def fused_batch_normalization_class():
 def custom_objects() -> dict:
     """Layers of ours that saved models may hold; pass to keras.saving.load_model."""
     fused = fused_batch_normalization_class()
-    return {"FusedBatchNormalization": fused, "cnn_sentinel>FusedBatchNormalization": fused}
+    layers = {"FusedBatchNormalization": fused, **custom_layers()}
+    return {**layers, **{f"cnn_sentinel>{name}": layer for name, layer in layers.items()}}
 
 
 def with_fused_batch_normalization(backbone):
