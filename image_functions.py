@@ -363,24 +363,6 @@ def augmentation_layers(seed: int | None = None, name: str = "augmentation"):
     return custom_layers()["RandomFlipRotation"](max_degrees=45.0, seed=seed, name=name)
 
 
-def load_keras_model(path: str | Path, compile: bool = False):
-    """Load a saved Keras model (.keras, .h5, .hdf5) that may use the project's layers.
-
-    Raises InputError naming the file when it is missing or is not a Keras model.
-    """
-    import keras
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"model {path} does not exist.")
-    custom_layers()
-    try:
-        return keras.saving.load_model(path, compile=compile)
-    except Exception as error:  # Keras raises many types for a bad file.
-        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error)
-        raise InputError(f"model {path} cannot be loaded as a Keras model: {detail}") from None
-
-
 def load_arrays(
     folder: str | Path,
     band_indices: Sequence[int] | None = None,

@@ -864,9 +864,7 @@ def train_stages(
         resuming = state.get("last_stage") == stage.name and (checkpoints / "last.keras").is_file()
         with strategy.scope():
             if resuming:
-                model = keras.saving.load_model(
-                    checkpoints / "last.keras", custom_objects=custom_objects()
-                )
+                model = load_model(checkpoints / "last.keras", compile=True)
             else:
                 if index > 0:
                     model.load_weights(checkpoints / f"{stages[index - 1].name}-best.keras")
@@ -993,19 +991,31 @@ def plot_training_curves(history: Sequence[dict], stage_starts: Sequence[int], p
     plt.close(figure)
 
 
+def load_model(model_path: str | Path, compile: bool = False):
+    """Load a saved Keras model (.keras, .h5, .hdf5) that may hold the project's layers.
+
+    The one loader of the project: training resumes, evaluation and 06 use it.
+    InputError naming the file when it is missing or not a loadable Keras model.
+    """
+    import keras
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise InputError(f"model {model_path} does not exist.")
+    try:
+        return keras.saving.load_model(model_path, compile=compile, custom_objects=custom_objects())
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else "unreadable"
+        raise InputError(f"model {model_path} cannot be loaded ({reason}).") from None
+
+
 def load_for_evaluation(model_path: Path, talk_fallback: bool = True):
     """Load a saved model for inference plus its model.json (None for a model without
     one, e.g. a talk .hdf5: with `talk_fallback` it gets the talk's normalisation
     in front)."""
     import keras
 
-    if not model_path.is_file():
-        raise InputError(f"model {model_path} does not exist.")
-    try:
-        model = keras.saving.load_model(model_path, compile=False, custom_objects=custom_objects())
-    except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else "unreadable"
-        raise InputError(f"model {model_path} cannot be loaded ({reason}).") from None
+    model = load_model(model_path)
     info_path = model_path.with_name(MODEL_INFO_FILE)
     if info_path.is_file():
         return model, json.loads(info_path.read_text(encoding="utf-8"))

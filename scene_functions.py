@@ -140,7 +140,6 @@ def load_classifier(model_path: str | Path):
     talk's .h5/.hdf5) gets the talk's class list and, unless it holds its own
     Normalization layer, the talk's normalisation constants chosen by band count.
     """
-    import keras
 
     model_path = Path(model_path)
     if not model_path.exists():
@@ -149,13 +148,9 @@ def load_classifier(model_path: str | Path):
         raise InputError(
             f"model {model_path} is not a Keras model file ({', '.join(MODEL_SUFFIXES)})."
         )
-    from network_functions import custom_objects
+    from network_functions import load_model
 
-    try:
-        model = keras.models.load_model(model_path, compile=False, custom_objects=custom_objects())
-    except Exception as error:  # Keras raises many types for unreadable files.
-        first_line = (str(error).strip().splitlines() or ["unreadable"])[0]
-        raise InputError(f"model {model_path} cannot be loaded: {first_line}") from None
+    model = load_model(model_path)
     input_shape = tuple(model.inputs[0].shape)
     output_units = int(model.outputs[0].shape[-1])
     model_bands = int(input_shape[-1])

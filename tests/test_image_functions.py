@@ -150,15 +150,17 @@ def test_augmentation_survives_saving(tmp_path):
     outputs = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, outputs)
     model.save(tmp_path / "model.keras")
-    loaded = imf.load_keras_model(tmp_path / "model.keras")
+    from network_functions import load_model
+
+    loaded = load_model(tmp_path / "model.keras")
     images = np.random.default_rng(1).random((2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
     assert loaded.get_layer("augmentation").max_degrees == 45.0
     (tmp_path / "broken.keras").write_bytes(b"nonsense")
     with pytest.raises(InputError, match="broken.keras cannot be loaded"):
-        imf.load_keras_model(tmp_path / "broken.keras")
+        load_model(tmp_path / "broken.keras")
     with pytest.raises(InputError, match="does not exist"):
-        imf.load_keras_model(tmp_path / "missing.keras")
+        load_model(tmp_path / "missing.keras")
 
 
 def test_folder_dataset_is_a_real_epoch(sample_ms_dataset):
