@@ -7,7 +7,6 @@ error. Scenes are tiny; models are built in the tests.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
+from script_modules import load_script
 from test_scene_functions import (
     ORIGIN,
     expected_at_stride,
@@ -34,15 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "06_classify_image.py"
 
 
-def load_script():
-    """The 06 script as a module (its file name starts with a digit)."""
-    spec = importlib.util.spec_from_file_location("classify_image", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-classify_image = load_script()
+classify_image = load_script(SCRIPT.name, "classify_image")
 
 
 @pytest.fixture(scope="module")

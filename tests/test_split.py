@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.server
-import importlib.util
 import io
 import os
 import random
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 from image_functions import CLASS_NAMES, InputError
 
@@ -25,14 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "01_split_data_to_train_and_validation.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("split_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-split = load_script()
+split = load_script(SCRIPT.name, "split_script")
 
 
 def make_source(folder: Path, counts: dict[str, int] | None = None, suffix: str = ".jpg") -> Path:

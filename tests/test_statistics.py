@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
+from script_modules import load_script
 
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, InputError, list_class_images
 
@@ -22,15 +22,7 @@ SCRIPT = REPO_ROOT / "statistics.py"
 STDLIB_STATISTICS = str(Path(sysconfig.get_path("stdlib")) / "statistics.py")
 
 
-def load_script():
-    # Any name but "statistics": under that name the file becomes the standard module.
-    spec = importlib.util.spec_from_file_location("statistics_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-statistics_script = load_script()
+statistics_script = load_script(SCRIPT.name, "statistics_script")
 
 
 def write_generated_ms(folder: Path, per_class: int = 2, seed: int = 0) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from script_modules import load_script
 
 import network_functions as nf
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, InputError, list_images
@@ -29,11 +29,7 @@ FAST = ["--arch", "tiny", "--batch-size", "4", "--mixed-precision", "off"]
 
 def script_main(number: str):
     """The main() of a numbered script (file names start with digits, so no plain import)."""
-    path = REPO_ROOT / SCRIPTS[number]
-    spec = importlib.util.spec_from_file_location(f"script_{number}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script(SCRIPTS[number], f"script_{number}").main
 
 
 def make_split(source: Path, target: Path, with_test: bool = False) -> Path:
