@@ -361,9 +361,14 @@ def build_backbone(arch: str, band_count: int):
     `model.get_layer(arch)`. Under a mixed-precision policy its batch
     normalisation layers are fused ones (see fused_batch_normalization_class).
     """
+    return fused_under_mixed_precision(_stock_backbone(arch, band_count))
+
+
+def fused_under_mixed_precision(backbone):
+    """`backbone` itself, or under a mixed-precision policy a copy with its batch
+    normalisation fused (same weights)."""
     import keras
 
-    backbone = _stock_backbone(arch, band_count)
     if keras.mixed_precision.global_policy().name.startswith("mixed_") and any(
         type(layer) is keras.layers.BatchNormalization for layer in backbone.layers
     ):
@@ -393,8 +398,9 @@ def _stock_backbone(arch: str, band_count: int):
 
 def pretrained_backbone(arch: str, weights_file: Path):
     """A 3-band backbone with the weights of `weights_file` (an ImageNet-style file
-    for the backbone without top: legacy .h5 or Keras 3 .weights.h5)."""
-    backbone = build_backbone(arch, 3)
+    for the backbone without top: legacy .h5 or Keras 3 .weights.h5). The weights go
+    into the stock layers the file was saved from, then batch normalisation is fused."""
+    backbone = _stock_backbone(arch, 3)
     try:
         backbone.load_weights(str(weights_file))
     except Exception as error:  # noqa: BLE001 - Keras raises several types for a wrong file
@@ -402,7 +408,7 @@ def pretrained_backbone(arch: str, weights_file: Path):
         raise InputError(
             f"weights file {weights_file} does not fit a {arch} backbone without top ({reason})."
         ) from None
-    return backbone
+    return fused_under_mixed_precision(backbone)
 
 
 def first_conv_backbone(source, arch: str, band_names: Sequence[str], seed: int = 0):

@@ -104,6 +104,19 @@ def test_rgb_weights_file_is_transferred_exactly(keras_backend, tmp_path, suffix
     assert_same_weights(source.get_weights(), model.get_layer("tiny").get_weights())
 
 
+def test_float32_weights_file_loads_exactly_under_mixed_precision(keras_backend, tmp_path):
+    # The file is saved from stock BatchNormalization layers; under mixed precision the
+    # backbone uses fused ones, which must receive the same values.
+    source = save_backbone("tiny", tmp_path / "backbone.weights.h5")
+    with nf.dtype_policy("mixed_bfloat16"):
+        model = nf.build_classifier(
+            "tiny", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / "backbone.weights.h5"
+        )
+    backbone = model.get_layer("tiny")
+    assert type(backbone.get_layer("block1_bn")).__name__ == "FusedBatchNormalization"
+    assert_same_weights(source.get_weights(), backbone.get_weights())
+
+
 def test_first_conv_variant_maps_rgb_kernels_and_copies_the_rest(keras_backend, tmp_path):
     source = save_backbone("vgg16", tmp_path / "vgg16.weights.h5")
     model = nf.build_classifier(
