@@ -881,6 +881,7 @@ def train_stages(
             model.fit(
                 train_data,
                 validation_data=validation_data,
+                shuffle=False,  # the dataset reshuffles itself every epoch
                 epochs=state["stage_start"] + epochs,
                 initial_epoch=state["epoch"],
                 steps_per_epoch=steps_per_epoch or None,
