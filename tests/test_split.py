@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from script_modules import load_script
 
+import dataset_functions as datasets
 from image_functions import CLASS_NAMES, InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +87,7 @@ def test_split_is_disjoint_complete_stratified_and_recorded(tmp_path):
     assert len(names) == len(set(names)), "a file is in two subsets"
     for name in CLASS_NAMES:
         n = len(os.listdir(source / name))
-        per_subset = {s: sum(1 for r in rows if r[1] == name and r[2] == s) for s in split.SUBSETS}
+        per_subset = {s: sum(1 for r in rows if r[1] == name and r[2] == s) for s in datasets.SUBSETS}
         assert per_subset["validation"] == int(n * 0.3)
         assert per_subset["test"] == int(n * 0.2)
         assert sum(per_subset.values()) == n
@@ -109,9 +110,11 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path):
 
 def test_split_does_not_depend_on_listing_order(tmp_path, monkeypatch):
     source = make_source(tmp_path / "eurosat")
-    listing = split.list_source(source)
+    listing = datasets.list_source(source)
     scrambled = {name: list(reversed(files)) for name, files in reversed(listing.items())}
-    assert split.split_files(scrambled, 0.3, 0.0, 42) == split.split_files(listing, 0.3, 0.0, 42)
+    assert datasets.split_files(scrambled, 0.3, 0.0, 42) == datasets.split_files(
+        listing, 0.3, 0.0, 42
+    )
 
 
 @pytest.mark.parametrize("mode", ["hardlink", "symlink"])
@@ -246,9 +249,9 @@ def test_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
         calls.append(args)
         if len(calls) == 5:
             raise OSError("disk full")
-        split.shutil.copy2(*args[:2])
+        datasets.shutil.copy2(*args[:2])
 
-    monkeypatch.setattr(split, "place_file", failing_place_file)
+    monkeypatch.setattr(datasets, "place_file", failing_place_file)
     with pytest.raises(OSError, match="disk full"):
         run(source, target, "--seed", "3", "--overwrite")
     assert read_split_csv(target) == before, "the old target was touched"
@@ -339,7 +342,7 @@ def test_download_resumes_a_partial_file(tmp_path, server):
     handler.payloads["/a.zip"] = data
     destination = tmp_path / "a.zip"
     (tmp_path / "a.zip.part").write_bytes(data[:1000])
-    split.download_file(f"{url}/a.zip", destination, sha256(data), progress=False)
+    datasets.download_file(f"{url}/a.zip", destination, sha256(data), progress=False)
     assert handler.ranges == ["bytes=1000-"]
     assert destination.read_bytes() == data
     assert not (tmp_path / "a.zip.part").exists()
@@ -350,7 +353,7 @@ def test_download_of_a_complete_partial_file_is_verified(tmp_path, server):
     data = eurosat_zip()
     handler.payloads["/a.zip"] = data
     (tmp_path / "a.zip.part").write_bytes(data)
-    split.download_file(f"{url}/a.zip", tmp_path / "a.zip", sha256(data), progress=False)
+    datasets.download_file(f"{url}/a.zip", tmp_path / "a.zip", sha256(data), progress=False)
     assert (tmp_path / "a.zip").read_bytes() == data
 
 
@@ -360,20 +363,20 @@ def test_download_checksum_mismatch_deletes_the_file(tmp_path, server):
     handler.payloads["/a.zip"] = data
     wrong = "md5:" + hashlib.md5(b"something else").hexdigest()
     with pytest.raises(InputError, match="expected"):
-        split.download_file(f"{url}/a.zip", tmp_path / "a.zip", wrong, progress=False)
+        datasets.download_file(f"{url}/a.zip", tmp_path / "a.zip", wrong, progress=False)
     assert not (tmp_path / "a.zip").exists() and not (tmp_path / "a.zip.part").exists()
 
 
 def test_download_http_error_is_a_clear_error(tmp_path, server):
     url, _handler = server
     with pytest.raises(InputError, match="HTTP 404"):
-        split.download_file(f"{url}/missing.zip", tmp_path / "m.zip", None, progress=False)
+        datasets.download_file(f"{url}/missing.zip", tmp_path / "m.zip", None, progress=False)
 
 
 def test_official_archives_have_published_checksums():
-    for kind, (url, checksum) in split.EUROSAT_ARCHIVES.items():
+    for kind, (url, checksum) in datasets.EUROSAT_ARCHIVES.items():
         assert url.startswith("https://zenodo.org/records/7711810/files/EuroSAT_")
-        algorithm, digest = split.parse_checksum(checksum)
+        algorithm, digest = datasets.parse_checksum(checksum)
         assert algorithm == "md5" and len(digest) == 32, kind
 
 

@@ -1,0 +1,398 @@
+"""Datasets on disk: download and safely extract the EuroSAT archives, split a
+folder of class folders into train/validation(/test) with a split.csv record.
+
+The mechanics of 01_split_data_to_train_and_validation.py (the recipe); see
+its docstring for how the split reproduces the talk's.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from image_functions import InputError
+
+# The official EuroSAT archives (Helber et al.), Zenodo record 10.5281/zenodo.7711810.
+# Zenodo publishes an md5 per file; no sha256 is published, so none is assumed here.
+EUROSAT_ARCHIVES = {
+    "rgb": (
+        "https://zenodo.org/records/7711810/files/EuroSAT_RGB.zip?download=1",
+        "md5:f46e308c4d50d4bf32fedad2d3d62f3b",
+    ),
+    "ms": (
+        "https://zenodo.org/records/7711810/files/EuroSAT_MS.zip?download=1",
+        "md5:091174add3c8e680a49244acf185b9f0",
+    ),
+}
+SPLIT_CSV = "split.csv"
+SPLIT_CSV_HEADER = ("path", "class", "subset")
+SUBSETS = ("train", "validation", "test")
+# What a target made by this script may hold; anything else means it is not ours to delete.
+OURS = {SPLIT_CSV, "band_stats.json", *SUBSETS}
+CHUNK_BYTES = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# Download: resumable, checksum-verified, safely extracted
+# ---------------------------------------------------------------------------
+
+
+def parse_checksum(checksum: str) -> tuple[str, str]:
+    """Split "md5:<hex>" or "sha256:<hex>" into (algorithm, lower-case hex digest)."""
+    algorithm, _, digest = checksum.partition(":")
+    algorithm = algorithm.strip().lower()
+    if algorithm not in ("md5", "sha256") or not digest.strip():
+        raise InputError(f'checksum {checksum!r} is not of the form "md5:<hex>" or "sha256:<hex>".')
+    return algorithm, digest.strip().lower()
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in chunks."""
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(url: str, destination: Path, checksum: str | None, progress: bool = True) -> Path:
+    """Download `url` to `destination`, resuming a partial `<destination>.part`.
+
+    An existing `.part` file is continued with an HTTP Range request; a server
+    that ignores the range sends the whole file again, which then replaces it.
+    The checksum ("md5:<hex>" / "sha256:<hex>") is verified before the file is
+    renamed to `destination`; a mismatch deletes the partial file and raises.
+    """
+    from tqdm import tqdm
+
+    partial = destination.with_name(destination.name + ".part")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    offset = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "cnn-sentinel"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        # 416: the partial file already holds every byte; the checksum decides.
+        if not (error.code == 416 and offset):
+            raise InputError(
+                f"download of {url} failed: HTTP {error.code} {error.reason}."
+            ) from None
+        response = None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise InputError(f"download of {url} failed: {reason}.") from None
+    if response is not None:
+        with response:
+            resumed = offset > 0 and response.status == 206
+            if not resumed:
+                offset = 0
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length is not None else None
+            with (
+                partial.open("ab" if resumed else "wb") as stream,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=f"downloading {destination.name}",
+                    disable=not progress,
+                ) as bar,
+            ):
+                try:
+                    for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+                        stream.write(chunk)
+                        bar.update(len(chunk))
+                except OSError as error:
+                    raise InputError(
+                        f"download of {url} broke off ({error}); run again to resume from "
+                        f"{partial}."
+                    ) from None
+    if checksum is not None:
+        algorithm, expected = parse_checksum(checksum)
+        actual = file_digest(partial, algorithm)
+        if actual != expected:
+            partial.unlink()
+            raise InputError(
+                f"download of {url} has {algorithm} {actual}, expected {expected}; the corrupt "
+                "file was deleted, run again to download it anew."
+            )
+    os.replace(partial, destination)
+    return destination
+
+
+def unsafe_member_reason(member: zipfile.ZipInfo) -> str | None:
+    """Why a zip member could escape the extraction folder, or None when it is safe."""
+    name = member.filename.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "has an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "climbs out with '..'"
+    if (member.external_attr >> 16) & 0o170000 == 0o120000:
+        return "is a symbolic link"
+    return None
+
+
+def extract_zip_safely(archive: Path, folder: Path, progress: bool = True) -> None:
+    """Extract `archive` into `folder`, refusing the whole archive if any member is unsafe.
+
+    Members with absolute paths, `..` components or symbolic links are refused
+    before anything is written.
+    """
+    from tqdm import tqdm
+
+    try:
+        zip_file = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise InputError(f"archive {archive} is not a valid zip file.") from None
+    with zip_file:
+        members = zip_file.infolist()
+        for member in members:
+            reason = unsafe_member_reason(member)
+            if reason is not None:
+                raise InputError(
+                    f"archive {archive} member {member.filename!r} {reason}; refusing to extract."
+                )
+        root = folder.resolve()
+        for member in tqdm(members, desc=f"extracting {archive.name}", unit="file",
+                           disable=not progress):  # fmt: skip
+            path = (root / member.filename.replace("\\", "/")).resolve()
+            if not path.is_relative_to(root):
+                raise InputError(f"archive {archive} member {member.filename!r} escapes {folder}.")
+            if member.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with zip_file.open(member) as source, path.open("wb") as target:
+                shutil.copyfileobj(source, target, CHUNK_BYTES)
+
+
+def find_class_root(folder: Path) -> Path | None:
+    """The shallowest folder at or below `folder` holding EuroSAT class folders."""
+    from image_functions import CLASS_NAMES
+
+    level = [folder]
+    while level:
+        for candidate in sorted(level):
+            if any((candidate / name).is_dir() for name in CLASS_NAMES):
+                return candidate
+        level = [child for parent in level for child in sorted(parent.iterdir()) if child.is_dir()]
+    return None
+
+
+def download_eurosat(
+    kind: str, source: Path, url: str | None, checksum: str | None, progress: bool
+) -> None:
+    """Make `source` the EuroSAT class folders of the official `kind` ("rgb"|"ms") zip.
+
+    Nothing happens when `source` already holds class folders. The zip is kept
+    beside `source` (delete it yourself to save space); the extraction goes to
+    a temporary folder that is renamed to `source` when complete.
+    """
+    if source.is_dir() and find_class_root(source) == source:
+        print(f"{source} already holds the EuroSAT class folders; not downloading.")
+        return
+    if source.exists() and (not source.is_dir() or any(source.iterdir())):
+        raise InputError(
+            f"source {source} exists but holds no EuroSAT class folders; remove it or choose "
+            "another --source for the download."
+        )
+    official_url, official_checksum = EUROSAT_ARCHIVES[kind]
+    url = url or official_url
+    checksum = checksum or (official_checksum if url == official_url else None)
+    archive = source.parent / PurePosixPath(urllib.parse.urlsplit(url).path).name
+    if not archive.name.endswith(".zip"):
+        archive = source.parent / f"EuroSAT_{kind.upper()}.zip"
+    if archive.exists():
+        print(f"using the archive already downloaded: {archive}")
+    else:
+        download_file(url, archive, checksum, progress)
+    temporary = source.with_name(f".{source.name}.extracting-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        extract_zip_safely(archive, temporary, progress)
+        class_root = find_class_root(temporary)
+        if class_root is None:
+            raise InputError(f"archive {archive} holds no EuroSAT class folders.")
+        if source.exists():
+            source.rmdir()  # an empty folder, checked above
+        os.replace(class_root, source)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Split
+# ---------------------------------------------------------------------------
+
+
+def list_source(source: Path) -> dict[str, list[str]]:
+    """Sorted image file names per class folder of `source`, checked.
+
+    Missing source, no class folders, an empty class folder, or anything in a
+    class folder that is not a JPEG/GeoTIFF image raises InputError.
+    """
+    from image_functions import IMAGE_SUFFIXES
+
+    if not source.is_dir():
+        raise InputError(
+            f"source folder {source} does not exist; give --source or use --download rgb|ms."
+        )
+    classes = sorted(child.name for child in source.iterdir() if child.is_dir())
+    if not classes:
+        raise InputError(f"source folder {source} has no class folders (e.g. {source}/Forest/).")
+    listing = {}
+    for name in classes:
+        entries = sorted(os.listdir(source / name))
+        for entry in entries:
+            path = source / name / entry
+            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(
+                    f"{path} is not a JPEG or GeoTIFF image; class folders may hold only images, "
+                    "move it elsewhere."
+                )
+        if not entries:
+            raise InputError(f"class folder {source / name} holds no images.")
+        listing[name] = entries
+    return listing
+
+
+def split_files(
+    listing: dict[str, list[str]], validation_fraction: float, test_fraction: float, seed: int
+) -> dict[str, dict[str, list[str]]]:
+    """Assign each class's files to subsets: {class: {subset: [file names]}}.
+
+    One random.Random(seed) shuffles the classes in sorted order, as the
+    talk's single random.seed(42) did; per class the first int(n * validation)
+    files are validation, the next int(n * test) test, the rest train.
+    """
+    generator = random.Random(seed)
+    assignment = {}
+    for name in sorted(listing):
+        files = sorted(listing[name])
+        generator.shuffle(files)
+        n_validation = int(len(files) * validation_fraction)
+        n_test = int(len(files) * test_fraction)
+        assignment[name] = {
+            "validation": files[:n_validation],
+            "test": files[n_validation : n_validation + n_test],
+            "train": files[n_validation + n_test :],
+        }
+    return assignment
+
+
+def place_file(source: Path, destination: Path, mode: str) -> None:
+    """Copy, hard-link or symlink `source` to `destination`."""
+    if mode == "copy":
+        shutil.copy2(source, destination)
+    elif mode == "hardlink":
+        try:
+            os.link(source, destination)
+        except OSError as error:
+            raise InputError(
+                f"cannot hard-link {source} to {destination} ({error.strerror}); hard links need "
+                "one file system, use --mode copy or symlink."
+            ) from None
+    else:
+        os.symlink(source.resolve(), destination)
+
+
+def check_target(source: Path, target: Path, overwrite: bool) -> None:
+    """Refuse a TARGET that overlaps SOURCE, or exists without being ours to replace."""
+    if target.resolve() == source.resolve() or target.resolve().is_relative_to(source.resolve()):
+        raise InputError(f"target {target} lies inside source {source}; choose another --target.")
+    if source.resolve().is_relative_to(target.resolve()):
+        raise InputError(f"source {source} lies inside target {target}; choose another --target.")
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
+        raise InputError(f"target {target} already exists; pass --overwrite to replace it.")
+    if target.is_symlink() or not target.is_dir():
+        raise InputError(f"target {target} is not a folder made by this script; not replacing it.")
+    marker = target / SPLIT_CSV
+    header = None
+    if marker.is_file():
+        with marker.open(newline="", encoding="utf-8") as stream:
+            header = tuple(next(csv.reader(stream), ()))
+    if header != SPLIT_CSV_HEADER:
+        raise InputError(
+            f"target {target} was not made by this script (no {SPLIT_CSV} of ours in it); "
+            "not deleting it, choose another --target or remove it yourself."
+        )
+    foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in OURS)
+    if foreign:
+        raise InputError(
+            f"target {target} holds files this script did not make ({', '.join(foreign)}); "
+            "move them out or choose another --target."
+        )
+
+
+def write_split(
+    source: Path,
+    folder: Path,
+    assignment: dict[str, dict[str, list[str]]],
+    mode: str,
+    progress: bool = True,
+) -> None:
+    """Fill `folder` with subset/class/file entries and `split.csv` (paths relative to it)."""
+    from tqdm import tqdm
+
+    subsets = [subset for subset in SUBSETS if any(files[subset] for files in assignment.values())]
+    rows = []
+    for name, files in assignment.items():
+        for subset in subsets:
+            (folder / subset / name).mkdir(parents=True)
+            rows.extend((f"{subset}/{name}/{file}", name, subset) for file in files[subset])
+    for relative, name, _subset in tqdm(rows, desc="placing files", unit="file",
+                                        disable=not progress):  # fmt: skip
+        place_file(source / name / PurePosixPath(relative).name, folder / relative, mode)
+    with (folder / SPLIT_CSV).open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(SPLIT_CSV_HEADER)
+        writer.writerows(sorted(rows))
+
+
+def format_summary(assignment: dict[str, dict[str, list[str]]]) -> str:
+    """A table of file counts per class and subset, with totals."""
+    subsets = [subset for subset in SUBSETS if any(files[subset] for files in assignment.values())]
+    width = max(len("class"), *(len(name) for name in assignment))
+    header = f"{'class':<{width}} " + " ".join(f"{s:>10}" for s in subsets) + f" {'total':>10}"
+    lines = [header, "-" * len(header)]
+    totals = dict.fromkeys(subsets, 0)
+    for name, files in assignment.items():
+        counts = [len(files[subset]) for subset in subsets]
+        for subset, count in zip(subsets, counts, strict=True):
+            totals[subset] += count
+        lines.append(
+            f"{name:<{width}} " + " ".join(f"{c:>10}" for c in counts) + f" {sum(counts):>10}"
+        )
+    lines.append("-" * len(header))
+    lines.append(
+        f"{'total':<{width}} "
+        + " ".join(f"{totals[s]:>10}" for s in subsets)
+        + f" {sum(totals.values()):>10}"
+    )
+    return "\n".join(lines)
+
+
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Fractions must be in [0, 1) and leave something for training."""
+    for flag, value in (("validation", validation_fraction), ("test", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise InputError(f"--{flag}-fraction {value} must be at least 0 and below 1.")
+    if validation_fraction + test_fraction >= 1.0:
+        raise InputError(
+            f"--validation-fraction {validation_fraction} plus --test-fraction {test_fraction} "
+            "leave no training data; their sum must be below 1."
+        )
