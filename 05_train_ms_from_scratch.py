@@ -11,7 +11,7 @@ from command_line import run_script
 from network_functions import Stage, parse_training_settings, run_recipe
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
-ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
+ARCH = "vgg16"  # vgg16 or densenet201 (talk); vgg16-bn: batch-normalised VGG16; tiny: test/demo
 BANDS = "all"  # bands to train on: all, or names such as B02,B03,B04,B08
 WEIGHTS = "none"  # none (random start) or a local weights file of the backbone without top
 BATCH_SIZE = 64  # images per training step (the talk's 64)

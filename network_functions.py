@@ -47,7 +47,12 @@ from image_functions import (
 )
 
 # "tiny" is a two-block CNN for tests and quick demos, not a talk network.
-ARCHITECTURES = ("vgg16", "densenet201", "tiny")
+# "vgg16-bn" is VGG16 with batch normalisation after every convolution: not the
+# talk's network but the documented fix when VGG16 from scratch does not converge
+# (from scratch only: Keras has no ImageNet weights for it).
+ARCHITECTURES = ("vgg16", "densenet201", "tiny", "vgg16-bn")
+# Convolutions per block of VGG16 (filters 64, 128, 256, 512, 512).
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 # How 04 feeds 13 bands to an ImageNet backbone (see build_classifier).
 VARIANTS = ("adapter", "first-conv")
 PRECISION_MODES = ("auto", "off", "bf16", "fp16")
@@ -74,14 +79,25 @@ IMAGENET_CHANNEL_BANDS = {
     "vgg16": ("B02", "B03", "B04"),
     "densenet201": ("B04", "B03", "B02"),
     "tiny": RGB_BAND_NAMES,
+    "vgg16-bn": RGB_BAND_NAMES,
 }
 # First convolution of each backbone (replaced by the 04 "first-conv" variant).
-FIRST_CONV = {"vgg16": "block1_conv1", "densenet201": "conv1_conv", "tiny": "block1_conv1"}
+FIRST_CONV = {
+    "vgg16": "block1_conv1",
+    "densenet201": "conv1_conv",
+    "tiny": "block1_conv1",
+    "vgg16-bn": "block1_conv1",
+}
 # Fine-tuning keeps the backbone frozen up to and including this layer: the talk's
 # layers[:4] for VGG16 (input + block 1) and layers[:7] for DenseNet201 (stem to pool1).
-FROZEN_THROUGH = {"vgg16": "block1_pool", "densenet201": "pool1", "tiny": "block1_pool"}
+FROZEN_THROUGH = {
+    "vgg16": "block1_pool",
+    "densenet201": "pool1",
+    "tiny": "block1_pool",
+    "vgg16-bn": "block1_pool",
+}
 # Dense layers between global average pooling and the softmax (the talk's heads).
-HEAD_UNITS = {"vgg16": (2048, 2048), "densenet201": (), "tiny": ()}
+HEAD_UNITS = {"vgg16": (2048, 2048), "densenet201": (), "tiny": (), "vgg16-bn": (2048, 2048)}
 # Non-RGB kernels of a "first-conv" backbone start at this fraction of the RGB kernels' std.
 FIRST_CONV_OTHER_BAND_SCALE = 0.1
 ADAPTER_LAYER = "band_adapter"
@@ -384,15 +400,19 @@ def _stock_backbone(arch: str, band_count: int):
         return keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
     if arch == "densenet201":
         return keras.applications.DenseNet201(include_top=False, weights=None, input_shape=shape)
-    if arch == "tiny":
+    if arch in ("tiny", "vgg16-bn"):
+        blocks = ((16, 1), (32, 1)) if arch == "tiny" else VGG16_BLOCKS
         inputs = keras.Input(shape)
         x = inputs
-        for block, filters in enumerate((16, 32), start=1):
-            x = keras.layers.Conv2D(filters, 3, padding="same", name=f"block{block}_conv1")(x)
-            x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
-            x = keras.layers.Activation("relu", name=f"block{block}_relu")(x)
+        for block, (filters, convolutions) in enumerate(blocks, start=1):
+            for index in range(1, convolutions + 1):
+                name = f"block{block}_conv{index}"
+                x = keras.layers.Conv2D(filters, 3, padding="same", name=name)(x)
+                suffix = "" if convolutions == 1 else str(index)
+                x = keras.layers.BatchNormalization(name=f"block{block}_bn{suffix}")(x)
+                x = keras.layers.Activation("relu", name=f"block{block}_relu{suffix}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-        return keras.Model(inputs, x, name="tiny")
+        return keras.Model(inputs, x, name=arch)
     raise InputError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch}.")
 
 

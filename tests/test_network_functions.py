@@ -79,6 +79,25 @@ def test_densenet201_head_and_talk_freezing(keras_backend):
     assert backbone.layers[7].trainable
 
 
+def test_batch_normalised_vgg16_keeps_the_layout_and_names(keras_backend):
+    model = nf.build_classifier("vgg16-bn", MS_BAND_NAMES, 10, MEAN13, STD13)
+    backbone = model.get_layer("vgg16-bn")
+    reference = keras_backend.applications.VGG16(
+        include_top=False, weights=None, input_shape=(64, 64, 13)
+    )
+    convolutions = [layer.name for layer in backbone.layers if "conv" in layer.name]
+    assert convolutions == [layer.name for layer in reference.layers if "conv" in layer.name]
+    normalisations = [layer for layer in backbone.layers if "bn" in layer.name]
+    assert len(normalisations) == len(convolutions) == 13
+    assert backbone.output_shape == reference.output_shape == (None, 2, 2, 512)
+    assert [layer.units for layer in model.layers if hasattr(layer, "units")] == [2048, 2048, 10]
+    nf.set_trainable(model, "vgg16-bn", "above-block1")
+    assert not backbone.get_layer("block1_conv2").trainable
+    assert backbone.get_layer("block2_conv1").trainable
+    with pytest.raises(InputError, match="no ImageNet weights for arch vgg16-bn"):
+        nf.resolve_weights("vgg16-bn", "imagenet")
+
+
 def test_model_owns_preprocessing_and_float32_softmax(keras_backend):
     with nf.dtype_policy("mixed_bfloat16"):
         model = nf.build_classifier("tiny", MS_BAND_NAMES, 10, MEAN13, STD13)
