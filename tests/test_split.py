@@ -87,7 +87,9 @@ def test_split_is_disjoint_complete_stratified_and_recorded(tmp_path):
     assert len(names) == len(set(names)), "a file is in two subsets"
     for name in CLASS_NAMES:
         n = len(os.listdir(source / name))
-        per_subset = {s: sum(1 for r in rows if r[1] == name and r[2] == s) for s in datasets.SUBSETS}
+        per_subset = {
+            s: sum(1 for r in rows if r[1] == name and r[2] == s) for s in datasets.SUBSETS
+        }
         assert per_subset["validation"] == int(n * 0.3)
         assert per_subset["test"] == int(n * 0.2)
         assert sum(per_subset.values()) == n
