@@ -321,7 +321,8 @@ def fused_batch_normalization_class():
     @keras.saving.register_keras_serializable(package="cnn_sentinel")
     class FusedBatchNormalization(keras.layers.BatchNormalization):
         def call(self, inputs, training=None, mask=None):
-            if mask is not None or self.axis != [len(inputs.shape) - 1] or len(inputs.shape) != 4:
+            # Keras 3 keeps `axis` as an int (3 for NHWC after build, -1 before).
+            if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
                 return super().call(inputs, training=training, mask=mask)
             if training and self.trainable:
                 empty = tf.constant([], tf.float32)

@@ -10,6 +10,7 @@ Record results in benchmarks/README.md (## training_step).
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ WARMUP_STEPS = 3  # untimed steps first (tracing, oneDNN kernel selection)
 STEPS = 10  # timed steps per configuration
 AUGMENTATION = True  # keep the model's training-only augmentation layers in the step
 JIT_COMPILE = False  # compile the step with XLA (Keras turns it off on CPU-only machines)
+PROFILE = ""  # folder: profile the timed steps (TensorFlow profiler), print ms per op type
 ONE = ""  # internal: time one "arch:precision" in this process and print JSON
 
 
@@ -56,16 +58,64 @@ def time_one(arch: str, precision: str, settings) -> dict:
     labels = tf.one_hot(rng.integers(0, 10, settings.batch_size), 10)
     for _ in range(settings.warmup_steps):
         model.train_on_batch(images, labels)
+    if settings.profile:
+        logdir = Path(settings.profile) / f"{arch}-{policy}"
+        tf.profiler.experimental.start(str(logdir))
     started = time.perf_counter()
     for _ in range(settings.steps):
         model.train_on_batch(images, labels)
     seconds = time.perf_counter() - started
+    if settings.profile:
+        tf.profiler.experimental.stop()
+        print_op_times(logdir, settings.steps, f"{arch} {policy}")
     return {
         "arch": arch,
         "policy": policy,
         "images_per_second": settings.batch_size * settings.steps / seconds,
         "ms_per_step": 1000.0 * seconds / settings.steps,
     }
+
+
+def print_op_times(logdir: Path, steps: int, title: str) -> None:
+    """Self time per TensorFlow op type (summed over the executor threads) of the
+    profile in `logdir`, per step, as a Markdown table."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(max(logdir.glob("plugins/profile/*/*.xplane.pb")).read_bytes())
+    plane = next(plane for plane in space.planes if plane.name == "/host:CPU")
+    by_type, count = collections.Counter(), collections.Counter()
+    for line in plane.lines:
+        if not line.name.startswith("tf_Compute"):
+            continue
+        events = sorted(
+            (event.offset_ps, event.offset_ps + event.duration_ps, name)
+            for event in line.events
+            if ":" in (name := plane.event_metadata[event.metadata_id].name) and "::" not in name
+        )  # TF ops are named "op_name:OpType"; nested ones are subtracted below
+        open_events: list[list] = []
+        for start, end, name in events:
+            while open_events and open_events[-1][0] <= start:
+                open_events.pop()
+            if open_events:
+                by_type[open_events[-1][1]] -= end - start
+            op_type = name.rpartition(":")[2]
+            by_type[op_type] += end - start
+            count[op_type] += 1
+            open_events.append([end, op_type])
+    total = sum(by_type.values())
+    lines = [
+        f"{title}: op time {total / 1e9 / steps:.0f} ms/step",
+        "| op type | ms/step | % | ops/step |",
+    ]
+    lines.append("|---|---:|---:|---:|")
+    for op_type, picoseconds in by_type.most_common(15):
+        share = 100 * picoseconds / total
+        lines.append(
+            f"| {op_type} | {picoseconds / 1e9 / steps:.1f} | {share:.1f} "
+            f"| {count[op_type] // steps} |"
+        )
+    print("\n".join(lines), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
                 text=True,
                 check=True,
             )
-            measured = json.loads(result.stdout.strip().splitlines()[-1])
+            *profile, last = result.stdout.strip().splitlines()
+            measured = json.loads(last)
+            if settings.profile:
+                print("\n".join(profile), flush=True)
             speeds[measured["policy"]] = measured["images_per_second"]
             print(
                 f"{arch:12s} {measured['policy']:15s} {measured['images_per_second']:8.1f} img/s "
