@@ -205,6 +205,16 @@ def load_classifier(model_path: str | Path):
     return model, config
 
 
+def _has_mixed_layers(model) -> bool:
+    """Whether any layer of `model`, nested models included, computes in 16 bits."""
+    for layer in model.layers:
+        if layer.compute_dtype != "float32":
+            return True
+        if hasattr(layer, "layers") and _has_mixed_layers(layer):
+            return True
+    return False
+
+
 def with_precision(model, policy: str):
     """A copy of `model` computing under a Keras dtype policy ("mixed_bfloat16", ...).
 
@@ -214,7 +224,9 @@ def with_precision(model, policy: str):
     """
     import keras
 
-    if policy == "float32":
+    # A model trained under mixed precision keeps its policy when saved, so float32
+    # (the exact talk answer) needs the copy too, unless every layer is float32 already.
+    if policy == "float32" and not _has_mixed_layers(model):
         return model
     serialized = keras.saving.serialize_keras_object(model)
 

@@ -697,3 +697,22 @@ def test_models_with_our_custom_layers_load_and_convert(tmp_path):
     assert scenes.with_precision(model, "mixed_bfloat16").layers[-1].dtype_policy.name == (
         "mixed_bfloat16"
     )
+
+
+def test_float32_classification_of_a_model_trained_in_bfloat16(tmp_path):
+    """A model saved under mixed_bfloat16 keeps that policy; --mixed-precision off must
+    still compute in float32 (the exact talk answer), and bf16 must differ only slightly."""
+    import network_functions as nf
+
+    with nf.dtype_policy("mixed_bfloat16"):
+        model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [30.0] * 3)
+    model.save(tmp_path / "model.keras")
+    loaded = nf.load_model(tmp_path / "model.keras")
+    assert scenes._has_mixed_layers(loaded)
+    exact = scenes.with_precision(loaded, "float32")
+    assert not scenes._has_mixed_layers(exact)
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    float32_output = np.asarray(exact(pixels, training=False))
+    bfloat16_output = np.asarray(loaded(pixels, training=False))
+    np.testing.assert_allclose(float32_output, bfloat16_output, atol=0.05)
+    assert not np.array_equal(float32_output, bfloat16_output)
