@@ -50,14 +50,50 @@ from image_functions import (
 # "vgg16-bn" is VGG16 with batch normalisation after every convolution: not the
 # talk's network but the documented fix when VGG16 from scratch does not converge
 # (from scratch only: Keras has no ImageNet weights for it).
-ARCHITECTURES = ("vgg16", "densenet201", "tiny", "vgg16-bn")
+# "resnet-valid" is the project's own from-scratch network for 64 x 64 patches on a
+# CPU: a stride-2 stem, residual stages with batch normalisation, and no zero padding
+# anywhere inside the window ('valid' convolutions), so that a whole scene can be
+# classified in one fully convolutional pass that equals the per-window result.
+ARCHITECTURES = ("vgg16", "densenet201", "tiny", "vgg16-bn", "resnet-valid")
+# Filters of resnet-valid: stem, stage 1 (30 x 30), stage 2 (11 x 11), stage 3 (5 x 5).
+RESNET_VALID_WIDTHS = (32, 64, 128, 256)
 # Convolutions per block of VGG16 (filters 64, 128, 256, 512, 512).
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 # How 04 feeds 13 bands to an ImageNet backbone (see build_classifier).
 VARIANTS = ("adapter", "first-conv")
 PRECISION_MODES = ("auto", "off", "bf16", "fp16")
+# talk: flips and +-45 degree rotations inside the training model (the talk's);
+# dihedral: the 8 flips and 90-degree rotations of the square in the input pipeline
+# (exact, cheap; nadir imagery has no "up"); none.
+AUGMENTATIONS = ("talk", "dihedral", "none")
+OPTIMIZERS = ("adam", "sgd", "sgd-nesterov", "adamw", "adadelta")
+SCHEDULES = ("constant", "cosine")
 # Flag choices of the training scripts' constants (command_line.parse_settings).
-SCRIPT_CHOICES = {"ARCH": ARCHITECTURES, "MIXED_PRECISION": PRECISION_MODES, "VARIANT": VARIANTS}
+SCRIPT_CHOICES = {
+    "ARCH": ARCHITECTURES,
+    "MIXED_PRECISION": PRECISION_MODES,
+    "VARIANT": VARIANTS,
+    "AUGMENTATION": AUGMENTATIONS,
+    "OPTIMIZER": OPTIMIZERS,
+    "SCHEDULE": SCHEDULES,
+    "RECIPE": ("fast", "talk"),
+}
+# The talk's from-scratch settings (03/05 --recipe talk): VGG16, Adam 0.001, batch 64,
+# 100 epochs with patience 50, flips and +-45 degree rotations in the model.
+TALK_SCRATCH_RECIPE = {
+    "arch": "vgg16",
+    "batch_size": 64,
+    "epochs": 100,
+    "optimizer": "adam",
+    "learning_rate": 0.001,
+    "schedule": "constant",
+    "warmup_epochs": 0,
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "augmentation": "talk",
+    "patience": 50,
+}
 
 # Keras' ImageNet weights without the classifier top: file name, download folder, MD5.
 IMAGENET_FILES = {
@@ -80,6 +116,7 @@ IMAGENET_CHANNEL_BANDS = {
     "densenet201": ("B04", "B03", "B02"),
     "tiny": RGB_BAND_NAMES,
     "vgg16-bn": RGB_BAND_NAMES,
+    "resnet-valid": RGB_BAND_NAMES,
 }
 # First convolution of each backbone (replaced by the 04 "first-conv" variant).
 FIRST_CONV = {
@@ -87,6 +124,7 @@ FIRST_CONV = {
     "densenet201": "conv1_conv",
     "tiny": "block1_conv1",
     "vgg16-bn": "block1_conv1",
+    "resnet-valid": "stem_conv",
 }
 # Fine-tuning keeps the backbone frozen up to and including this layer: the talk's
 # layers[:4] for VGG16 (input + block 1) and layers[:7] for DenseNet201 (stem to pool1).
@@ -95,9 +133,16 @@ FROZEN_THROUGH = {
     "densenet201": "pool1",
     "tiny": "block1_pool",
     "vgg16-bn": "block1_pool",
+    "resnet-valid": "stem_relu",
 }
 # Dense layers between global average pooling and the softmax (the talk's heads).
-HEAD_UNITS = {"vgg16": (2048, 2048), "densenet201": (), "tiny": (), "vgg16-bn": (2048, 2048)}
+HEAD_UNITS = {
+    "vgg16": (2048, 2048),
+    "densenet201": (),
+    "tiny": (),
+    "vgg16-bn": (2048, 2048),
+    "resnet-valid": (),
+}
 # Non-RGB kernels of a "first-conv" backbone start at this fraction of the RGB kernels' std.
 FIRST_CONV_OTHER_BAND_SCALE = 0.1
 ADAPTER_LAYER = "band_adapter"
@@ -414,7 +459,47 @@ def _stock_backbone(arch: str, band_count: int):
                 x = keras.layers.Activation("relu", name=f"block{block}_relu{suffix}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         return keras.Model(inputs, x, name=arch)
+    if arch == "resnet-valid":
+        return resnet_valid(shape)
     raise InputError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch}.")
+
+
+def resnet_valid(shape, widths: Sequence[int] = RESNET_VALID_WIDTHS):
+    """The project's from-scratch backbone for 64 x 64 patches, without zero padding.
+
+    stem: 2x2 convolution, stride 2 (64 -> 32); stage 1: 3x3 convolution (-> 30)
+    and a residual block of two 3x3 convolutions (-> 26), 2x2 max pooling (-> 13);
+    stage 2: the same at twice the filters (-> 11 -> 7); stage 3: one 3x3
+    convolution (-> 5). Every convolution is 'valid', followed by batch
+    normalisation and ReLU; a residual block adds its input cropped by the two
+    pixels each side that its convolutions lose. About 212 MFLOPs per patch.
+    """
+    import keras
+
+    def convolution(x, filters, kernel, name, strides=1, relu=True):
+        x = keras.layers.Conv2D(
+            filters, kernel, strides=strides, use_bias=False, name=f"{name}_conv"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    def residual(x, filters, name):
+        y = convolution(x, filters, 3, f"{name}a")
+        y = convolution(y, filters, 3, f"{name}b", relu=False)
+        shortcut = keras.layers.Cropping2D(2, name=f"{name}_crop")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(
+            keras.layers.Add(name=f"{name}_add")([shortcut, y])
+        )
+
+    inputs = keras.Input(shape)
+    x = convolution(inputs, widths[0], 2, "stem", strides=2)
+    x = convolution(x, widths[1], 3, "stage1")
+    x = residual(x, widths[1], "res1")
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = convolution(x, widths[2], 3, "stage2")
+    x = residual(x, widths[2], "res2")
+    x = convolution(x, widths[3], 3, "stage3")
+    return keras.Model(inputs, x, name="resnet-valid")
 
 
 def pretrained_backbone(arch: str, weights_file: Path):
@@ -566,6 +651,12 @@ class Stage:
     learning_rate: float
     patience: int
     momentum: float = 0.0
+    # "constant", or "cosine": linear warm-up over warmup_epochs from a tenth of
+    # learning_rate to learning_rate, then cosine decay to zero at the last epoch.
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
 
 
 def finetuning_stages(settings: argparse.Namespace, head_optimizer: str) -> list[Stage]:
@@ -610,10 +701,23 @@ def set_trainable(model, arch: str, trainable: str, variant: str | None = None) 
         backbone.get_layer(FIRST_CONV[arch]).trainable = True
 
 
-def make_optimizer(name: str, learning_rate: float, momentum: float = 0.0):
-    """Keras optimizer by name; learning rates are explicit (Keras 3 changed defaults)."""
+def make_optimizer(name: str, learning_rate, momentum: float = 0.0, weight_decay: float = 0.0):
+    """Keras optimizer by name; learning rates are explicit (Keras 3 changed defaults).
+
+    learning_rate: a number or a Keras schedule. weight_decay: decoupled, for
+    sgd-nesterov and adamw.
+    """
     import keras
 
+    if name == "sgd-nesterov":
+        return keras.optimizers.SGD(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=True,
+            weight_decay=weight_decay or None,
+        )
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     if name == "adadelta":
         return keras.optimizers.Adadelta(learning_rate=learning_rate)
     if name == "sgd":
@@ -623,13 +727,58 @@ def make_optimizer(name: str, learning_rate: float, momentum: float = 0.0):
     raise ValueError(f"optimizer must be adadelta, sgd or adam, not {name}")
 
 
-def compile_for_stage(model, stage: Stage, arch: str, variant: str | None = None) -> None:
-    """Set the stage's trainable layers and compile (categorical cross-entropy,
-    categorical accuracy); fp16 policies get loss scaling from Keras."""
+def dihedral_augmentation(images, training: bool = True):
+    """Each image of a batch (n, rows, cols, bands), rows == cols, under one of the 8
+    symmetries of the square (4 rotations by 90 degrees, each with or without a
+    flip), drawn independently per image. Exact: no interpolation, no new pixels."""
+    import tensorflow as tf
+
+    if not training:
+        return images
+    rotations = [tf.image.rot90(images, k) for k in range(4)]
+    variants = tf.stack(rotations + [tf.reverse(image, axis=[2]) for image in rotations], axis=1)
+    choice = tf.random.uniform([tf.shape(images)[0]], 0, 8, dtype=tf.int32)
+    return tf.gather(variants, choice, axis=1, batch_dims=1)
+
+
+def learning_rate_schedule(stage: Stage, steps_per_epoch: int, epochs: int):
+    """The stage's learning rate: a number, or for "cosine" a stock Keras schedule
+    (so a saved model loads without this project)."""
+    import keras
+
+    if stage.schedule == "constant":
+        return stage.learning_rate
+    if stage.schedule != "cosine":
+        raise InputError(f"schedule must be constant or cosine, not {stage.schedule}.")
+    warmup = min(stage.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=stage.learning_rate / 10,
+        decay_steps=max(epochs * steps_per_epoch - warmup, 1),
+        warmup_target=stage.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def compile_for_stage(
+    model,
+    stage: Stage,
+    arch: str,
+    variant: str | None = None,
+    steps_per_epoch: int = 1,
+    epochs: int = 1,
+) -> None:
+    """Set the stage's trainable layers and compile (categorical cross-entropy with
+    the stage's label smoothing, categorical accuracy); fp16 policies get loss
+    scaling from Keras."""
+    import keras
+
     set_trainable(model, arch, stage.trainable, variant)
+    learning_rate = learning_rate_schedule(stage, steps_per_epoch, epochs)
     model.compile(
-        optimizer=make_optimizer(stage.optimizer, stage.learning_rate, stage.momentum),
-        loss="categorical_crossentropy",
+        optimizer=make_optimizer(
+            stage.optimizer, learning_rate, stage.momentum, stage.weight_decay
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=stage.label_smoothing),
         metrics=["categorical_accuracy"],
     )
 
@@ -883,6 +1032,7 @@ def train_stages(
 
     checkpoints = run_folder / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
+    steps = steps_per_epoch or int(train_data.cardinality())
     if steps_per_epoch:
         train_data = train_data.repeat()
     for index, stage in enumerate(stages):
@@ -895,7 +1045,7 @@ def train_stages(
             else:
                 if index > 0:
                     model.load_weights(checkpoints / f"{stages[index - 1].name}-best.keras")
-                compile_for_stage(model, stage, arch, variant)
+                compile_for_stage(model, stage, arch, variant, steps, epochs)
                 state.update(stage_start=state["epoch"], best_accuracy=None, best_epoch=0, wait=0)
                 state["stage_starts"].append(state["epoch"])
         if state["wait"] < stage.patience:
@@ -1189,6 +1339,11 @@ def run_recipe(
         return report
     if settings.batch_size < 1 or settings.epochs < 1 or settings.steps_per_epoch < 0:
         raise InputError("batch size and epochs must be at least 1, steps per epoch at least 0.")
+    augmentation = getattr(settings, "augmentation", "talk")
+    if augmentation not in AUGMENTATIONS:
+        raise InputError(
+            f"augmentation must be one of {', '.join(AUGMENTATIONS)}, not {augmentation}."
+        )
     split = inspect_split(settings.data, settings.bands)
     name_parts = [recipe, variant, settings.arch]
     run_folder = Path(settings.output) / (
@@ -1213,12 +1368,15 @@ def run_recipe(
                 weights=settings.weights,
                 variant=variant,
                 seed=settings.seed,
+                augment=augmentation == "talk",
             )
         train_data, validation_data = (
             folder_dataset(
                 split.folder / part, settings.batch_size, training=part == "train",
                 band_indices=split.band_indices, class_names=split.class_names,
                 seed=settings.seed,
+                augment=dihedral_augmentation if augmentation == "dihedral" and part == "train"
+                else None,
             )[0]
             for part in ("train", "validation")
         )  # fmt: skip
