@@ -22,13 +22,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from command_line import atomic_output
 from image_functions import (
+    CLASS_NAMES,
     IMAGE_SIZE,
     RGB_BAND_NAMES,
     InputError,
@@ -152,6 +153,116 @@ MODEL_FILE = "model.keras"
 MODEL_INFO_FILE = "model.json"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
+
+
+# ---------------------------------------------------------------------------
+# What a trained model says about itself (model.json)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ModelInfo:
+    """The facts of a trained classifier, saved as model.json beside model.keras.
+
+    class_names: one per output unit, in output order. band_names: the input
+    bands in order. input_size: window side in pixels. mean/std: per-band
+    normalisation (inside the model for models of 02-05; applied in front of the
+    model for the talk's models, see for_talk_model). The rest records how the
+    model was trained. `extra` keeps keys this version does not know; `source`
+    (not saved) names the file the facts came from, for messages.
+    """
+
+    class_names: list[str]
+    band_names: list[str]
+    input_size: int | None = IMAGE_SIZE
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    normalisation_source: str = ""
+    arch: str = ""
+    variant: str | None = None
+    recipe: str = ""
+    mixed_precision: str = ""
+    replicas: int = 1
+    settings: dict = field(default_factory=dict)
+    stages: list[dict] = field(default_factory=list)
+    epochs_trained: int = 0
+    training_seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    source: str = field(default="", compare=False)
+
+    def to_json(self) -> dict:
+        """The model.json object (input_size as [rows, cols], unknown keys kept)."""
+        data = asdict(self)
+        data.pop("source")
+        extra = data.pop("extra")
+        if self.input_size is not None:
+            data["input_size"] = [self.input_size, self.input_size]
+        return {**data, **extra}
+
+    def save(self, path: str | Path) -> None:
+        """Write model.json at `path` atomically."""
+        write_json_atomic(Path(path), self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "") -> ModelInfo:
+        """ModelInfo from a model.json object; the legacy keys "classes" and "bands"
+        and an input_size given as 64, "64" or [64, 64] (None when missing) are accepted."""
+        data = dict(data)
+        names = {item.name for item in fields(cls)} - {"extra", "source"}
+        class_names = data.pop("class_names", None) or data.pop("classes", None) or []
+        band_names = data.pop("band_names", None) or data.pop("bands", None) or []
+        size = data.pop("input_size", None)
+        if isinstance(size, (list, tuple)):
+            size = size[0] if size else None
+        try:
+            input_size = int(size) if size is not None else None
+        except (TypeError, ValueError):
+            raise InputError(f"model configuration {source} has input_size {size!r}.") from None
+        known = {key: data.pop(key) for key in list(data) if key in names}
+        return cls(
+            class_names=[str(name) for name in class_names],
+            band_names=[str(name) for name in band_names],
+            input_size=input_size,
+            **known,
+            extra=data,
+            source=source,
+        )
+
+    @classmethod
+    def load(cls, model_path: str | Path) -> ModelInfo | None:
+        """The facts beside a model file: `<stem>.json`, else model.json in its folder;
+        None when there is neither (e.g. a talk .hdf5). InputError for a file that
+        is not a JSON object."""
+        model_path = Path(model_path)
+        for path in (model_path.with_suffix(".json"), model_path.with_name(MODEL_INFO_FILE)):
+            if path.is_file():
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as error:
+                    raise InputError(
+                        f"model configuration {path} cannot be read: {error}."
+                    ) from None
+                if not isinstance(data, dict):
+                    raise InputError(f"model configuration {path} is not a JSON object.")
+                return cls.from_json(data, source=str(path))
+        return None
+
+    @classmethod
+    def for_talk_model(cls, band_count: int) -> ModelInfo:
+        """The facts the talk's models (.hdf5 without model.json) imply: EuroSAT's
+        classes, RGB or all 13 bands, and the talk's normalisation constants, which
+        such a model does not hold and which are applied in front of it."""
+        mean, std = talk_constants(band_count)
+        return cls(
+            class_names=list(CLASS_NAMES),
+            band_names=list(default_band_names(band_count)),
+            mean=[float(value) for value in mean],
+            std=[float(value) for value in std],
+            normalisation_source="the talk's constants, applied in front of the model",
+            recipe="talk",
+            source="the talk's defaults (no model.json)",
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -400,8 +511,10 @@ def custom_objects() -> dict:
     return {**layers, **{f"cnn_sentinel>{name}": layer for name, layer in layers.items()}}
 
 
-def with_fused_batch_normalization(backbone):
-    """A copy of `backbone` with every BatchNormalization fused (same weights)."""
+def with_fused_batch_normalization(model):
+    """A copy of `model` (a backbone or a whole classifier, nested models included)
+    with every BatchNormalization fused, same weights: the speed substitution that
+    06 and resumed training make after loading a saved model under mixed precision."""
     import keras
 
     fused = fused_batch_normalization_class()
@@ -411,8 +524,34 @@ def with_fused_batch_normalization(backbone):
             return fused.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    copy = keras.models.clone_model(backbone, clone_function=clone)
-    copy.set_weights(backbone.get_weights())
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def inference_model(model):
+    """A copy of a trained classifier to save for users: stock Keras layers only.
+
+    The talk's augmentation (training only) is left out and fused batch
+    normalisation goes back to Keras' BatchNormalization (same weights and dtype
+    policies), so plain `keras.saving.load_model` opens the file anywhere and
+    predicts what `model` predicts. Speed substitutions are made after loading.
+    """
+    import keras
+
+    fused = fused_batch_normalization_class()
+    augmentation = custom_layers()["RandomFlipRotation"]
+
+    def clone(layer):
+        if isinstance(layer, fused):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    def call(layer, *args, **kwargs):
+        return args[0] if isinstance(layer, augmentation) else layer(*args, **kwargs)
+
+    copy = keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=True)
+    copy.set_weights(model.get_weights())
     return copy
 
 
@@ -1187,24 +1326,20 @@ def load_model(model_path: str | Path, compile: bool = False):
         raise InputError(f"model {model_path} cannot be loaded ({reason}).") from None
 
 
-def load_for_evaluation(model_path: Path, talk_fallback: bool = True):
-    """Load a saved model for inference plus its model.json (None for a model without
-    one, e.g. a talk .hdf5: with `talk_fallback` it gets the talk's normalisation
-    in front)."""
+def load_for_evaluation(model_path: Path) -> tuple:
+    """(model taking raw pixels, ModelInfo) of a saved model. A model without
+    model.json (a talk .hdf5) gets the talk's facts and normalisation in front."""
     import keras
 
     model = load_model(model_path)
-    info_path = model_path.with_name(MODEL_INFO_FILE)
-    if info_path.is_file():
-        return model, json.loads(info_path.read_text(encoding="utf-8"))
-    if not talk_fallback:
-        return model, None
-    band_count = model.input_shape[-1]
-    mean, std = talk_constants(band_count)
+    info = ModelInfo.load(model_path)
+    if info is not None:
+        return model, info
+    info = ModelInfo.for_talk_model(model.input_shape[-1])
     talk_model = keras.Sequential(
-        [keras.Input(model.input_shape[1:]), normalization_layer(mean, std), model]
+        [keras.Input(model.input_shape[1:]), normalization_layer(info.mean, info.std), model]
     )
-    return talk_model, None
+    return talk_model, info
 
 
 def evaluate_model(
@@ -1215,7 +1350,7 @@ def evaluate_model(
     overwrite: bool = False,
     history: Sequence[dict] = (),
     stage_starts: Sequence[int] = (),
-    info: dict | None = None,
+    info: ModelInfo | None = None,
 ) -> dict:
     """Evaluate a saved model on the whole validation/ (and test/) of a split.
 
@@ -1230,14 +1365,12 @@ def evaluate_model(
     from sklearn.metrics import classification_report
 
     model_path, split_folder = Path(model_path), Path(split_folder)
-    model, saved_info = load_for_evaluation(model_path, talk_fallback=info is None)
-    split = inspect_split(split_folder, "all", with_statistics=False, progress=False)
-    info = info or saved_info
-    if info is not None:
-        class_names, band_names = info["class_names"], info["band_names"]
+    if info is None:
+        model, info = load_for_evaluation(model_path)
     else:
-        class_names = split.class_names
-        band_names = default_band_names(model.input_shape[-1])
+        model = load_model(model_path)
+    split = inspect_split(split_folder, "all", with_statistics=False, progress=False)
+    class_names, band_names = info.class_names or split.class_names, info.band_names
     available = default_band_names(len(split.band_names))
     band_indices = select_bands(list(band_names), available)
     if split.class_names != list(class_names):
@@ -1406,24 +1539,23 @@ def run_recipe(
             steps_per_epoch=settings.steps_per_epoch,
             strategy=strategy,
         )
-        save_model_atomic(model, work_folder / MODEL_FILE)
-    info = {
-        "class_names": split.class_names,
-        "band_names": split.band_names,
-        "input_size": [IMAGE_SIZE, IMAGE_SIZE],
-        "mean": split.mean,
-        "std": split.std,
-        "normalisation_source": split.normalisation_source,
-        "arch": settings.arch,
-        "variant": variant,
-        "recipe": recipe,
-        "mixed_precision": policy,
-        "replicas": strategy.num_replicas_in_sync,
-        "settings": dict(vars(settings)),
-        "stages": [asdict(stage) for stage in stages],
-        "epochs_trained": state["epoch"],
-        "training_seconds": round(time.time() - started, 1),
-    }
+        save_model_atomic(inference_model(model), work_folder / MODEL_FILE)
+    info = ModelInfo(
+        class_names=split.class_names,
+        band_names=split.band_names,
+        mean=split.mean,
+        std=split.std,
+        normalisation_source=split.normalisation_source,
+        arch=settings.arch,
+        variant=variant,
+        recipe=recipe,
+        mixed_precision=policy,
+        replicas=strategy.num_replicas_in_sync,
+        settings=dict(vars(settings)),
+        stages=[asdict(stage) for stage in stages],
+        epochs_trained=state["epoch"],
+        training_seconds=round(time.time() - started, 1),
+    )
     metrics = evaluate_model(
         work_folder / MODEL_FILE,
         split.folder,
@@ -1434,7 +1566,7 @@ def run_recipe(
         stage_starts=state["stage_starts"],
         info=info,
     )
-    info["metrics"] = {
+    info.metrics = {
         part: {
             "overall_accuracy": metrics[part]["overall_accuracy"],
             "images": metrics[part]["images"],
@@ -1442,7 +1574,7 @@ def run_recipe(
         for part in ("validation", "test")
         if part in metrics
     }
-    write_json_atomic(work_folder / MODEL_INFO_FILE, info)
+    info.save(work_folder / MODEL_INFO_FILE)
     state["finished"] = True
     write_json_atomic(work_folder / STATE_FILE, state)
     if not writer:

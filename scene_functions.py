@@ -13,7 +13,6 @@ functions that need them.
 
 from __future__ import annotations
 
-import json
 import math
 import queue
 import re
@@ -35,7 +34,6 @@ from image_functions import (
     InputError,
     default_band_names,
     eurosat_rgb_from_l1c,
-    talk_constants,
 )
 
 gdal.UseExceptions()
@@ -101,14 +99,6 @@ def normalise_band_name(name: str) -> str:
     return f"B{int(match.group(1)):02d}{match.group(2)}" if not match.group(2) else "B8A"
 
 
-def model_json_path(model_path: Path) -> Path | None:
-    """The model.json beside a model (`<stem>.json` first, then `model.json`), or None."""
-    for candidate in (model_path.with_suffix(".json"), model_path.parent / "model.json"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _first_int(value: object) -> int | None:
     """An int from 64, "64", [64, 64] or [64, 64, 13]; None if there is none."""
     if isinstance(value, (list, tuple)):
@@ -148,7 +138,7 @@ def load_classifier(model_path: str | Path):
         raise InputError(
             f"model {model_path} is not a Keras model file ({', '.join(MODEL_SUFFIXES)})."
         )
-    from network_functions import load_model
+    from network_functions import ModelInfo, load_model
 
     model = load_model(model_path)
     input_shape = tuple(model.inputs[0].shape)
@@ -156,25 +146,17 @@ def load_classifier(model_path: str | Path):
     model_bands = int(input_shape[-1])
     model_size = _first_int(input_shape[1])
 
-    json_path = model_json_path(model_path)
-    facts: dict = {}
-    if json_path is not None:
-        try:
-            facts = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise InputError(f"model configuration {json_path} cannot be read: {error}.") from None
-        if not isinstance(facts, dict):
-            raise InputError(f"model configuration {json_path} is not a JSON object.")
-    class_names = facts.get("class_names") or facts.get("classes")
+    info = ModelInfo.load(model_path)
+    class_names = info.class_names if info is not None else []
     if not class_names:
         class_names = (
             CLASS_NAMES
             if output_units == len(CLASS_NAMES)
             else [f"class{index}" for index in range(output_units)]
         )
-    band_names = facts.get("band_names") or facts.get("bands") or default_band_names(model_bands)
-    input_size = _first_int(facts.get("input_size")) or model_size or IMAGE_SIZE
-    source = str(json_path) if json_path is not None else f"{model_path} (no model.json)"
+    band_names = (info.band_names if info is not None else []) or default_band_names(model_bands)
+    input_size = (info.input_size if info is not None else None) or model_size or IMAGE_SIZE
+    source = info.source if info is not None else f"{model_path} (no model.json)"
 
     if len(class_names) != output_units:
         raise InputError(
@@ -192,8 +174,9 @@ def load_classifier(model_path: str | Path):
             f"input_size {input_size}."
         )
     mean = std = None
-    if json_path is None and not _has_normalization_layer(model):
-        mean, std = talk_constants(model_bands)
+    if info is None and not _has_normalization_layer(model):
+        talk = ModelInfo.for_talk_model(model_bands)
+        mean, std = np.array(talk.mean), np.array(talk.std)
     config = ModelConfig(
         class_names=tuple(str(name) for name in class_names),
         band_names=tuple(normalise_band_name(str(name)) for name in band_names),

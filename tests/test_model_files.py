@@ -1,0 +1,148 @@
+"""A model.keras written by the training scripts is a plain Keras file, and model.json is
+read and written in one place (network_functions.ModelInfo)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from script_modules import load_script
+from test_training_scripts import FAST, SCRIPTS, make_split
+
+import network_functions as nf
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, load_arrays
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Run in a fresh interpreter in isolated mode (-I: no PYTHONPATH, no script folder on
+# sys.path) from a folder outside the repository: only stock Keras can open the file.
+PLAIN_LOAD = """
+import sys
+from pathlib import Path
+import numpy as np
+import keras
+model_path, pixels_path, output_path, repo = sys.argv[1:]
+model = keras.saving.load_model(model_path)
+np.save(output_path, model.predict(np.load(pixels_path), verbose=0))
+ours = {"network_functions", "image_functions", "scene_functions", "command_line"}
+assert not ours & set(sys.modules), ours & set(sys.modules)
+assert not any(Path(entry or ".").resolve() == Path(repo) for entry in sys.path), sys.path
+"""
+
+
+@pytest.fixture(scope="module")
+def rgb_split(sample_rgb_dataset, tmp_path_factory) -> Path:
+    return make_split(sample_rgb_dataset, tmp_path_factory.mktemp("rgb_split"))
+
+
+@pytest.mark.parametrize("precision", ["off", "bf16"])
+def test_saved_model_opens_with_plain_keras_and_predicts_like_the_project(
+    rgb_split, tmp_path, precision
+):
+    """Trained with the talk's augmentation layer in the graph (and fused batch
+    normalisation under bf16), the saved file holds stock layers only."""
+    main = load_script(SCRIPTS["03"], "script_03").main
+    main(
+        [
+            "--data", str(rgb_split), "--epochs", "1", "--output", str(tmp_path),
+            "--augmentation", "talk", *FAST[:-1], precision,
+        ]
+    )  # fmt: skip
+    model_path = tmp_path / "rgb-scratch-tiny" / "model.keras"
+    with zipfile.ZipFile(model_path) as archive:
+        config = archive.read("config.json").decode("utf-8")
+    assert "cnn_sentinel" not in config and "RandomFlipRotation" not in config
+    assert "FusedBatchNormalization" not in config
+    if precision == "bf16":
+        assert "mixed_bfloat16" in config
+    images, _, _ = load_arrays(rgb_split / "validation", progress=False)
+    pixels = images.astype(np.float32)
+    np.save(tmp_path / "pixels.npy", pixels)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    subprocess.run(
+        [
+            sys.executable, "-I", "-c", PLAIN_LOAD, str(model_path), str(tmp_path / "pixels.npy"),
+            str(tmp_path / "plain.npy"), str(REPO_ROOT),
+        ],
+        cwd=outside, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    plain = np.load(tmp_path / "plain.npy")
+    ours = nf.load_model(model_path).predict(pixels, verbose=0)
+    assert plain.shape == (20, 10) and plain.dtype == np.float32
+    np.testing.assert_allclose(plain, ours, atol=1e-5, rtol=0)
+
+
+def test_inference_model_drops_training_layers_and_unfuses(keras_backend):
+    import keras
+
+    with nf.dtype_policy("mixed_bfloat16"):
+        model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [50.0] * 3)
+    assert "augmentation" in [layer.name for layer in model.layers]
+    fused = nf.fused_batch_normalization_class()
+    assert any(isinstance(layer, fused) for layer in model.get_layer("tiny").layers)
+    saved = nf.inference_model(model)
+    assert "augmentation" not in [layer.name for layer in saved.layers]
+    backbone_layers = saved.get_layer("tiny").layers
+    assert not any(isinstance(layer, fused) for layer in backbone_layers)
+    assert sum(type(layer) is keras.layers.BatchNormalization for layer in backbone_layers) == 2
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        saved.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=2e-2
+    )
+    for before, after in zip(model.weights, saved.weights, strict=True):
+        assert np.array_equal(np.asarray(before), np.asarray(after))
+
+
+@pytest.fixture
+def keras_backend():
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_model_info_round_trip_and_legacy_keys(tmp_path):
+    info = nf.ModelInfo(
+        class_names=["A", "B"],
+        band_names=["B04", "B03", "B02"],
+        mean=[1.0, 2.0, 3.0],
+        std=[4.0, 5.0, 6.0],
+        arch="tiny",
+        metrics={"validation": {"overall_accuracy": 0.5, "images": 2}},
+        extra={"note": "kept"},
+    )
+    info.save(tmp_path / "model.json")
+    saved = json.loads((tmp_path / "model.json").read_text())
+    assert saved["input_size"] == [64, 64] and saved["note"] == "kept"
+    assert "source" not in saved and "extra" not in saved
+    assert not list(tmp_path.glob(".*partial*"))
+    loaded = nf.ModelInfo.load(tmp_path / "model.keras")
+    assert loaded == info and loaded.source == str(tmp_path / "model.json")
+    # <stem>.json beside the model wins; legacy keys and an int input_size are read.
+    (tmp_path / "old.json").write_text(
+        json.dumps({"classes": ["x", "y", "z"], "bands": ["B08"], "input_size": 32})
+    )
+    legacy = nf.ModelInfo.load(tmp_path / "old.hdf5")
+    assert legacy.class_names == ["x", "y", "z"] and legacy.band_names == ["B08"]
+    assert legacy.input_size == 32
+    assert nf.ModelInfo.load(tmp_path / "nothing" / "model.keras") is None
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="is not a JSON object"):
+        nf.ModelInfo.load(tmp_path / "bad.h5")
+
+
+def test_talk_model_facts():
+    rgb = nf.ModelInfo.for_talk_model(3)
+    assert rgb.class_names == list(CLASS_NAMES) and rgb.band_names == list(RGB_BAND_NAMES)
+    assert rgb.mean == pytest.approx([87.845, 96.965, 103.947])
+    ms = nf.ModelInfo.for_talk_model(13)
+    assert ms.band_names == list(MS_BAND_NAMES) and len(ms.std) == 13
+    with pytest.raises(InputError, match="3 or 13 bands"):
+        nf.ModelInfo.for_talk_model(4)
