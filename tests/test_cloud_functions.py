@@ -1,0 +1,212 @@
+"""Tests of cloud_functions (the s2cloudless mask, block by block) and quicklook_functions.
+
+Generated scenes are the demo scene with a soft diagonal cloud band blended in,
+a few dozen pixels, so the s2cloudless model runs in a fraction of a second.
+The real-scene tests skip when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+import cloud_functions as clouds
+import demo_data
+import quicklook_functions as quicklook
+import scene_functions as scenes
+from image_functions import (
+    CLASS_NAMES,
+    MS_BAND_NAMES,
+    RGB_BAND_NAMES,
+    InputError,
+    eurosat_rgb_from_l1c,
+)
+
+gdal.UseExceptions()
+
+# Digital numbers of a bright cloud top in MS_BAND_NAMES order (B01..B12, B8A).
+CLOUD_SPECTRUM = (4500, 4300, 4200, 4200, 4400, 4500, 4600, 4600, 1500, 80, 3500, 2500, 4700)
+# Crops of the real T33UUU scene (xoff, yoff, xsize, ysize), picked by looking at it
+# (docs/cloud_mask_T33UUU_field.png and docs/cloud_mask_T33UUU_streak.png).
+T33UUU = "sentinel2_l1c_T33UUU_20170216_13band_1536x768.tif"
+FIELD_CROP = (1344, 576, 128, 128)  # winter fields and hedges, no cloud
+STREAK_CROP = (720, 160, 64, 64)  # the thin streak west of the large cloud band
+RAVAEN = "sentinel2_ravaen_lahinch_2017-09-26_15band.tif"
+# s2cloudless band order of a 13-band stack (B8A after B08), for its all_bands=True model.
+S2CLOUDLESS_13_ORDER = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+)  # fmt: skip
+
+
+def cloudy_scene(rows: int = 64, cols: int = 72, seed: int = 0) -> np.ndarray:
+    """(rows, cols, 13) uint16 demo scene with a soft cloud band across it."""
+    surface, _ = demo_data.demo_scene(max(rows, 64), max(cols, 64), seed)
+    surface = np.moveaxis(surface, 0, -1)[:rows, :cols].astype(np.float64)
+    row, col = np.mgrid[0:rows, 0:cols]
+    cover = np.clip(1.0 - np.abs(row - 0.6 * col - rows / 4) / 12.0, 0.0, 1.0)[..., None]
+    scene = (1.0 - cover) * surface + cover * np.array(CLOUD_SPECTRUM)
+    return np.round(scene).astype(np.uint16)
+
+
+def write_scene(path, pixels: np.ndarray, band_names) -> gdal.Dataset:
+    """Write (rows, cols, bands) pixels as a GeoTIFF with band descriptions; reopen it."""
+    rows, cols, bands = pixels.shape
+    data_type = gdal.GDT_Byte if pixels.dtype == np.uint8 else gdal.GDT_UInt16
+    output = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, bands, data_type)
+    for number in range(1, bands + 1):
+        output.GetRasterBand(number).WriteArray(pixels[..., number - 1])
+        output.GetRasterBand(number).SetDescription(band_names[number - 1])
+    output = None
+    return gdal.Open(str(path))
+
+
+def test_cloud_bands_in_s2cloudless_order():
+    assert clouds.cloud_bands_available(MS_BAND_NAMES)
+    assert not clouds.cloud_bands_available(RGB_BAND_NAMES)
+    # EuroSAT keeps B8A last; s2cloudless takes it after B08.
+    assert clouds.cloud_band_indices(MS_BAND_NAMES) == [0, 1, 3, 4, 7, 12, 8, 9, 10, 11]
+    with pytest.raises(InputError, match="no band B01, B05, B08, B8A, B09, B10, B11, B12"):
+        clouds.cloud_band_indices(("B02", "B04", "B03"), "scene x.tif")
+
+
+def test_cell_means_average_every_cell_and_the_cut_ones():
+    values = np.random.default_rng(0).integers(0, 10000, (7, 10, 2), dtype=np.uint16)
+    means = clouds.cell_means(values, 3)
+    assert means.shape == (3, 4, 2)
+    for cell_row in range(3):
+        for cell_col in range(4):
+            cell = values[3 * cell_row : 3 * cell_row + 3, 3 * cell_col : 3 * cell_col + 3]
+            np.testing.assert_allclose(means[cell_row, cell_col], cell.mean(axis=(0, 1)))
+
+
+def test_mask_of_single_pixel_cells_is_s2cloudless_own_mask():
+    """Against s2cloudless' 13-band detector fed in its own band order: proves the band
+    selection, the EuroSAT -> s2cloudless reordering and the reflectance scaling."""
+    from s2cloudless import S2PixelCloudDetector
+
+    pixels = cloudy_scene()
+    reordered = pixels[..., [MS_BAND_NAMES.index(name) for name in S2CLOUDLESS_13_ORDER]]
+    detector = S2PixelCloudDetector(
+        threshold=clouds.CLOUD_THRESHOLD,
+        all_bands=True,
+        average_over=clouds.CLOUD_AVERAGE_OVER,
+        dilation_size=clouds.CLOUD_DILATION,
+    )
+    expected = detector.get_cloud_masks(reordered[None] / 10000.0)[0].astype(bool)
+    mask = clouds.cloud_mask_block(pixels, MS_BAND_NAMES, clouds.CloudSettings(cell=1))
+    assert 0.1 < expected.mean() < 0.9
+    np.testing.assert_array_equal(mask, expected)
+
+
+@pytest.mark.parametrize(("cell", "block_rows"), [(1, 5), (3, 16), (4, 37), (4, 64)])
+def test_blocks_with_their_halo_give_the_whole_scene_mask(tmp_path, cell, block_rows):
+    pixels = cloudy_scene(rows=61, cols=66)
+    dataset = write_scene(tmp_path / "scene.tif", pixels, MS_BAND_NAMES)
+    indices = clouds.cloud_band_indices(MS_BAND_NAMES)
+    probability = clouds.cell_probability(
+        clouds.cell_means(pixels[..., indices], cell) / clouds.REFLECTANCE_SCALE
+    )
+    # A threshold that gives a mask with edges everywhere.
+    settings = clouds.CloudSettings(threshold=float(np.quantile(probability, 0.6)), cell=cell)
+    whole = clouds.cloud_mask_block(pixels, MS_BAND_NAMES, settings)
+    blocks = [
+        clouds.scene_cloud_mask(dataset, indices, top, min(top + block_rows, 61), settings)
+        for top in range(0, 61, block_rows)
+    ]
+    assert 0.2 < whole.mean() < 0.8
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+
+
+def test_baseline_offset_and_missing_values():
+    pixels = cloudy_scene()
+    mask = clouds.cloud_mask_block(pixels, MS_BAND_NAMES)
+    assert 0.1 < mask.mean() < 0.9
+    # Processing baseline 04.00 stores reflectance * 10000 + 1000.
+    shifted = clouds.cloud_mask_block(
+        pixels + 1000, MS_BAND_NAMES, clouds.CloudSettings(offset=-1000)
+    )
+    np.testing.assert_array_equal(shifted, mask)
+    reflectance = np.full((2, 3, len(clouds.CLOUD_BANDS)), 0.45, np.float32)
+    reflectance[0, 1, 4] = np.nan
+    probability = clouds.cell_probability(reflectance)
+    assert probability[0, 1] == 0.0 and (probability[np.arange(2) != 0] > 0.5).all()
+
+
+def real_crop_mask(scenes_dir, crop) -> np.ndarray:
+    scene = scenes.open_scene(scenes_dir / T33UUU, window=list(crop))
+    indices = clouds.cloud_band_indices(scenes.scene_band_names(scene))
+    return clouds.scene_cloud_mask(scene, indices, 0, scene.RasterYSize)
+
+
+def test_real_scene_fields_are_clear_and_the_streak_is_cloud(scenes_dir):
+    assert real_crop_mask(scenes_dir, FIELD_CROP).mean() < 0.02
+    assert real_crop_mask(scenes_dir, STREAK_CROP).mean() > 0.5
+
+
+def test_probability_matches_earth_engines_s2cloudless_band(scenes_dir):
+    """The RaVAEn scene carries Earth Engine's s2cloudless probability (0..100, computed
+    on its own resampling of the bands): ours, per pixel, must follow it closely."""
+    dataset = gdal.Open(str(scenes_dir / RAVAEN))
+    names = scenes.scene_band_names(dataset)
+    stack = np.moveaxis(dataset.ReadAsArray(), 0, -1)
+    reference = stack[..., names.index("probability")]
+    reflectance = stack[..., clouds.cloud_band_indices(names)] / clouds.REFLECTANCE_SCALE
+    ours = 100 * clouds.cell_probability(reflectance)
+    valid = np.isfinite(reference) & np.isfinite(reflectance).all(axis=-1)
+    assert valid.mean() > 0.9
+    assert np.abs(ours[valid] - reference[valid]).mean() < 3.0
+    assert np.corrcoef(ours[valid], reference[valid])[0, 1] > 0.85
+
+
+# ---------------------------------------------------------------------------
+# Quicklook
+# ---------------------------------------------------------------------------
+
+
+def test_true_colour_bands_and_scaling(tmp_path):
+    assert quicklook.true_colour_bands(MS_BAND_NAMES) == [3, 2, 1]
+    assert quicklook.true_colour_bands(RGB_BAND_NAMES) == [0, 1, 2]
+    assert quicklook.true_colour_bands(("band1", "band2", "band3")) is None
+    pixels = cloudy_scene(rows=20, cols=24)
+    dataset = write_scene(tmp_path / "ms.tif", pixels, MS_BAND_NAMES)
+    picture = quicklook.true_colour(dataset, [3, 2, 1], (20, 24))
+    np.testing.assert_array_equal(picture, eurosat_rgb_from_l1c(pixels[..., [3, 2, 1]]))
+    rgb = pixels[..., :3].astype(np.uint8)
+    dataset = write_scene(tmp_path / "rgb.tif", rgb, RGB_BAND_NAMES)
+    np.testing.assert_array_equal(quicklook.true_colour(dataset, [0, 1, 2], (20, 24)), rgb)
+
+
+def test_quicklook_legend_gives_the_share_of_every_label(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.choice([0, 1, 5, 9, clouds.CLOUD_LABEL, scenes.LABEL_NODATA], size=(30, 40))
+    labels = labels.astype(np.uint8)
+    labels[:, :3] = 2  # a class present in only 90 pixels
+    write_scene(tmp_path / "label.tif", labels[..., None], ("label",))
+    scene = write_scene(tmp_path / "scene.tif", cloudy_scene(rows=30, cols=40), MS_BAND_NAMES)
+    output = tmp_path / "quicklook.png"
+    texts = quicklook.write_side_by_side_quicklook(
+        tmp_path / "label.tif", output, CLASS_NAMES, "test", scene, [3, 2, 1]
+    )
+    values, counts = np.unique(labels, return_counts=True)
+    names = {**dict(enumerate(CLASS_NAMES)), clouds.CLOUD_LABEL: "Cloud", 255: "No data"}
+    expected = [
+        f"{names[v]} {100 * c / labels.size:.1f} %" for v, c in zip(values, counts, strict=True)
+    ]
+    assert texts == expected
+    assert texts[2] == "HerbaceousVegetation 7.5 %"
+    assert sum(float(re.search(r"([\d.]+) %$", text).group(1)) for text in texts) == (
+        pytest.approx(100, abs=0.3)
+    )
+    png = gdal.Open(str(output))
+    assert png.RasterXSize > 2 * png.RasterYSize  # two panels side by side, legend
+
+
+def test_label_colours_reserve_cloud_and_nodata():
+    colours = quicklook.label_colours(CLASS_NAMES)
+    assert tuple(colours[clouds.CLOUD_LABEL]) == clouds.CLOUD_COLOUR
+    assert tuple(colours[scenes.LABEL_NODATA]) == quicklook.NODATA_COLOUR
+    assert tuple(colours[1]) == scenes.CLASS_COLOURS["Forest"]
+    assert len(CLASS_NAMES) < clouds.CLOUD_LABEL < scenes.LABEL_NODATA
