@@ -12,7 +12,16 @@ writes the report of a saved model instead.
 """
 
 from command_line import run_script
-from network_functions import TALK_SCRATCH_RECIPE, Stage, parse_training_settings, run_recipe
+from dataset_functions import inspect_split
+from network_functions import build_classifier
+from report_functions import evaluate_saved_model
+from training_functions import (
+    TALK_SCRATCH_RECIPE,
+    Stage,
+    dihedral_augmentation,
+    parse_training_settings,
+    training_run,
+)
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 RECIPE = "fast"  # fast: the settings below; talk: the talk's VGG16 settings (TALK_SCRATCH_RECIPE)
@@ -41,19 +50,42 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
     if settings.recipe == "talk":
         vars(settings).update(TALK_SCRATCH_RECIPE)
-    stage = Stage(
-        "train",
-        "all",
-        settings.optimizer,
-        settings.learning_rate,
-        settings.patience,
-        momentum=settings.momentum,
-        schedule=settings.schedule,
-        warmup_epochs=settings.warmup_epochs,
-        weight_decay=settings.weight_decay,
-        label_smoothing=settings.label_smoothing,
-    )
-    run_recipe(settings, [stage], recipe="rgb-scratch")
+    if settings.evaluate_only:
+        evaluate_saved_model(
+            settings.evaluate_only, settings.data, settings.batch_size, settings.overwrite
+        )
+        return
+    split = inspect_split(settings.data, settings.bands)
+    # Run folder, resume, strategy, precision and seed: the recipe runs inside.
+    with training_run(settings, split, recipe="rgb-scratch") as run:
+        # Raw pixels -> normalisation -> [the talk's augmentation] -> random backbone -> head.
+        model = build_classifier(
+            settings.arch,
+            split.band_names,
+            len(split.class_names),
+            split.mean,
+            split.std,
+            weights=settings.weights,
+            seed=settings.seed,
+            augment=settings.augmentation == "talk",
+        )
+        dihedral = settings.augmentation == "dihedral"
+        train, validation = run.datasets(augment=dihedral_augmentation if dihedral else None)
+        # One stage: every layer learns.
+        stage = Stage(
+            "train",
+            "all",
+            settings.optimizer,
+            settings.learning_rate,
+            settings.patience,
+            momentum=settings.momentum,
+            schedule=settings.schedule,
+            warmup_epochs=settings.warmup_epochs,
+            weight_decay=settings.weight_decay,
+            label_smoothing=settings.label_smoothing,
+        )
+        model = run.fit(model, [stage], train, validation)
+        run.report(model)
 
 
 if __name__ == "__main__":

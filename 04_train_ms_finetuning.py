@@ -12,7 +12,10 @@ writes the report of a saved model instead.
 """
 
 from command_line import run_script
-from network_functions import finetuning_stages, parse_training_settings, run_recipe
+from dataset_functions import inspect_split
+from network_functions import build_classifier
+from report_functions import evaluate_saved_model
+from training_functions import Stage, parse_training_settings, training_run
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 VARIANT = "first-conv"  # adapter (1x1 conv 13 -> 3) or first-conv (13-band first convolution)
@@ -35,8 +38,43 @@ SEED = 0  # seed of weights, shuffling and augmentation
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
-    stages = finetuning_stages(settings, head_optimizer="adam")
-    run_recipe(settings, stages, recipe="ms-finetuning", variant=settings.variant)
+    if settings.evaluate_only:
+        evaluate_saved_model(
+            settings.evaluate_only, settings.data, settings.batch_size, settings.overwrite
+        )
+        return
+    split = inspect_split(settings.data, settings.bands)
+    # Run folder, resume, strategy, precision and seed: the recipe runs inside.
+    with training_run(settings, split, recipe="ms-finetuning", variant=settings.variant) as run:
+        # Raw digital numbers -> normalisation -> the talk's augmentation (training
+        # only) -> 13 bands into the ImageNet backbone (VARIANT) -> new head.
+        model = build_classifier(
+            settings.arch,
+            split.band_names,
+            len(split.class_names),
+            split.mean,
+            split.std,
+            weights=settings.weights,
+            variant=settings.variant,
+            seed=settings.seed,
+        )
+        train, validation = run.datasets()
+        stages = [
+            # Stage 1: the ImageNet backbone frozen; adapter or first convolution
+            # and the new head learn (Adam).
+            Stage("head", "head", "adam", settings.head_learning_rate, settings.head_patience),
+            # Stage 2: everything above block 1 learns, SGD with momentum, small steps.
+            Stage(
+                "fine-tune",
+                "above-block1",
+                "sgd",
+                settings.finetune_learning_rate,
+                settings.patience,
+                momentum=settings.finetune_momentum,
+            ),
+        ]
+        model = run.fit(model, stages, train, validation)
+        run.report(model)
 
 
 if __name__ == "__main__":

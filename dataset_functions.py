@@ -1,5 +1,6 @@
 """Datasets on disk: download and safely extract the EuroSAT archives, split a
-folder of class folders into train/validation(/test) with a split.csv record.
+folder of class folders into train/validation(/test) with a split.csv record, and
+inspect a split folder for training and evaluation (inspect_split, at the end).
 
 The mechanics of 01_split_data_to_train_and_validation.py (the recipe); see
 its docstring for how the split reproduces the talk's.
@@ -16,9 +17,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from image_functions import InputError
+from image_functions import (
+    InputError,
+    band_statistics,
+    class_folders,
+    default_band_names,
+    list_class_images,
+    load_band_stats,
+    read_image,
+    select_bands,
+)
 
 # The official EuroSAT archives (Helber et al.), Zenodo record 10.5281/zenodo.7711810.
 # Zenodo publishes an md5 per file; no sha256 is published, so none is assumed here.
@@ -396,3 +407,90 @@ def check_fractions(validation_fraction: float, test_fraction: float) -> None:
             f"--validation-fraction {validation_fraction} plus --test-fraction {test_fraction} "
             "leave no training data; their sum must be below 1."
         )
+
+
+# ---------------------------------------------------------------------------
+# Split folders: what training and evaluation read
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class SplitInfo:
+    """What a split folder holds: classes, chosen bands and their normalisation."""
+
+    folder: Path
+    class_names: list[str]
+    band_names: list[str]
+    band_indices: list[int]
+    mean: list[float]
+    std: list[float]
+    normalisation_source: str
+    has_test: bool
+
+
+def inspect_split(
+    folder: str | Path, bands: str, with_statistics: bool = True, progress: bool = True
+) -> SplitInfo:
+    """Check a split folder (train/, validation/, optional test/) and pick its bands.
+
+    Normalisation (with_statistics) comes from `folder/band_stats.json`
+    (statistics.py); when that is missing it is computed from train/ on the spot
+    (nothing is written into the split). Without statistics, mean/std are empty.
+    Raises InputError for a missing folder, class folders that differ, images
+    whose band count differs between the parts, or stats of another band count.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"split folder {folder} does not exist; run 01 to make it.")
+    parts = ["train", "validation"] + (["test"] if (folder / "test").is_dir() else [])
+    for part in parts[:2]:
+        if not (folder / part).is_dir():
+            raise InputError(
+                f"split folder {folder} has no {part}/ folder; run "
+                "01_split_data_to_train_and_validation.py to make one."
+            )
+    class_names = class_folders(folder / "train")
+    for part in parts[1:]:
+        other = class_folders(folder / part)
+        if other != class_names:
+            missing = sorted(set(class_names) - set(other))
+            extra = sorted(set(other) - set(class_names))
+            raise InputError(
+                f"class folders of {folder / part} differ from train/: missing "
+                f"{', '.join(missing) or 'none'}, extra {', '.join(extra) or 'none'}."
+            )
+    band_counts = {}
+    for part in parts:
+        first = list_class_images(folder / part, class_names)[0][0]
+        band_counts[part] = read_image(first).shape[-1]
+    if len(set(band_counts.values())) > 1:
+        counts = ", ".join(f"{part}/ {count}" for part, count in band_counts.items())
+        raise InputError(f"images of split {folder} differ in band count: {counts}.")
+    band_count = band_counts["train"]
+    available = default_band_names(band_count)
+    band_indices = select_bands(bands, available)
+    stats_path = folder / "band_stats.json"
+    if not with_statistics:
+        stats, source = {"mean": [0.0] * band_count, "std": [1.0] * band_count}, "not read"
+    elif stats_path.is_file():
+        stats = load_band_stats(stats_path)
+        source = str(stats_path)
+    else:
+        paths = [path for path, _ in list_class_images(folder / "train", class_names)]
+        stats = band_statistics(paths, progress=progress)
+        source = f"computed from {folder / 'train'} ({stats_path.name} missing)"
+    if len(stats["mean"]) != band_count:
+        raise InputError(
+            f"band statistics {stats_path} describe {len(stats['mean'])} bands but the images "
+            f"of {folder / 'train'} have {band_count}."
+        )
+    return SplitInfo(
+        folder=folder,
+        class_names=class_names,
+        band_names=[available[index] for index in band_indices],
+        band_indices=band_indices,
+        mean=[float(stats["mean"][index]) for index in band_indices],
+        std=[float(stats["std"][index]) for index in band_indices],
+        normalisation_source=source,
+        has_test="test" in parts,
+    )

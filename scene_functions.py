@@ -138,7 +138,8 @@ def load_classifier(model_path: str | Path):
         raise InputError(
             f"model {model_path} is not a Keras model file ({', '.join(MODEL_SUFFIXES)})."
         )
-    from network_functions import ModelInfo, load_model
+    from model_info import ModelInfo
+    from network_functions import load_model
 
     model = load_model(model_path)
     input_shape = tuple(model.inputs[0].shape)

@@ -41,6 +41,7 @@ def time_one(arch: str, precision: str, settings) -> dict:
 
     import network_functions as nf
     from image_functions import default_band_names
+    from training_functions import make_optimizer
 
     policy = nf.set_mixed_precision(precision)
     keras.utils.set_random_seed(0)
@@ -49,7 +50,7 @@ def time_one(arch: str, precision: str, settings) -> dict:
         arch, bands, 10, [1000.0] * len(bands), [300.0] * len(bands), augment=settings.augmentation
     )
     model.compile(
-        optimizer=nf.make_optimizer("sgd", 1e-4, 0.9),
+        optimizer=make_optimizer("sgd", 1e-4, 0.9),
         loss="categorical_crossentropy",
         jit_compile=settings.jit_compile,
     )

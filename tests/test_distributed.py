@@ -24,12 +24,60 @@ import runpy, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import network_functions
+import training_functions
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-network_functions.choose_strategy = lambda: strategy
+training_functions.choose_strategy = lambda: strategy
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+# A plain Keras fit under MultiWorkerMirroredStrategy, with the project's workaround
+# for keras-team/keras#20585 when argv[1] is "worked-around".
+PLAIN_MULTI_WORKER_FIT = """
+import sys
+import numpy as np
+import tensorflow as tf
+import keras
+if sys.argv[1] == "worked-around":
+    import training_functions
+    training_functions.work_around_keras_20585()
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy", metrics=["categorical_accuracy"])
+rng = np.random.default_rng(0)
+images = rng.uniform(size=(16, 4)).astype("float32")
+labels = np.eye(2, dtype="float32")[rng.integers(0, 2, 16)]
+model.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4), epochs=1, verbose=0)
+print("fit finished")
+"""
+
+
+def run_local_workers(command: list[str], cwd: Path, timeout: int = 300) -> list:
+    """Run `command` as two local workers of one TF_CONFIG cluster; (returncode, output) each."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=cwd,
+                env={**ENVIRONMENT, "TF_CONFIG": json.dumps(config)},
+            )
+        )
+    try:
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [
+        (process.returncode, output) for process, output in zip(processes, outputs, strict=True)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -66,37 +114,27 @@ def test_mirrored_strategy_over_two_logical_cpus(ms_split, tmp_path):
     assert_run_trained_on(tmp_path / "ms-scratch-tiny", replicas=2)
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_strategy_two_local_workers(ms_split, tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     script = str(REPO_ROOT / SCRIPTS["05"])
-    processes = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    script,
-                    "--data",
-                    str(ms_split),
-                    "--output",
-                    str(tmp_path / "runs"),
-                    *TINY_RUN,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                cwd=tmp_path,
-                env={**ENVIRONMENT, "TF_CONFIG": json.dumps(config)},
-            )  # fmt: skip
-        )
-    try:
-        outputs = [process.communicate(timeout=300)[0] for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-3000:]
+    command = [sys.executable, script, "--data", str(ms_split), "--output", str(tmp_path / "runs"),
+               *TINY_RUN]  # fmt: skip
+    for returncode, output in run_local_workers(command, tmp_path):
+        assert returncode == 0, output[-3000:]
     # Worker 0 is the chief and writes the run; worker 1 wrote only into a scratch folder.
     assert [path.name for path in (tmp_path / "runs").iterdir()] == ["ms-scratch-tiny"]
     assert_run_trained_on(tmp_path / "runs" / "ms-scratch-tiny", replicas=2)
+
+
+@pytest.mark.slow
+def test_keras_still_needs_the_multi_worker_workaround(tmp_path):
+    """When this fails, a Keras release fixed keras-team/keras#20585: delete
+    training_functions.work_around_keras_20585 and KERAS_20585_CHECKED_UP_TO."""
+    import keras
+
+    results = run_local_workers([sys.executable, "-c", PLAIN_MULTI_WORKER_FIT, "plain"], tmp_path)
+    assert any(returncode != 0 for returncode, _ in results), (
+        f"Keras {keras.__version__} trains under MultiWorkerMirroredStrategy without the "
+        "workaround for keras-team/keras#20585; delete it."
+    )
+    assert any("PerReplica" in output for _, output in results)

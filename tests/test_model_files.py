@@ -1,5 +1,5 @@
 """A model.keras written by the training scripts is a plain Keras file, and model.json is
-read and written in one place (network_functions.ModelInfo)."""
+read and written in one place (model_info.ModelInfo)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from test_training_scripts import FAST, SCRIPTS, make_split
 
 import network_functions as nf
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, load_arrays
+from model_info import ModelInfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ import keras
 model_path, pixels_path, output_path, repo = sys.argv[1:]
 model = keras.saving.load_model(model_path)
 np.save(output_path, model.predict(np.load(pixels_path), verbose=0))
-ours = {"network_functions", "image_functions", "scene_functions", "command_line"}
+ours = {"network_functions", "training_functions", "model_info", "image_functions"}
 assert not ours & set(sys.modules), ours & set(sys.modules)
 assert not any(Path(entry or ".").resolve() == Path(repo) for entry in sys.path), sys.path
 """
@@ -109,7 +110,7 @@ def keras_backend():
 
 
 def test_model_info_round_trip_and_legacy_keys(tmp_path):
-    info = nf.ModelInfo(
+    info = ModelInfo(
         class_names=["A", "B"],
         band_names=["B04", "B03", "B02"],
         mean=[1.0, 2.0, 3.0],
@@ -123,26 +124,26 @@ def test_model_info_round_trip_and_legacy_keys(tmp_path):
     assert saved["input_size"] == [64, 64] and saved["note"] == "kept"
     assert "source" not in saved and "extra" not in saved
     assert not list(tmp_path.glob(".*partial*"))
-    loaded = nf.ModelInfo.load(tmp_path / "model.keras")
+    loaded = ModelInfo.load(tmp_path / "model.keras")
     assert loaded == info and loaded.source == str(tmp_path / "model.json")
     # <stem>.json beside the model wins; legacy keys and an int input_size are read.
     (tmp_path / "old.json").write_text(
         json.dumps({"classes": ["x", "y", "z"], "bands": ["B08"], "input_size": 32})
     )
-    legacy = nf.ModelInfo.load(tmp_path / "old.hdf5")
+    legacy = ModelInfo.load(tmp_path / "old.hdf5")
     assert legacy.class_names == ["x", "y", "z"] and legacy.band_names == ["B08"]
     assert legacy.input_size == 32
-    assert nf.ModelInfo.load(tmp_path / "nothing" / "model.keras") is None
+    assert ModelInfo.load(tmp_path / "nothing" / "model.keras") is None
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="is not a JSON object"):
-        nf.ModelInfo.load(tmp_path / "bad.h5")
+        ModelInfo.load(tmp_path / "bad.h5")
 
 
 def test_talk_model_facts():
-    rgb = nf.ModelInfo.for_talk_model(3)
+    rgb = ModelInfo.for_talk_model(3)
     assert rgb.class_names == list(CLASS_NAMES) and rgb.band_names == list(RGB_BAND_NAMES)
     assert rgb.mean == pytest.approx([87.845, 96.965, 103.947])
-    ms = nf.ModelInfo.for_talk_model(13)
+    ms = ModelInfo.for_talk_model(13)
     assert ms.band_names == list(MS_BAND_NAMES) and len(ms.std) == 13
     with pytest.raises(InputError, match="3 or 13 bands"):
-        nf.ModelInfo.for_talk_model(4)
+        ModelInfo.for_talk_model(4)

@@ -1,4 +1,5 @@
-"""Tests of network_functions: heads, freezing, weight transfer, precision, metrics."""
+"""Tests of network_functions (heads, freezing, weight transfer, precision), of the
+optimisers and strategy of training_functions, and of report_functions' metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 import network_functions as nf
+import report_functions as reports
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, InputError
+from training_functions import Stage, choose_strategy, compile_for_stage, is_chief, make_optimizer
 
 MEAN3, STD3 = [100.0, 100.0, 100.0], [30.0, 30.0, 30.0]
 MEAN13, STD13 = [1000.0] * 13, [300.0] * 13
@@ -245,40 +248,42 @@ def test_precision_modes(keras_backend, monkeypatch):
 def test_fp16_compiles_with_loss_scaling(keras_backend):
     with nf.dtype_policy("mixed_float16"):
         model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, MEAN3, STD3)
-        nf.compile_for_stage(model, nf.Stage("s", "all", "sgd", 0.01, 1), "tiny")
+        compile_for_stage(model, Stage("s", "all", "sgd", 0.01, 1), "tiny")
     assert type(model.optimizer).__name__ == "LossScaleOptimizer"
 
 
 def test_talk_optimizers_keep_explicit_learning_rates():
-    adadelta = nf.make_optimizer("adadelta", 1.0)
-    sgd = nf.make_optimizer("sgd", 1e-4, 0.9)
+    adadelta = make_optimizer("adadelta", 1.0)
+    sgd = make_optimizer("sgd", 1e-4, 0.9)
     assert float(adadelta.learning_rate) == 1.0
     assert float(sgd.learning_rate) == pytest.approx(1e-4) and sgd.momentum == 0.9
 
 
 def test_default_strategy_without_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    strategy = nf.choose_strategy()
+    strategy = choose_strategy()
     assert strategy.num_replicas_in_sync == 1
-    assert nf.is_chief(strategy)
+    assert is_chief(strategy)
 
 
 def test_classification_metrics_and_plots(tmp_path):
     labels = np.array([0, 0, 1, 1, 2, 2])
     probabilities = np.eye(3)[[0, 1, 1, 1, 2, 0]]
-    metrics = nf.classification_metrics(labels, probabilities, ["a", "b", "c"])
+    metrics = reports.classification_metrics(labels, probabilities, ["a", "b", "c"])
     assert metrics["overall_accuracy"] == pytest.approx(4 / 6)
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert metrics["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
     assert metrics["per_class"]["b"]["recall"] == 1.0
     assert metrics["per_class"]["a"]["f1"] == pytest.approx(0.5)
     json.dumps(metrics)
-    nf.plot_confusion_matrix(metrics["confusion_matrix"], ["a", "b", "c"], "t", tmp_path / "c.png")
+    reports.plot_confusion_matrix(
+        metrics["confusion_matrix"], ["a", "b", "c"], "t", tmp_path / "c.png"
+    )
     history = [
         {"epoch": 1, "loss": 2.0, "val_loss": 2.1, "categorical_accuracy": 0.2},
         {"epoch": 2, "loss": 1.0, "val_loss": 1.5, "val_categorical_accuracy": 0.5},
     ]
-    nf.plot_training_curves(history, [0, 1], tmp_path / "curves.png")
+    reports.plot_training_curves(history, [0, 1], tmp_path / "curves.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "curves.png").stat().st_size > 1000
 

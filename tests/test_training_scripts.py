@@ -14,6 +14,7 @@ import pytest
 from script_modules import load_script
 
 import network_functions as nf
+import training_functions as training
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, InputError, list_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -117,8 +118,8 @@ def assert_reload_predicts_identically(run: Path, split: Path, band_indices=None
     pixels = images.astype(np.float32)
     model = keras.saving.load_model(run / "model.keras")
     info = json.loads((run / "model.json").read_text())
-    best = run / "checkpoints" / f"{info['stages'][-1]['name']}-best.keras"
-    checkpoint = keras.saving.load_model(best)
+    best = run / "checkpoints" / json.loads((run / "state.json").read_text())["best_checkpoint"]
+    checkpoint = nf.load_model(best)
     predictions = model.predict(pixels, verbose=0)
     assert np.array_equal(predictions, model.predict(pixels, verbose=0))
     assert np.array_equal(predictions, checkpoint.predict(pixels, verbose=0))
@@ -189,7 +190,7 @@ def test_rerun_resumes_after_interruption_and_refuses_finished_run(
 ):
     main = script_main("03")
     arguments = ["--data", str(rgb_split), "--epochs", "3", "--output", str(tmp_path), *FAST]
-    original = nf.progress_callback
+    original = training.progress_callback
 
     def interrupting(run_folder, state, stage):
         callback = original(run_folder, state, stage)
@@ -203,19 +204,33 @@ def test_rerun_resumes_after_interruption_and_refuses_finished_run(
         callback.on_epoch_end = end_then_interrupt
         return callback
 
-    monkeypatch.setattr(nf, "progress_callback", interrupting)
+    monkeypatch.setattr(training, "progress_callback", interrupting)
     with pytest.raises(KeyboardInterrupt):
         main(arguments)
     run = tmp_path / "rgb-scratch-tiny"
     assert not (run / "model.keras").exists() and not (run / "report").exists()
     assert len(read_history(run)) == 2
-    import keras
-
-    keras.saving.load_model(run / "checkpoints" / "last.keras")  # the last good checkpoint
-    monkeypatch.setattr(nf, "progress_callback", original)
+    state = json.loads((run / "state.json").read_text())
+    assert state["last_checkpoint"] == "epoch-002.keras" and state["epoch"] == 2
+    checkpoints = {path.name for path in (run / "checkpoints").iterdir()}
+    assert checkpoints == {state["last_checkpoint"], state["best_checkpoint"]}
+    nf.load_model(run / "checkpoints" / state["last_checkpoint"])  # the last good checkpoint
+    # Runs saved before the checkpoints were named by epoch resume too (state.json
+    # without checkpoint names; checkpoints/last.keras and <stage>-best.keras).
+    checkpoints = run / "checkpoints"
+    best = (checkpoints / state.pop("best_checkpoint")).read_bytes()
+    (checkpoints / state.pop("last_checkpoint")).rename(checkpoints / "last.keras")
+    for path in checkpoints.glob("epoch-*.keras"):
+        path.unlink()
+    (checkpoints / "train-best.keras").write_bytes(best)
+    (run / "state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(training, "progress_callback", original)
     main(arguments)
     history = read_history(run)
     assert [int(row["epoch"]) for row in history] == [1, 2, 3]
+    accuracies = [float(row["val_categorical_accuracy"]) for row in history]
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["validation"]["overall_accuracy"] == pytest.approx(max(accuracies))
     assert json.loads((run / "state.json").read_text())["finished"]
     with pytest.raises(InputError, match="already complete"):
         main(arguments)

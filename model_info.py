@@ -1,0 +1,134 @@
+"""What a trained model says about itself: model.json beside model.keras.
+
+One small typed class, read and written here only: the training scripts write it,
+evaluation and 06 read it, and a talk model without one gets the talk's facts.
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from command_line import atomic_output
+from image_functions import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    InputError,
+    default_band_names,
+    talk_constants,
+)
+
+MODEL_INFO_FILE = "model.json"
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Write `data` as indented JSON to `path`, replacing it only when complete."""
+    with atomic_output(path, overwrite=True) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass
+class ModelInfo:
+    """The facts of a trained classifier, saved as model.json beside model.keras.
+
+    class_names: one per output unit, in output order. band_names: the input
+    bands in order. input_size: window side in pixels. mean/std: per-band
+    normalisation (inside the model for models of 02-05; applied in front of the
+    model for the talk's models, see for_talk_model). The rest records how the
+    model was trained. `extra` keeps keys this version does not know; `source`
+    (not saved) names the file the facts came from, for messages.
+    """
+
+    class_names: list[str]
+    band_names: list[str]
+    input_size: int | None = IMAGE_SIZE
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    normalisation_source: str = ""
+    arch: str = ""
+    variant: str | None = None
+    recipe: str = ""
+    mixed_precision: str = ""
+    replicas: int = 1
+    settings: dict = field(default_factory=dict)
+    stages: list[dict] = field(default_factory=list)
+    epochs_trained: int = 0
+    training_seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    source: str = field(default="", compare=False)
+
+    def to_json(self) -> dict:
+        """The model.json object (input_size as [rows, cols], unknown keys kept)."""
+        data = asdict(self)
+        data.pop("source")
+        extra = data.pop("extra")
+        if self.input_size is not None:
+            data["input_size"] = [self.input_size, self.input_size]
+        return {**data, **extra}
+
+    def save(self, path: str | Path) -> None:
+        """Write model.json at `path` atomically."""
+        write_json_atomic(Path(path), self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "") -> ModelInfo:
+        """ModelInfo from a model.json object; the legacy keys "classes" and "bands"
+        and an input_size given as 64, "64" or [64, 64] (None when missing) are accepted."""
+        data = dict(data)
+        names = {item.name for item in fields(cls)} - {"extra", "source"}
+        class_names = data.pop("class_names", None) or data.pop("classes", None) or []
+        band_names = data.pop("band_names", None) or data.pop("bands", None) or []
+        size = data.pop("input_size", None)
+        if isinstance(size, (list, tuple)):
+            size = size[0] if size else None
+        try:
+            input_size = int(size) if size is not None else None
+        except (TypeError, ValueError):
+            raise InputError(f"model configuration {source} has input_size {size!r}.") from None
+        known = {key: data.pop(key) for key in list(data) if key in names}
+        return cls(
+            class_names=[str(name) for name in class_names],
+            band_names=[str(name) for name in band_names],
+            input_size=input_size,
+            **known,
+            extra=data,
+            source=source,
+        )
+
+    @classmethod
+    def load(cls, model_path: str | Path) -> ModelInfo | None:
+        """The facts beside a model file: `<stem>.json`, else model.json in its folder;
+        None when there is neither (e.g. a talk .hdf5). InputError for a file that
+        is not a JSON object."""
+        model_path = Path(model_path)
+        for path in (model_path.with_suffix(".json"), model_path.with_name(MODEL_INFO_FILE)):
+            if path.is_file():
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as error:
+                    raise InputError(
+                        f"model configuration {path} cannot be read: {error}."
+                    ) from None
+                if not isinstance(data, dict):
+                    raise InputError(f"model configuration {path} is not a JSON object.")
+                return cls.from_json(data, source=str(path))
+        return None
+
+    @classmethod
+    def for_talk_model(cls, band_count: int) -> ModelInfo:
+        """The facts the talk's models (.hdf5 without model.json) imply: EuroSAT's
+        classes, RGB or all 13 bands, and the talk's normalisation constants, which
+        such a model does not hold and which are applied in front of it."""
+        mean, std = talk_constants(band_count)
+        return cls(
+            class_names=list(CLASS_NAMES),
+            band_names=list(default_band_names(band_count)),
+            mean=[float(value) for value in mean],
+            std=[float(value) for value in std],
+            normalisation_source="the talk's constants, applied in front of the model",
+            recipe="talk",
+            source="the talk's defaults (no model.json)",
+        )
