@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
     if settings.evaluate_only:
         evaluate_saved_model(
-            settings.evaluate_only, settings.data, settings.batch_size, settings.overwrite
+            settings.evaluate_only,
+            settings.data,
+            settings.batch_size,
+            settings.overwrite,
+            tta=settings.tta,
         )
         return
     split = inspect_split(settings.data, settings.bands)

@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
         vars(settings).update(TALK_SCRATCH_RECIPE)
     if settings.evaluate_only:
         evaluate_saved_model(
-            settings.evaluate_only, settings.data, settings.batch_size, settings.overwrite
+            settings.evaluate_only,
+            settings.data,
+            settings.batch_size,
+            settings.overwrite,
+            tta=settings.tta,
         )
         return
     split = inspect_split(settings.data, settings.bands)

@@ -311,6 +311,22 @@ def with_fused_batch_normalization(model):
     return copy
 
 
+def with_dihedral_averaging(model):
+    """Test-time augmentation: a model that returns the mean of `model`'s outputs over
+    the 8 symmetries of the square window (4 rotations by 90 degrees, each with and
+    without a flip). For evaluation and 06; built after loading, never saved."""
+    import keras
+    from keras import ops
+
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    rotations = [inputs]
+    for _ in range(3):  # rot90: transpose rows and columns, then flip the rows
+        rotations.append(ops.flip(ops.transpose(rotations[-1], (0, 2, 1, 3)), axis=1))
+    variants = rotations + [ops.flip(rotation, axis=2) for rotation in rotations]
+    outputs = keras.layers.Average(name="dihedral_average")([model(x) for x in variants])
+    return keras.Model(inputs, outputs, name=f"{model.name}_dihedral_average")
+
+
 def inference_model(model):
     """A copy of a trained classifier to save for users: stock Keras layers only.
 

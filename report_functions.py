@@ -22,7 +22,7 @@ from image_functions import (
     select_bands,
 )
 from model_info import ModelInfo, write_json_atomic
-from network_functions import load_model
+from network_functions import load_model, with_dihedral_averaging
 
 
 def classification_metrics(
@@ -143,6 +143,7 @@ def evaluate_model(
     history: Sequence[dict] = (),
     stage_starts: Sequence[int] = (),
     info: ModelInfo | None = None,
+    tta: bool = False,
 ) -> dict:
     """Evaluate a saved model on the whole validation/ (and test/) of a split.
 
@@ -152,7 +153,9 @@ def evaluate_model(
     confusion_matrix_test.png for test/), training_curves.png when `history`
     is given. Bands and classes come from `info` or the model's model.json; a model
     without one is taken as a talk model (EuroSAT classes, all bands, talk
-    normalisation). Returns the metrics per part.
+    normalisation). `tta`: average the predictions over the 8 flips and 90-degree
+    rotations of each image (network_functions.with_dihedral_averaging). Returns the
+    metrics per part.
     """
     from sklearn.metrics import classification_report
 
@@ -161,6 +164,8 @@ def evaluate_model(
         model, info = load_for_evaluation(model_path)
     else:
         model = load_model(model_path)
+    if tta:
+        model = with_dihedral_averaging(model)
     split = inspect_split(split_folder, "all", with_statistics=False, progress=False)
     class_names, band_names = info.class_names or split.class_names, info.band_names
     available = default_band_names(len(split.band_names))
@@ -173,7 +178,7 @@ def evaluate_model(
     report_folder = Path(
         report_folder or model_path.with_name(f"report-{split_folder.resolve().name}")
     )
-    metrics = {"model": str(model_path), "split": str(split_folder)}
+    metrics = {"model": str(model_path), "split": str(split_folder), "dihedral_averaging": tta}
     texts = []
     parts = ["validation"] + (["test"] if split.has_test else [])
     with atomic_output(report_folder, overwrite) as temporary:
@@ -216,12 +221,18 @@ def evaluate_model(
 
 
 def evaluate_saved_model(
-    model_path: str | Path, split_folder: str | Path, batch_size: int, overwrite: bool
+    model_path: str | Path,
+    split_folder: str | Path,
+    batch_size: int,
+    overwrite: bool,
+    tta: bool = False,
 ) -> Path:
     """--evaluate-only: the report of a saved model on a split, in
-    `report-<split name>/` beside the model. Returns that folder."""
+    `report-<split name>/` beside the model (`report-<split name>-tta/` with test-time
+    averaging over the 8 flips/rotations). Returns that folder."""
     model_path, split_folder = Path(model_path), Path(split_folder)
-    report = model_path.with_name(f"report-{split_folder.resolve().name}")
-    evaluate_model(model_path, split_folder, report, batch_size, overwrite)
+    suffix = "-tta" if tta else ""
+    report = model_path.with_name(f"report-{split_folder.resolve().name}{suffix}")
+    evaluate_model(model_path, split_folder, report, batch_size, overwrite, tta=tta)
     print(f"report written to {report}")
     return report

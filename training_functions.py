@@ -558,6 +558,12 @@ def add_action_flags(parser: argparse.ArgumentParser) -> None:
         default="",
         help="write the report of a saved model on --data instead of training",
     )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with --evaluate-only: average predictions over the 8 flips/90-degree rotations",
+    )
 
 
 def parse_training_settings(script_file: str, argv: list[str] | None = None):

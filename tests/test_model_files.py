@@ -147,3 +147,24 @@ def test_talk_model_facts():
     assert ms.band_names == list(MS_BAND_NAMES) and len(ms.std) == 13
     with pytest.raises(InputError, match="3 or 13 bands"):
         ModelInfo.for_talk_model(4)
+
+
+def test_dihedral_averaging_is_the_mean_over_the_8_symmetries(keras_backend):
+    import keras
+
+    keras.utils.set_random_seed(2)
+    model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [50.0] * 3)
+    averaged = nf.with_dihedral_averaging(model)
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    symmetries = [np.rot90(pixels, k, axes=(1, 2)) for k in range(4)]
+    symmetries += [image[:, :, ::-1] for image in symmetries]
+    expected = np.mean(
+        [model.predict(np.ascontiguousarray(image), verbose=0) for image in symmetries], axis=0
+    )
+    result = averaged.predict(pixels, verbose=0)
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+    assert not np.allclose(result, model.predict(pixels, verbose=0), atol=1e-3)
+    for image in symmetries[1:]:  # the average does not change under any symmetry
+        np.testing.assert_allclose(
+            averaged.predict(np.ascontiguousarray(image), verbose=0), result, atol=1e-5
+        )

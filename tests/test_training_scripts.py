@@ -183,6 +183,12 @@ def test_05_ms_from_scratch_with_test_part_and_evaluate_only(ms_split, tmp_path)
     evaluation = json.loads((run / f"report-{ms_split.name}" / "metrics.json").read_text())
     for part in ("validation", "test"):
         assert evaluation[part]["confusion_matrix"] == metrics[part]["confusion_matrix"]
+    assert not evaluation["dihedral_averaging"]
+    # --tta: the 8 flips/rotations of every image, averaged, into a report of its own.
+    main(["--data", str(ms_split), "--evaluate-only", str(run / "model.keras"), "--tta", *FAST])
+    averaged = json.loads((run / f"report-{ms_split.name}-tta" / "metrics.json").read_text())
+    assert averaged["dihedral_averaging"] and averaged["validation"]["images"] == 20
+    assert np.array(averaged["test"]["confusion_matrix"]).sum() == 10
 
 
 def test_rerun_resumes_after_interruption_and_refuses_finished_run(
