@@ -6,6 +6,9 @@ puts a trainable 1x1 convolution (13 -> 3 bands) in front of the backbone;
 convolution whose B04, B03, B02 kernels come from ImageNet, with every other
 ImageNet weight copied. Stage 1 trains adapter or first convolution and head
 (Adam); stage 2 unfreezes everything above block 1 (SGD, small learning rate).
+WEIGHTS may also name a model.keras of 02-05 (the shipped
+models/eurosat-rgb-resnet-valid/model.keras): the 13-band network then starts
+from that model, its B04, B03, B02 kernels taken from the model's R, G, B ones.
 Writes runs/<run name>/ with model.keras (takes raw digital numbers),
 model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL`
 writes the report of a saved model instead.
@@ -13,7 +16,8 @@ writes the report of a saved model instead.
 
 from command_line import run_script
 from dataset_functions import inspect_split
-from network_functions import build_classifier
+from model_info import ModelInfo
+from network_functions import build_classifier, classifier_from_model, is_project_model
 from report_functions import evaluate_saved_model
 from training_functions import Stage, parse_training_settings, training_run
 
@@ -21,7 +25,7 @@ DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optio
 VARIANT = "first-conv"  # adapter (1x1 conv 13 -> 3) or first-conv (13-band first convolution)
 ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
 BANDS = "all"  # bands to train on: all, or names such as B02,B03,B04,B08
-WEIGHTS = "imagenet"  # imagenet (Keras download/cache) or a local weights file without top
+WEIGHTS = "imagenet"  # imagenet (Keras download), a backbone weights file, or a 02-05 model.keras
 BATCH_SIZE = 64  # images per training step (the talk's 64)
 EPOCHS = 100  # most epochs per stage; early stopping usually ends a stage sooner
 STEPS_PER_EPOCH = 0  # batches per epoch; 0 = one real pass over train/ (the talk used 1000)
@@ -48,20 +52,34 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     split = inspect_split(settings.data, settings.bands)
+    if is_project_model(settings.weights):
+        # Transfer from a trained model of this project (e.g. models/eurosat-rgb-*):
+        # its architecture, its kernels for the bands it knows (first-conv variant).
+        settings.arch, settings.variant = ModelInfo.load(settings.weights).arch, "first-conv"
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="ms-finetuning", variant=settings.variant) as run:
         # Raw digital numbers -> normalisation -> the talk's augmentation (training
         # only) -> 13 bands into the ImageNet backbone (VARIANT) -> new head.
-        model = build_classifier(
-            settings.arch,
-            split.band_names,
-            len(split.class_names),
-            split.mean,
-            split.std,
-            weights=settings.weights,
-            variant=settings.variant,
-            seed=settings.seed,
-        )
+        if is_project_model(settings.weights):
+            model, _ = classifier_from_model(
+                settings.weights,
+                split.band_names,
+                split.class_names,
+                split.mean,
+                split.std,
+                seed=settings.seed,
+            )
+        else:
+            model = build_classifier(
+                settings.arch,
+                split.band_names,
+                len(split.class_names),
+                split.mean,
+                split.std,
+                weights=settings.weights,
+                variant=settings.variant,
+                seed=settings.seed,
+            )
         train, validation = run.datasets()
         stages = [
             # Stage 1: the ImageNet backbone frozen; adapter or first convolution

@@ -27,6 +27,7 @@ from image_functions import (
     custom_layers,
     normalization_layer,
 )
+from model_info import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -475,10 +476,17 @@ def first_conv_backbone(source, arch: str, band_names: Sequence[str], seed: int 
 
 
 def first_conv_kernel(
-    kernel: np.ndarray, arch: str, band_names: Sequence[str], rng: np.random.Generator
+    kernel: np.ndarray,
+    arch: str,
+    band_names: Sequence[str],
+    rng: np.random.Generator,
+    channel_bands: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Kernel (k, k, len(band_names), filters) from an ImageNet kernel (k, k, 3, filters)."""
-    channel_of = {band: index for index, band in enumerate(backbone_entry(arch).channel_bands)}
+    """Kernel (k, k, len(band_names), filters) from a kernel (k, k, channels, filters)
+    whose input channels are `channel_bands` (default: the backbone's ImageNet
+    channels); bands without a channel start small and random."""
+    channels = backbone_entry(arch).channel_bands if channel_bands is None else channel_bands
+    channel_of = {band: index for index, band in enumerate(channels)}
     scale = FIRST_CONV_OTHER_BAND_SCALE * float(kernel.std())
     result = np.empty((*kernel.shape[:2], len(band_names), kernel.shape[3]), kernel.dtype)
     for index, band in enumerate(band_names):
@@ -487,6 +495,69 @@ def first_conv_kernel(
         else:
             result[:, :, index, :] = rng.normal(0.0, scale, kernel[:, :, 0, :].shape)
     return result
+
+
+def is_project_model(weights: str | Path | None) -> bool:
+    """Whether a WEIGHTS setting names a trained classifier of this project (a .keras
+    file of 02-05, with its model.json) rather than backbone weights."""
+    return weights is not None and str(weights).lower().endswith(".keras")
+
+
+def classifier_from_model(
+    model_path: str | Path,
+    band_names: Sequence[str],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int = 0,
+    augment: bool = True,
+):
+    """A classifier for `band_names` that starts from a trained classifier of this
+    project (e.g. the RGB model for a 13-band one): returns (model, arch).
+
+    The new model is build_classifier(arch of the source) with the normalisation of
+    the new data; every backbone weight is copied, except that the first
+    convolution is rebuilt per band: bands the source model saw (B04, B03, B02 of
+    an RGB model) take the source kernels of those bands, the others start small
+    (first_conv_kernel). The head is copied when the classes are the same.
+    """
+    source_path = Path(model_path)
+    info = ModelInfo.load(source_path)
+    if info is None or not info.arch:
+        raise InputError(
+            f"model {source_path} has no model.json naming its architecture; give a "
+            "model.keras trained by 02-05 (or the one in models/)."
+        )
+    if info.arch not in BACKBONES:
+        raise InputError(f"model {source_path} has an unknown architecture {info.arch}.")
+    shared = [band for band in band_names if band in info.band_names]
+    if not shared:
+        raise InputError(
+            f"model {source_path} was trained on bands {', '.join(info.band_names)}, none of "
+            f"which are among {', '.join(band_names)}; nothing to transfer."
+        )
+    source = load_model(source_path)
+    target = build_classifier(
+        info.arch, band_names, len(class_names), mean, std, seed=seed, augment=augment
+    )
+    first_conv = backbone_entry(info.arch).first_conv
+    source_backbone, target_backbone = source.get_layer(info.arch), target.get_layer(info.arch)
+    rng = np.random.default_rng(seed)
+    for source_layer, target_layer in zip(
+        source_backbone.layers, target_backbone.layers, strict=True
+    ):
+        weights = source_layer.get_weights()
+        if target_layer.name == first_conv:
+            weights[0] = first_conv_kernel(
+                weights[0], info.arch, band_names, rng, channel_bands=info.band_names
+            )
+        if weights:
+            target_layer.set_weights(weights)
+    if list(class_names) == list(info.class_names):
+        for layer in target.layers:
+            if layer.name == "predictions" or layer.name.startswith("head_dense"):
+                layer.set_weights(source.get_layer(layer.name).get_weights())
+    return target, info.arch
 
 
 def adapter_kernel(arch: str, band_names: Sequence[str], seed: int = 0) -> np.ndarray:
