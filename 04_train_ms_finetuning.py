@@ -16,8 +16,12 @@ writes the report of a saved model instead.
 
 from command_line import run_script
 from dataset_functions import inspect_split
-from model_info import ModelInfo
-from network_functions import build_classifier, classifier_from_model, is_project_model
+from network_functions import (
+    build_classifier,
+    classifier_from_model,
+    is_project_model,
+    project_model_info,
+)
 from report_functions import evaluate_saved_model
 from training_functions import Stage, parse_training_settings, training_run
 
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     if is_project_model(settings.weights):
         # Transfer from a trained model of this project (e.g. models/eurosat-rgb-*):
         # its architecture, its kernels for the bands it knows (first-conv variant).
-        settings.arch, settings.variant = ModelInfo.load(settings.weights).arch, "first-conv"
+        settings.arch = project_model_info(settings.weights).arch
+        settings.variant = "first-conv"
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="ms-finetuning", variant=settings.variant) as run:
         # Raw digital numbers -> normalisation -> the talk's augmentation (training

@@ -503,6 +503,23 @@ def is_project_model(weights: str | Path | None) -> bool:
     return weights is not None and str(weights).lower().endswith(".keras")
 
 
+def project_model_info(model_path: str | Path) -> ModelInfo:
+    """The model.json of a trained classifier of this project, which must name one of
+    the architectures; InputError otherwise."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise InputError(f"model {model_path} does not exist.")
+    info = ModelInfo.load(model_path)
+    if info is None or not info.arch:
+        raise InputError(
+            f"model {model_path} has no model.json naming its architecture; give a "
+            "model.keras trained by 02-05 (or one of models/)."
+        )
+    if info.arch not in BACKBONES:
+        raise InputError(f"model {model_path} has an unknown architecture {info.arch}.")
+    return info
+
+
 def classifier_from_model(
     model_path: str | Path,
     band_names: Sequence[str],
@@ -522,14 +539,7 @@ def classifier_from_model(
     (first_conv_kernel). The head is copied when the classes are the same.
     """
     source_path = Path(model_path)
-    info = ModelInfo.load(source_path)
-    if info is None or not info.arch:
-        raise InputError(
-            f"model {source_path} has no model.json naming its architecture; give a "
-            "model.keras trained by 02-05 (or the one in models/)."
-        )
-    if info.arch not in BACKBONES:
-        raise InputError(f"model {source_path} has an unknown architecture {info.arch}.")
+    info = project_model_info(source_path)
     shared = [band for band in band_names if band in info.band_names]
     if not shared:
         raise InputError(

@@ -76,6 +76,8 @@ def test_transfer_needs_a_project_model_with_shared_bands(tmp_path):
         nf.classifier_from_model(path, ["B08", "B11"], CLASS_NAMES, mean[:2], std[:2])
     (tmp_path / "model.json").unlink()
     with pytest.raises(InputError, match="no model.json"):
+        nf.project_model_info(path)
+    with pytest.raises(InputError, match="no model.json"):
         nf.classifier_from_model(path, MS_BAND_NAMES, CLASS_NAMES, mean, std)
     assert nf.is_project_model("models/eurosat-rgb-resnet-valid/model.keras")
     assert not nf.is_project_model("imagenet") and not nf.is_project_model(None)
