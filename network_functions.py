@@ -7,6 +7,8 @@ talk's augmentation is a training-only layer that the saved file leaves out
 (inference_model), so model.keras holds stock Keras layers only.
 Training lives in training_functions.py, reports in report_functions.py.
 TensorFlow and Keras are imported inside functions: importing this module is cheap.
+About 700 lines: every use of the backbone table (build, the two transfers, freezing,
+the saved and runtime forms of a model) stays beside it.
 """
 
 from __future__ import annotations
