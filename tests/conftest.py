@@ -1,15 +1,24 @@
 """Shared test fixtures: real EuroSAT samples when present, generated data otherwise.
 
 Real data is looked up in `$EUROSAT_SAMPLES` (the folder holding `eurosat/` and
-`scenes/`) or in `../shared/data` beside the checkout. It is never copied into
-the project: the sample fixtures link a few real files per class into a
-temporary folder. Without real data, the same fixtures fall back to the
-EuroSAT-like data that demo_data.py generates, so a fresh clone passes.
+`scenes/`) or, when that variable is not set, in `../shared/data` beside the
+checkout. It is never copied into the project: the sample fixtures link a few
+real files per class into a temporary folder. Without real data, the same
+fixtures fall back to the EuroSAT-like data that demo_data.py generates, so a
+fresh clone passes.
+
+`EUROSAT_SAMPLES=none make test` runs the suite as a user's fresh clone does:
+real data hidden (`../shared` ignored), generated data in the sample fixtures,
+and the tests that need real data skipped. Tests whose data depend on this
+choice carry the marker `real_data` (added here), so `pytest -m real_data` reruns
+just them on real data; `.ci/run` runs both.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,19 +30,52 @@ sys.path.insert(0, str(REPO_ROOT))
 from image_functions import CLASS_NAMES, list_images  # noqa: E402
 
 SAMPLES_PER_CLASS = 6
+SAMPLES_VARIABLE = "EUROSAT_SAMPLES"
+NO_REAL_DATA = "none"  # EUROSAT_SAMPLES=none: behave as a clone without real data
+# Fixtures whose data is real when present: tests using them are marked `real_data`.
+DATA_FIXTURES = {
+    "real_rgb_dir",
+    "real_ms_dir",
+    "scenes_dir",
+    "sample_rgb_dataset",
+    "sample_ms_dataset",
+}
 
 
 def shared_data_folder() -> Path | None:
     """The real-data folder (holding eurosat/ and scenes/), or None when absent."""
-    candidates = []
-    if os.environ.get("EUROSAT_SAMPLES"):
-        given = Path(os.environ["EUROSAT_SAMPLES"])
-        candidates += [given, given.parent]
-    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    given = os.environ.get(SAMPLES_VARIABLE)
+    if given is None:
+        candidates = [REPO_ROOT.parent / "shared" / "data"]
+    elif given.strip().lower() in ("", NO_REAL_DATA):
+        return None
+    else:  # set: the only place looked at, so a wrong path is never silently replaced
+        candidates = [Path(given), Path(given).parent]
     for candidate in candidates:
         if (candidate / "eurosat").is_dir() or (candidate / "scenes").is_dir():
             return candidate
     return None
+
+
+def pytest_configure(config) -> None:
+    given = os.environ.get(SAMPLES_VARIABLE, NO_REAL_DATA)
+    if given.strip().lower() not in ("", NO_REAL_DATA) and shared_data_folder() is None:
+        raise pytest.UsageError(
+            f"{SAMPLES_VARIABLE}={given} holds no eurosat/ or scenes/ folder (nor does its "
+            f"parent); name the folder holding them, or set {SAMPLES_VARIABLE}={NO_REAL_DATA} "
+            "to test without real data."
+        )
+    config.addinivalue_line(
+        "markers",
+        "real_data: uses real EuroSAT samples or scenes when present (generated data or a skip "
+        "otherwise); `pytest -m real_data` reruns these on real data",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_data)
 
 
 def _real_folder(*parts: str) -> Path:
@@ -77,7 +119,10 @@ def _sample_dataset(target: Path, kind: str) -> Path:
         return target
     import demo_data
 
-    return demo_data.write_demo_dataset(target, kind=kind, images_per_class=SAMPLES_PER_CLASS)
+    # `target` exists already (tmp_path_factory made it); the data goes into a new folder.
+    return demo_data.write_demo_dataset(
+        target / f"eurosat_{kind}", kind=kind, images_per_class=SAMPLES_PER_CLASS
+    )
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +135,92 @@ def sample_rgb_dataset(tmp_path_factory) -> Path:
 def sample_ms_dataset(tmp_path_factory) -> Path:
     """EuroSAT-layout 13-band folder, SAMPLES_PER_CLASS images per class (real or generated)."""
     return _sample_dataset(tmp_path_factory.mktemp("ms"), "ms")
+
+
+# ---------------------------------------------------------------------------
+# The README's runnable blocks: the one end-to-end chain of the suite
+# (demo data -> 01 -> statistics.py -> 05 and 03 -> 06), run once per session.
+# test_readme checks every block; test_demo reuses the chain's data and model.
+# ---------------------------------------------------------------------------
+
+README = REPO_ROOT / "README.md"
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
+RUNNABLE_MARK = "# runnable"
+BLOCK_TIMEOUT_S = 300
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block of a markdown text, in order.
+
+    Blocks indented inside list items are found too (their indentation is removed).
+    """
+    dedented = re.sub(r"^[ \t]+(?=```)", "", text, flags=re.MULTILINE)
+    blocks = []
+    for match in FENCE.finditer(dedented):
+        body = match.group(2)
+        indent = min(
+            (len(line) - len(line.lstrip()) for line in body.splitlines() if line.strip()),
+            default=0,
+        )
+        body = "\n".join(line[indent:] for line in body.splitlines()) + "\n"
+        blocks.append((match.group(1), body))
+    return blocks
+
+
+def runnable_blocks(text: str) -> list[str]:
+    """Bodies of the ```bash blocks whose first line is `# runnable`."""
+    return [
+        body
+        for language, body in code_blocks(text)
+        if language == "bash" and body.lstrip().splitlines()[0].strip() == RUNNABLE_MARK
+    ]
+
+
+class ReadmeChain:
+    """The README's runnable blocks, run in order in one folder, each at most once.
+
+    The folder holds links to the repository's scripts; `python` on PATH is the
+    interpreter running the tests. `run_through(index)` runs the blocks up to
+    `index` that have not run yet and returns that block's result.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.blocks = runnable_blocks(README.read_text(encoding="utf-8"))
+        self.results: list[subprocess.CompletedProcess] = []
+        for script in REPO_ROOT.glob("*.py"):
+            (folder / script.name).symlink_to(script)
+        self.environment = {
+            **os.environ,
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        }
+        self.environment.pop("TF_CONFIG", None)
+
+    def run_through(self, index: int) -> subprocess.CompletedProcess:
+        while len(self.results) <= index:
+            if self.results and self.results[-1].returncode != 0:
+                pytest.fail(
+                    f"README block {len(self.results) - 1} failed, so block {index} cannot run"
+                )
+            body = self.blocks[len(self.results)].replace(".venv/bin/python", sys.executable)
+            self.results.append(
+                subprocess.run(
+                    ["bash", "-e", "-o", "pipefail", "-c", body],
+                    cwd=self.folder,
+                    env=self.environment,
+                    capture_output=True,
+                    text=True,
+                    timeout=BLOCK_TIMEOUT_S,
+                )
+            )
+        return self.results[index]
+
+    def index_of(self, text: str) -> int:
+        """Index of the first runnable block containing `text`."""
+        return next(index for index, body in enumerate(self.blocks) if text in body)
+
+
+@pytest.fixture(scope="session")
+def readme_chain(tmp_path_factory) -> ReadmeChain:
+    """The README's runnable blocks (see ReadmeChain), shared by the whole session."""
+    return ReadmeChain(tmp_path_factory.mktemp("readme"))
