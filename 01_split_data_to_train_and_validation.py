@@ -14,11 +14,17 @@ order is alphabetical on Windows NTFS (where the talk ran) and arbitrary on
 most Linux file systems; we sort, which equals the NTFS order for EuroSAT's
 names, so the talk's Windows split is reproduced on every machine.
 
-TARGET is built in a temporary folder beside it and renamed when complete.
---overwrite replaces only a TARGET this script made (one holding its
-split.csv); any other existing folder is refused. --download rgb|ms fetches
-the official EuroSAT zip first (resumable, checksum-verified, extracted
-safely) into SOURCE.
+Before anything is written, a split that leaves a class without a validation
+image (or test image, or training image) is refused with the smallest fraction
+that works, and every image is read once: an empty, truncated or unreadable
+file, or one of another kind (bands, size) than most, is named.
+
+TARGET is built in a temporary folder beside it and renamed when complete; the
+temporary folder of a killed earlier run is removed. --overwrite replaces only
+a TARGET this script made (one holding its split.csv) and holding nothing else
+(no file in train/ that split.csv does not list); anything else is refused.
+--download rgb|ms fetches the official EuroSAT zip first (resumable,
+checksum-verified, extracted safely) into SOURCE.
 """
 
 from collections.abc import Sequence
@@ -27,7 +33,9 @@ from pathlib import Path
 from command_line import atomic_output, parse_settings, run_script
 from dataset_functions import (
     SPLIT_CSV,
+    check_assignment,
     check_fractions,
+    check_images,
     check_target,
     download_eurosat,
     format_summary,
@@ -42,7 +50,7 @@ VALIDATION_FRACTION = 0.3  # share of each class for validation (talk: 0.3)
 TEST_FRACTION = 0.0  # share of each class for a test set (talk: none)
 SEED = 42  # seed of the shuffle; 42 with the defaults reproduces the talk's split
 MODE = "copy"  # copy | hardlink | symlink: how files get into TARGET
-OVERWRITE = False  # replace TARGET, only if this script made it (it holds split.csv)
+OVERWRITE = False  # replace existing outputs: TARGET only if this script made it (split.csv)
 DOWNLOAD = None  # rgb | ms: download the official EuroSAT zip into SOURCE first
 DOWNLOAD_URL = None  # URL of the zip; None: the official Zenodo record of EuroSAT
 DOWNLOAD_CHECKSUM = None  # "md5:<hex>" or "sha256:<hex>" of the zip; None: the published md5
@@ -51,11 +59,7 @@ PROGRESS = True  # show progress bars
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, list[str]]]:
     """Download (optionally), split, write TARGET and print the summary; returns the split."""
-    settings = parse_settings(
-        __file__,
-        None if argv is None else list(argv),
-        choices={"MODE": ["copy", "hardlink", "symlink"], "DOWNLOAD": ["rgb", "ms"]},
-    )
+    settings = parse_settings(__file__, None if argv is None else list(argv))
     check_fractions(settings.validation_fraction, settings.test_fraction)
     kind = settings.download or "rgb"
     source = Path(settings.source or f"data/EuroSAT_{kind.upper()}")
@@ -73,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, list[str]]]:
     assignment = split_files(
         listing, settings.validation_fraction, settings.test_fraction, settings.seed
     )
+    check_assignment(assignment, settings.validation_fraction, settings.test_fraction)
+    check_images(source, listing, settings.progress)
     with atomic_output(target, settings.overwrite) as folder:
         folder.mkdir()
         write_split(source, folder, assignment, settings.mode, settings.progress)

@@ -20,8 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from command_line import InputError, clear_leftovers, progress_bar, temporary_name
 from image_functions import (
-    InputError,
     band_statistics,
     class_folders,
     default_band_names,
@@ -82,8 +82,6 @@ def download_file(url: str, destination: Path, checksum: str | None, progress: b
     The checksum ("md5:<hex>" / "sha256:<hex>") is verified before the file is
     renamed to `destination`; a mismatch deletes the partial file and raises.
     """
-    from tqdm import tqdm
-
     partial = destination.with_name(destination.name + ".part")
     destination.parent.mkdir(parents=True, exist_ok=True)
     offset = partial.stat().st_size if partial.exists() else 0
@@ -111,7 +109,7 @@ def download_file(url: str, destination: Path, checksum: str | None, progress: b
             total = offset + int(length) if length is not None else None
             with (
                 partial.open("ab" if resumed else "wb") as stream,
-                tqdm(
+                progress_bar(
                     total=total,
                     initial=offset,
                     unit="B",
@@ -161,8 +159,6 @@ def extract_zip_safely(archive: Path, folder: Path, progress: bool = True) -> No
     Members with absolute paths, `..` components or symbolic links are refused
     before anything is written.
     """
-    from tqdm import tqdm
-
     try:
         zip_file = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
@@ -176,7 +172,7 @@ def extract_zip_safely(archive: Path, folder: Path, progress: bool = True) -> No
                     f"archive {archive} member {member.filename!r} {reason}; refusing to extract."
                 )
         root = folder.resolve()
-        for member in tqdm(members, desc=f"extracting {archive.name}", unit="file",
+        for member in progress_bar(members, desc=f"extracting {archive.name}", unit="file",
                            disable=not progress):  # fmt: skip
             path = (root / member.filename.replace("\\", "/")).resolve()
             if not path.is_relative_to(root):
@@ -229,7 +225,8 @@ def download_eurosat(
         print(f"using the archive already downloaded: {archive}")
     else:
         download_file(url, archive, checksum, progress)
-    temporary = source.with_name(f".{source.name}.extracting-{os.getpid()}")
+    clear_leftovers(source)
+    temporary = temporary_name(source)
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         extract_zip_safely(archive, temporary, progress)
@@ -303,6 +300,63 @@ def split_files(
     return assignment
 
 
+def smallest_fraction(count: int) -> float:
+    """The smallest fraction, to 3 decimals, that gives at least one of `count` images."""
+    fraction = -(-1000 // count) / 1000
+    while int(count * fraction) < 1:
+        fraction = round(fraction + 0.001, 3)
+    return fraction
+
+
+def check_assignment(
+    assignment: dict[str, dict[str, list[str]]], validation_fraction: float, test_fraction: float
+) -> None:
+    """Refuse a split that leaves a class without validation images (or test images,
+    when a test set is asked for, or training images), naming the fraction that works."""
+    counts = {
+        name: sum(len(files) for files in subsets.values()) for name, subsets in assignment.items()
+    }
+    for subset, fraction, flag in (
+        ("validation", validation_fraction, "--validation-fraction"),
+        ("test", test_fraction, "--test-fraction"),
+    ):
+        if subset == "test" and fraction == 0:
+            continue
+        empty = sorted(name for name, subsets in assignment.items() if not subsets[subset])
+        if empty:
+            smallest = min(counts[name] for name in empty)
+            needed = smallest_fraction(min(counts.values()))
+            raise InputError(
+                f"{flag} {fraction} leaves class {empty[0]} ({smallest} images"
+                f"{f', and {len(empty) - 1} more classes' if len(empty) > 1 else ''}) without "
+                f"{subset} images; the smallest fraction that gives every class one is {needed}."
+            )
+    no_training = sorted(name for name, subsets in assignment.items() if not subsets["train"])
+    if no_training:
+        raise InputError(
+            f"--validation-fraction {validation_fraction} and --test-fraction {test_fraction} "
+            f"leave class {no_training[0]} ({counts[no_training[0]]} images) no training image; "
+            "lower them or add images."
+        )
+
+
+def check_images(source: Path, listing: dict[str, list[str]], progress: bool = True) -> None:
+    """Read every image once: an empty, truncated or unreadable file is named now, not
+    in training, and so is an image of another kind (bands, size) than most."""
+    from image_functions import odd_image_error, read_image
+
+    paths = [source / name / file for name, files in listing.items() for file in files]
+    shapes = {}
+    for path in progress_bar(paths, desc="checking images", unit="img", disable=not progress):
+        if path.stat().st_size == 0:
+            raise InputError(f"image {path} is empty (0 bytes); delete it or copy it again.")
+        image = read_image(path)
+        shapes[path] = (image.shape[2], image.shape[0], image.shape[1])
+    error = odd_image_error(shapes)
+    if error is not None:
+        raise error
+
+
 def place_file(source: Path, destination: Path, mode: str) -> None:
     """Copy, hard-link or symlink `source` to `destination`."""
     if mode == "copy":
@@ -342,11 +396,29 @@ def check_target(source: Path, target: Path, overwrite: bool) -> None:
             "not deleting it, choose another --target or remove it yourself."
         )
     foreign = sorted(entry.name for entry in target.iterdir() if entry.name not in OURS)
+    foreign += foreign_subset_files(target)
     if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
         raise InputError(
-            f"target {target} holds files this script did not make ({', '.join(foreign)}); "
+            f"target {target} holds files this script did not make ({shown}); "
             "move them out or choose another --target."
         )
+
+
+def foreign_subset_files(target: Path) -> list[str]:
+    """Files under the subset folders of a target that its split.csv does not list
+    (relative paths, sorted): a user's own files, which --overwrite must not delete."""
+    with (target / SPLIT_CSV).open(newline="", encoding="utf-8") as stream:
+        listed = {row[0] for row in list(csv.reader(stream))[1:] if row}
+    return [
+        entry.relative_to(target).as_posix()
+        for subset in SUBSETS
+        for entry in sorted((target / subset).rglob("*"))
+        if (entry.is_symlink() or not entry.is_dir())
+        and entry.relative_to(target).as_posix() not in listed
+    ]
 
 
 def write_split(
@@ -357,15 +429,13 @@ def write_split(
     progress: bool = True,
 ) -> None:
     """Fill `folder` with subset/class/file entries and `split.csv` (paths relative to it)."""
-    from tqdm import tqdm
-
     subsets = [subset for subset in SUBSETS if any(files[subset] for files in assignment.values())]
     rows = []
     for name, files in assignment.items():
         for subset in subsets:
             (folder / subset / name).mkdir(parents=True)
             rows.extend((f"{subset}/{name}/{file}", name, subset) for file in files[subset])
-    for relative, name, _subset in tqdm(rows, desc="placing files", unit="file",
+    for relative, name, _subset in progress_bar(rows, desc="placing files", unit="file",
                                         disable=not progress):  # fmt: skip
         place_file(source / name / PurePosixPath(relative).name, folder / relative, mode)
     with (folder / SPLIT_CSV).open("w", newline="", encoding="utf-8") as stream:

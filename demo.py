@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 DEMO_DIR = "demo"  # folder for everything the demo makes
 EUROSAT_DIR = None  # real EuroSAT folder (class folders); None: generated demo data
@@ -35,7 +36,7 @@ PATIENCE = 0  # early-stopping patience; 0: 5 for demo data, the talk's 50 for E
 STRIDE = 4  # 06 stride: one window every STRIDE pixels
 SEED = 0  # seed of the generated data and of training
 
-REPO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT: Final = Path(__file__).resolve().parent
 
 
 def run_step(title: str, arguments: list[str]) -> None:

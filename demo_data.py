@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 from osgeo import gdal, osr
@@ -36,18 +37,18 @@ TARGET = "demo"  # folder that receives eurosat_rgb/, eurosat_ms/ and the scenes
 IMAGES_PER_CLASS = 100  # patches written per class and kind
 SCENE_SIZE = 384  # rows and columns of the demo scenes
 SEED = 0  # one seed for everything; the same seed writes the same bytes
-OVERWRITE = False  # replace existing demo outputs
+OVERWRITE = False  # replace existing outputs
 
-# Fixed facts of the demo data (annotated, so they are not command-line flags).
+# Fixed facts of the demo data (Final, so they are not command-line flags).
 # Coordinate system of everything written: WGS 84 / UTM zone 33N, 10 m pixels.
-EPSG: int = 32633
-PIXEL_SIZE_M: float = 10.0
+EPSG: Final[int] = 32633
+PIXEL_SIZE_M: Final[float] = 10.0
 # Upper-left corner of the demo scene (a Sentinel-2 tile corner in zone 33N).
-SCENE_ORIGIN: tuple[float, float] = (399960.0, 5900040.0)
+SCENE_ORIGIN: Final[tuple[float, float]] = (399960.0, 5900040.0)
 # EuroSAT's JPEGs differ from their MS twins by about 1.5 levels; so do ours at this quality.
-JPEG_QUALITY: int = 95
+JPEG_QUALITY: Final[int] = 95
 # Scene regions are about this many pixels across (at least ten, one per class).
-SCENE_REGION_SIZE: int = 192
+SCENE_REGION_SIZE: Final[int] = 192
 
 # Sentinel-2 bands recorded at 20 m and 60 m; EuroSAT resampled them to 10 m,
 # so they are smoother than the 10 m bands. Box-filter widths in 10 m pixels.
@@ -179,7 +180,7 @@ def _herbaceous_vegetation(rng: np.random.Generator, rows: int, cols: int) -> Fi
 # Roads and rivers repeat every LINE_SPACING pixels across their direction, so a
 # 64x64 window anywhere in a large Highway or River region of the scene sees one,
 # as every EuroSAT patch of these classes does; a patch itself holds just one.
-LINE_SPACING: int = 72
+LINE_SPACING: Final[int] = 72
 
 
 def _distance_to_repeated_line(offset: np.ndarray) -> np.ndarray:

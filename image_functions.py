@@ -8,6 +8,7 @@ them, so importing this module is cheap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from osgeo import gdal
-from tqdm import tqdm
+
+# InputError lives in command_line; imported here for code that still takes it from here.
+from command_line import InputError, progress_bar
 
 gdal.UseExceptions()
 # A truncated JPEG is an error, not a warning with grey pixels.
@@ -60,10 +63,6 @@ TALK_MS_STD = (
 
 # EuroSAT's RGB JPEGs are L1C digital numbers clipped to this range, scaled to 1..255.
 EUROSAT_RGB_CLIP = 2750.0
-
-
-class InputError(Exception):
-    """Bad input from the user: the message is one sentence naming the culprit."""
 
 
 def default_band_names(band_count: int) -> tuple[str, ...]:
@@ -117,6 +116,18 @@ def eurosat_rgb_from_l1c(bands: np.ndarray) -> np.ndarray:
     return np.round(1.0 + clipped * (254.0 / EUROSAT_RGB_CLIP)).astype(np.uint8)
 
 
+@contextlib.contextmanager
+def unreadable_image(path: str | Path) -> Iterator[None]:
+    """Turn GDAL's error while opening or reading `path` into an InputError naming it."""
+    try:
+        yield
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise InputError(
+            f"image {path} cannot be read (corrupt or truncated?): {message}"
+        ) from None
+
+
 def read_image(path: str | Path, expected_bands: int | None = None) -> np.ndarray:
     """Read a JPEG or GeoTIFF into an array of shape (rows, cols, bands), native dtype.
 
@@ -126,15 +137,10 @@ def read_image(path: str | Path, expected_bands: int | None = None) -> np.ndarra
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist.")
-    try:
+    with unreadable_image(path):
         dataset = gdal.Open(str(path), gdal.GA_ReadOnly)
         array = dataset.ReadAsArray()
         dataset = None
-    except RuntimeError as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-        raise InputError(
-            f"image {path} cannot be read (corrupt or truncated?): {message}"
-        ) from None
     if array is None:
         raise InputError(f"image {path} cannot be read (corrupt or truncated?).")
     array = array[np.newaxis] if array.ndim == 2 else array
@@ -142,6 +148,45 @@ def read_image(path: str | Path, expected_bands: int | None = None) -> np.ndarra
     if expected_bands is not None and image.shape[-1] != expected_bands:
         raise InputError(f"image {path} has {image.shape[-1]} bands, expected {expected_bands}.")
     return image
+
+
+def image_shape(path: str | Path) -> tuple[int, int, int]:
+    """(bands, rows, cols) of an image from its header, without reading pixels."""
+    with unreadable_image(path):
+        dataset = gdal.Open(str(path), gdal.GA_ReadOnly)
+        shape = (dataset.RasterCount, dataset.RasterYSize, dataset.RasterXSize)
+        dataset = None
+    return shape
+
+
+def describe_shape(shape: tuple[int, int, int]) -> str:
+    bands, rows, cols = shape
+    return f"{bands} band{'s' if bands != 1 else ''} of {rows}x{cols} pixels"
+
+
+def odd_image_error(shapes: dict[Path, tuple[int, int, int]]) -> InputError | None:
+    """The error naming the first image whose (bands, rows, cols) differs from most
+    images', or None when all agree; the majority decides, not the sort order."""
+    counts: dict[tuple[int, int, int], int] = {}
+    for shape in shapes.values():
+        counts[shape] = counts.get(shape, 0) + 1
+    if len(counts) < 2:
+        return None
+    usual = max(counts, key=counts.get)
+    odd = [path for path, shape in shapes.items() if shape != usual]
+    others = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+    return InputError(
+        f"image {odd[0]}{others} has {describe_shape(shapes[odd[0]])}, but {counts[usual]} other "
+        f"image{'s have' if counts[usual] > 1 else ' has'} {describe_shape(usual)}; one folder "
+        "must hold one kind of image, so move it elsewhere."
+    )
+
+
+def check_same_kind(paths: Sequence[str | Path]) -> None:
+    """InputError naming the odd image when the images differ in bands or size (headers only)."""
+    error = odd_image_error({Path(path): image_shape(path) for path in paths})
+    if error is not None:
+        raise error
 
 
 def class_folders(folder: str | Path) -> list[str]:
@@ -214,8 +259,10 @@ def band_statistics(
     image_mean_sum = None
     image_std_sum = None
     band_count = None
-    for path in tqdm(paths, desc="band statistics", unit="img", disable=not progress):
-        image = read_image(path, expected_bands=band_count)
+    for path in progress_bar(paths, desc="band statistics", unit="img", disable=not progress):
+        image = read_image(path)
+        if band_count is not None and image.shape[-1] != band_count:
+            check_same_kind(paths)
         band_count = image.shape[-1]
         pixels = image.reshape(-1, band_count).astype(np.float64)
         image_mean = pixels.mean(axis=0)
@@ -256,11 +303,35 @@ def load_band_stats(path: str | Path) -> dict:
         raise InputError(f"band statistics {path} do not exist; run statistics.py first.") from None
     except (OSError, ValueError) as error:
         raise InputError(f"band statistics {path} cannot be read: {error}.") from None
-    if not all(key in stats for key in ("bands", "mean", "std")) or not (
-        len(stats["bands"]) == len(stats["mean"]) == len(stats["std"])
-    ):
-        raise InputError(f"band statistics {path} lack matching 'bands', 'mean' and 'std' lists.")
+    if not isinstance(stats, dict):
+        raise InputError(f"band statistics {path} hold no JSON object; run statistics.py again.")
+    check_band_stats(stats, str(path))
     return stats
+
+
+def check_band_stats(stats: dict, where: str) -> None:
+    """InputError unless `stats` has equally long 'bands', 'mean' and 'std' lists of finite
+    numbers with every std above zero (a zero std would divide by zero when normalising)."""
+    lists = [stats.get(key) for key in ("bands", "mean", "std")]
+    if not all(isinstance(values, list) for values in lists) or not (
+        len(lists[0]) == len(lists[1]) == len(lists[2])
+    ):
+        raise InputError(f"band statistics {where} lack matching 'bands', 'mean' and 'std' lists.")
+    for key in ("mean", "std"):
+        for band, value in zip(stats["bands"], stats[key], strict=True):
+            number = (
+                value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+            )
+            if number is None or not np.isfinite(number):
+                raise InputError(
+                    f"band statistics {where} give band {band} the {key} {value!r}, not a finite "
+                    "number; run statistics.py again on the training folder."
+                )
+            if key == "std" and number <= 0:
+                raise InputError(
+                    f"band statistics {where} give band {band} the std {value!r}; it must be above "
+                    "zero (a constant band cannot be normalised), so check that band's images."
+                )
 
 
 def normalization_layer(mean: Sequence[float], std: Sequence[float], name: str = "normalization"):
@@ -378,6 +449,16 @@ def load_arrays(
     first = read_image(pairs[0][0])
     band_count = first.shape[-1]
     indices = list(range(band_count)) if band_indices is None else list(band_indices)
+    try:
+        return _load_arrays(pairs, first, indices, folder, progress)
+    except InputError:
+        check_same_kind([path for path, _ in pairs])  # blame the odd image, not the first
+        raise
+
+
+def _load_arrays(pairs, first, indices, folder, progress):
+    """load_arrays' decoding loop; `first` is the decoded first image."""
+    band_count = first.shape[-1]
     if max(indices) >= band_count:
         raise InputError(
             f"images under {folder} have {band_count} bands; band index {max(indices) + 1} "
@@ -385,7 +466,7 @@ def load_arrays(
         )
     images = np.empty((len(pairs), *first.shape[:2], len(indices)), dtype=first.dtype)
     for position, (path, _) in enumerate(
-        tqdm(pairs, desc=f"reading {Path(folder).name}", unit="img", disable=not progress)
+        progress_bar(pairs, desc=f"reading {Path(folder).name}", unit="img", disable=not progress)
     ):
         image = read_image(path, expected_bands=band_count)
         if image.shape[:2] != first.shape[:2]:

@@ -28,8 +28,8 @@ from pathlib import Path
 from types import ModuleType
 
 OUTPUT = None  # JSON file to write; None: band_stats.json in the folder's parent
-METHOD = "exact"  # exact: mean/std over all pixels | talk: mean of per-image means and stds
-OVERWRITE = False  # replace an existing output file
+METHOD = "exact"  # exact | talk: mean/std over all pixels, or mean of per-image means and stds
+OVERWRITE = False  # replace existing outputs
 PROGRESS = True  # show a progress bar over the images
 
 
@@ -81,14 +81,6 @@ def format_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(stats: dict, path: Path, overwrite: bool) -> None:
-    """Write `stats` as JSON to `path` under a temporary name, renamed when complete."""
-    from command_line import atomic_output
-
-    with atomic_output(path, overwrite) as temporary:
-        temporary.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-
-
 def add_folder_argument(parser: argparse.ArgumentParser) -> None:
     """The positional FOLDER argument (not a constant: it has no sensible default)."""
     parser.add_argument("folder", type=Path, help="folder of class folders, e.g. split/train")
@@ -96,28 +88,23 @@ def add_folder_argument(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Compute, print and write the band statistics of a folder; returns them."""
-    from command_line import parse_settings
-    from image_functions import InputError, band_statistics, list_class_images
+    from command_line import InputError, atomic_output, parse_settings
+    from image_functions import band_statistics, check_band_stats, class_folders, list_class_images
 
-    settings = parse_settings(
-        __file__, argv, choices={"METHOD": ["exact", "talk"]}, extra=add_folder_argument
-    )
+    settings = parse_settings(__file__, argv, extra=add_folder_argument)
     folder: Path = settings.folder
     if not folder.is_dir():
         raise InputError(f"folder {folder} does not exist or is not a folder.")
     output = Path(settings.output) if settings.output else default_output(folder)
-    # Refuse an existing output before the (long) pass over the images; never
-    # replace something that is not a plain file (a folder, /dev/null, a pipe).
-    if output.exists() and not output.is_file():
-        raise InputError(f"output {output} exists and is not a regular file; choose another.")
-    if output.exists() and not settings.overwrite:
-        raise InputError(f"output {output} already exists; pass --overwrite to replace it.")
-    paths = [path for path, _label in list_class_images(folder)]
-    if not paths:
-        raise InputError(f"folder {folder} holds no images.")
-    stats = band_statistics(paths, method=settings.method, progress=settings.progress)
-    print(format_table(stats))
-    write_json(stats, output, settings.overwrite)
+    # The output is checked (and its folder made) before the long pass over the
+    # images; it is written under a temporary name and renamed when complete.
+    with atomic_output(output, settings.overwrite) as temporary:
+        # Any class folder names: the classes are the folder's own (EuroSAT's or not).
+        paths = [path for path, _label in list_class_images(folder, class_folders(folder))]
+        stats = band_statistics(paths, method=settings.method, progress=settings.progress)
+        check_band_stats(stats, f"computed from {folder}")
+        print(format_table(stats))
+        temporary.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {output}")
     return stats
 

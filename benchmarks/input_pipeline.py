@@ -33,8 +33,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 DATA = None  # folder of class folders of 13-band GeoTIFFs; None: real MS samples, else demo data
 BATCH_SIZE = 64  # images per batch, as in the talk
@@ -44,7 +45,7 @@ WARMUP_BATCHES = 3  # batches drawn before the clock starts (tracing, first read
 SEED = 0  # seed of shuffling and augmentation
 
 
-FEED_LABELS = {
+FEED_LABELS: Final = {
     "talk": "talk generator (disk read + skimage per image)",
     "ours": "ours: cached tf.data + augmentation_layers()",
     "raw": "raw cached feed (no augmentation)",

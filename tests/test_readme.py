@@ -13,6 +13,15 @@ import pytest
 from conftest import README, code_blocks, runnable_blocks
 
 RUNNABLE = runnable_blocks(README.read_text(encoding="utf-8"))
+# Native TensorFlow/CUDA/absl start-up lines: none may reach a user (command_line.run_script).
+NATIVE_NOISE = (
+    "cuInit",
+    "cudart_stub",
+    "absl::InitializeLog",
+    "cpu_feature_guard",
+    "W0000",
+    "I0000",
+)
 
 
 def test_first_code_block_is_make_demo_and_make_test():
@@ -35,3 +44,5 @@ def test_runnable_block(readme_chain, index):
         f"README block {index} failed:\n{RUNNABLE[index]}\n--- stdout:\n{result.stdout[-3000:]}"
         f"\n--- stderr:\n{result.stderr[-3000:]}"
     )
+    noise = [line for line in result.stderr.splitlines() if any(w in line for w in NATIVE_NOISE)]
+    assert not noise, f"README block {index} printed TensorFlow's native log lines: {noise[:3]}"

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from script_modules import load_script
 
 import dataset_functions as datasets
@@ -29,13 +30,20 @@ SCRIPT = REPO_ROOT / "01_split_data_to_train_and_validation.py"
 split = load_script(SCRIPT.name, "split_script")
 
 
-def make_source(folder: Path, counts: dict[str, int] | None = None, suffix: str = ".jpg") -> Path:
-    """A EuroSAT-layout folder of small files (the split looks at names, not pixels)."""
+def tiny_jpeg(value: int) -> bytes:
+    """An 8x8 grey JPEG of one value: a real image (01 reads every image), a few hundred bytes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (value % 256,) * 3).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def make_source(folder: Path, counts: dict[str, int] | None = None) -> Path:
+    """A EuroSAT-layout folder of tiny JPEGs (the split looks at names; 01 checks they open)."""
     counts = counts or {name: 10 + 3 * index for index, name in enumerate(CLASS_NAMES)}
-    for name, count in counts.items():
+    for index, (name, count) in enumerate(counts.items()):
         (folder / name).mkdir(parents=True)
         for number in range(1, count + 1):
-            (folder / name / f"{name}_{number}{suffix}").write_bytes(f"{name}{number}".encode())
+            (folder / name / f"{name}_{number}.jpg").write_bytes(tiny_jpeg(10 * index + number))
     return folder
 
 
@@ -305,13 +313,13 @@ def server() -> Iterator[tuple[str, type[RangeHandler]]]:
     thread.join(timeout=5)
 
 
-def eurosat_zip(per_class: int = 3) -> bytes:
+def eurosat_zip(per_class: int = 4) -> bytes:
     """A small zip laid out like the official one: EuroSAT_RGB/<Class>/<Class>_<n>.jpg."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in CLASS_NAMES:
             for number in range(1, per_class + 1):
-                archive.writestr(f"EuroSAT_RGB/{name}/{name}_{number}.jpg", f"{name}{number}" * 50)
+                archive.writestr(f"EuroSAT_RGB/{name}/{name}_{number}.jpg", tiny_jpeg(number))
     return buffer.getvalue()
 
 
@@ -329,9 +337,9 @@ def test_download_extract_and_split(tmp_path, server):
         "--download-url", f"{url}/EuroSAT_RGB.zip", "--download-checksum", sha256(data),
     )  # fmt: skip
     assert sorted(p.name for p in source.iterdir()) == sorted(CLASS_NAMES)
-    assert (source / "Forest" / "Forest_2.jpg").read_text() == "Forest2" * 50
+    assert (source / "Forest" / "Forest_2.jpg").read_bytes() == tiny_jpeg(2)
     assert (tmp_path / "data" / "EuroSAT_RGB.zip").read_bytes() == data
-    assert sum(len(f["train"]) + len(f["validation"]) for f in assignment.values()) == 30
+    assert sum(len(f["train"]) + len(f["validation"]) for f in assignment.values()) == 40
     assert not list((tmp_path / "data").glob(".*")), "temporary extraction folder left behind"
     # Second run: the data is there, nothing is fetched again.
     run(source, tmp_path / "split2", "--download", "rgb", "--download-url", f"{url}/gone.zip")
@@ -416,3 +424,142 @@ def test_malicious_zip_is_refused(tmp_path, server, member, symlink, reason):
     assert not source.exists()
     assert not list(tmp_path.rglob("evil.txt"))
     assert sorted(p.name for p in (tmp_path / "deep" / "data").iterdir()) == ["evil.zip"]
+
+
+# --- a split training can use: every class validated, every image readable ---------------
+
+
+def test_a_class_without_validation_images_is_refused_with_the_fraction_that_works(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 3, "River": 10})
+    with pytest.raises(InputError) as refused:
+        run(source, tmp_path / "split")
+    message = str(refused.value)
+    assert "leaves class Forest (3 images) without validation images" in message
+    assert message.endswith("the smallest fraction that gives every class one is 0.334.")
+    assert not (tmp_path / "split").exists()
+    assignment = run(source, tmp_path / "split", "--validation-fraction", "0.334")
+    assert [len(assignment[name]["validation"]) for name in ("Forest", "River")] == [1, 3]
+    with pytest.raises(InputError, match="without test images; .* is 0.334"):
+        run(source, tmp_path / "split2", "--validation-fraction", "0.4", "--test-fraction", "0.2")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_unreadable_image_is_named_at_split_time(tmp_path, damage):
+    source = make_source(tmp_path / "eurosat", {"Forest": 5, "River": 5})
+    broken = source / "River" / "River_4.jpg"
+    data = broken.read_bytes()
+    broken.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    expected = r"is empty \(0 bytes\)" if damage == "empty" else "cannot be read"
+    with pytest.raises(InputError, match=rf"image .*River_4\.jpg {expected}"):
+        run(source, tmp_path / "split")
+    assert not (tmp_path / "split").exists()
+
+
+def write_ms_tiff(path: Path, value: int, bands: int = 13) -> None:
+    """A tiny 8x8 uint16 GeoTIFF with `bands` bands of one value."""
+    from osgeo import gdal
+
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), 8, 8, bands, gdal.GDT_UInt16)
+    for band in range(bands):
+        dataset.GetRasterBand(band + 1).Fill(value + band)
+    dataset = None
+
+
+@pytest.mark.parametrize("odd_name", ["Forest_0.jpg", "Forest_99.jpg"])
+def test_a_mixed_folder_blames_the_odd_image_whichever_sorts_first(tmp_path, odd_name):
+    source = tmp_path / "eurosat"
+    for name in ("Forest", "River"):
+        (source / name).mkdir(parents=True)
+        for number in range(1, 5):
+            write_ms_tiff(source / name / f"{name}_{number}.tif", 100 * number)
+    (source / "Forest" / odd_name).write_bytes(tiny_jpeg(7))
+    with pytest.raises(InputError) as refused:
+        run(source, tmp_path / "split")
+    assert str(refused.value).startswith(f"image {source / 'Forest' / odd_name} has 3 bands")
+    assert "8 other images have 13 bands" in str(refused.value)
+    # statistics.py, given such a folder, blames the same image.
+    statistics = load_script("statistics.py", "statistics_script_for_split")
+    with pytest.raises(InputError, match=rf"image .*{odd_name} has 3 bands"):
+        statistics.main([str(source), "--output", str(tmp_path / "stats.json"), "--no-progress"])
+
+
+# --- leftovers and files that are not ours -----------------------------------------------
+
+
+def test_overwrite_never_deletes_a_users_file_inside_train(tmp_path):
+    source = make_source(tmp_path / "eurosat", {"Forest": 4, "River": 4})
+    target = tmp_path / "split"
+    run(source, target)
+    own = target / "train" / "Forest" / "my_label_notes.txt"
+    own.write_text("mine")
+    with pytest.raises(InputError, match=r"did not make \(train/Forest/my_label_notes\.txt\)"):
+        run(source, target, "--overwrite", "--seed", "3")
+    assert own.read_text() == "mine"
+    own.unlink()
+    run(source, target, "--overwrite", "--seed", "3")
+
+
+def test_a_killed_runs_leftover_folder_is_cleared_by_the_next_run(tmp_path):
+    """SIGKILL a real process while it writes the target; the next 01 run removes its
+    hidden temporary folder and says so."""
+    source = make_source(tmp_path / "eurosat", {"Forest": 4, "River": 4})
+    target = tmp_path / "split"
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+         "from command_line import atomic_output\n"
+         f"with atomic_output({str(target)!r}) as folder:\n"
+         "    (folder / 'train').mkdir(parents=True)\n"
+         "    print('writing', flush=True)\n"
+         "    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert writer.stdout.readline().strip() == "writing"
+    leftover = tmp_path / f".split.partial-{writer.pid}"
+    assert (leftover / "train").is_dir()
+    writer.kill()
+    writer.wait(timeout=30)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--source", str(source), "--target", str(target),
+         "--no-progress"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"removed {leftover}, left behind by stopped process {writer.pid}." in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["eurosat", "split"]
+
+
+@pytest.mark.slow
+def test_class_folders_outside_eurosat_work_through_the_whole_chain(tmp_path):
+    """Own class names: 01 -> statistics.py -> 05 -> 06, each as a user runs it."""
+    import demo_data
+
+    generated = demo_data.write_demo_dataset(tmp_path / "generated", kind="ms", images_per_class=6)
+    source = tmp_path / "own"
+    own_classes = {"Glacier": "SeaLake", "Orchard": "PermanentCrop", "Quarry": "Industrial"}
+    for own, eurosat in own_classes.items():
+        (source / own).mkdir(parents=True)
+        for path in (generated / eurosat).iterdir():
+            (source / own / path.name.replace(eurosat, own)).symlink_to(path)
+    scene, _truth = demo_data.write_demo_scene(tmp_path / "scene.tif", rows=64, cols=64)
+    steps = [
+        [str(SCRIPT), "--source", str(source), "--target", "split", "--mode", "symlink"],
+        [str(REPO_ROOT / "statistics.py"), "split/train"],
+        [str(REPO_ROOT / "05_train_ms_from_scratch.py"), "--data", "split", "--arch", "tiny",
+         "--epochs", "1", "--batch-size", "4", "--mixed-precision", "off"],
+        [str(REPO_ROOT / "06_classify_image.py"), "--image", str(scene), "--model",
+         "runs/ms-scratch-tiny/model.keras", "--output-dir", "classified", "--stride", "16"],
+    ]  # fmt: skip
+    for step in steps:
+        result = subprocess.run(
+            [sys.executable, *step, "--no-progress"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{step[0]}:\n{result.stderr[-3000:]}"
+    from osgeo import gdal
+
+    label = gdal.Open(str(tmp_path / "classified" / "scene_label.tif"))
+    band = label.GetRasterBand(1)
+    band.GetNoDataValue()  # GDAL reads the .aux.xml only after such a query
+    assert band.GetCategoryNames()[:3] == sorted(own_classes)

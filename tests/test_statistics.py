@@ -190,3 +190,31 @@ def test_import_from_the_repository_folder():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1.5"
+
+
+def test_class_folders_outside_eurosat_are_fine(tmp_path):
+    folder = tmp_path / "own"
+    write_generated_ms(tmp_path / "generated", per_class=1)
+    for own, eurosat in zip(("Glacier", "Vineyard"), CLASS_NAMES[:2], strict=True):
+        (folder / own).mkdir(parents=True)
+        for path in (tmp_path / "generated" / eurosat).iterdir():
+            (folder / own / path.name).symlink_to(path)
+    stats = run(folder, "--output", str(tmp_path / "own.json"))
+    assert stats["images"] == 2 and stats["bands"] == list(MS_BAND_NAMES)
+
+
+def test_a_constant_band_is_refused_before_anything_is_written(tmp_path):
+    """A std of zero would divide by zero in every model trained with these statistics."""
+    folder = tmp_path / "flat"
+    (folder / "Forest").mkdir(parents=True)
+    for number in (1, 2):
+        dataset = gdal.GetDriverByName("GTiff").Create(
+            str(folder / "Forest" / f"Forest_{number}.tif"), 8, 8, 2, gdal.GDT_UInt16
+        )
+        dataset.GetRasterBand(1).WriteArray(np.arange(64).reshape(8, 8) * number)
+        dataset.GetRasterBand(2).Fill(7)
+        dataset = None
+    output = tmp_path / "band_stats.json"
+    with pytest.raises(InputError, match=r"give band band2 the std 0\.0; it must be above zero"):
+        run(folder, "--output", str(output))
+    assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["flat"]
