@@ -564,3 +564,25 @@ def inspect_split(
         normalisation_source=source,
         has_test="test" in parts,
     )
+
+
+def band_choice_note(split: SplitInfo, kind: str) -> str | None:
+    """A note naming the bands a script trains on when the split's images are not the
+    kind it is made for (kind "rgb": 02/03, "ms": 04/05), or None when they are."""
+    from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, image_shape
+
+    expected = {"rgb": len(RGB_BAND_NAMES), "ms": len(MS_BAND_NAMES)}[kind]
+    first = list_class_images(split.folder / "train", split.class_names)[0][0]
+    image_bands = image_shape(first)[0]
+    if image_bands == expected:
+        return None
+    trained = ", ".join(split.band_names)
+    if kind == "ms":
+        return (
+            f"note: {split.folder} holds {image_bands}-band images, not EuroSAT's 13 bands, so "
+            f"this multispectral script trains on bands {trained} only (02 and 03 are for RGB)."
+        )
+    return (
+        f"note: {split.folder} holds {image_bands}-band images, not RGB, so this RGB script "
+        f"trains on bands {trained} of them (04 and 05 train on all 13 bands)."
+    )

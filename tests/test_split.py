@@ -547,7 +547,8 @@ def test_class_folders_outside_eurosat_work_through_the_whole_chain(tmp_path):
         [str(SCRIPT), "--source", str(source), "--target", "split", "--mode", "symlink"],
         [str(REPO_ROOT / "statistics.py"), "split/train"],
         [str(REPO_ROOT / "05_train_ms_from_scratch.py"), "--data", "split", "--arch", "tiny",
-         "--epochs", "1", "--batch-size", "4", "--mixed-precision", "off"],
+         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
+         "--mixed-precision", "off"],
         [str(REPO_ROOT / "06_classify_image.py"), "--image", str(scene), "--model",
          "runs/ms-scratch-tiny/model.keras", "--output-dir", "classified", "--stride", "16"],
     ]  # fmt: skip
@@ -563,3 +564,28 @@ def test_class_folders_outside_eurosat_work_through_the_whole_chain(tmp_path):
     band = label.GetRasterBand(1)
     band.GetNoDataValue()  # GDAL reads the .aux.xml only after such a query
     assert band.GetCategoryNames()[:3] == sorted(own_classes)
+
+
+@pytest.mark.parametrize("kind, images, bands", [("ms", "rgb", "all"), ("rgb", "ms", "rgb")])
+def test_a_split_of_the_other_kind_says_which_bands_are_trained(
+    tmp_path, sample_rgb_dataset, sample_ms_dataset, kind, images, bands
+):
+    source = sample_rgb_dataset if images == "rgb" else sample_ms_dataset
+    for part, chosen in (("train", slice(0, 3)), ("validation", slice(3, 5))):
+        for name in CLASS_NAMES[:2]:
+            (tmp_path / part / name).mkdir(parents=True)
+            for path in sorted((source / name).iterdir())[chosen]:
+                (tmp_path / part / name / path.name).symlink_to(path)
+    split_info = datasets.inspect_split(tmp_path, bands, with_statistics=False)
+    note = datasets.band_choice_note(split_info, kind)
+    if kind == "ms":
+        assert note == (
+            f"note: {tmp_path} holds 3-band images, not EuroSAT's 13 bands, so this multispectral "
+            "script trains on bands B04, B03, B02 only (02 and 03 are for RGB)."
+        )
+    else:
+        assert note == (
+            f"note: {tmp_path} holds 13-band images, not RGB, so this RGB script trains on bands "
+            "B04, B03, B02 of them (04 and 05 train on all 13 bands)."
+        )
+    assert datasets.band_choice_note(split_info, images) is None
