@@ -7,6 +7,8 @@ class names), <stem>_prob.tif (the winning class's probability, or every class's
 and <stem>_quicklook.png (label map with legend). With STRIDE 1 every pixel gets
 its own window, exactly as the talk's classifier; with STRIDE s one window
 centred on each s x s block classifies the block (s*s times fewer forward passes).
+A model without zero padding inside its window (resnet-valid) is run over whole
+blocks at once (METHOD dense, exact: the same numbers as one pass per window).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
 PROBABILITIES = "max"  # max: one band, the winning class's probability; all: a band per class
 RGB_SCALING = "auto"  # auto: RGB models get L1C values scaled like EuroSAT's JPEGs (eurosat)
 MIXED_PRECISION = "off"  # off: float32 (exact, the talk's answer); bf16, fp16; auto: by hardware
+METHOD = "auto"  # auto: dense when the model allows it exactly, else windows; windows; dense
 GDAL_CACHE_MB = 256  # GDAL's block cache: enough for the tiles of about two row blocks
 QUICKLOOK = True  # also write <stem>_quicklook.png
 PROGRESS = True  # show a progress bar
@@ -50,6 +53,18 @@ def parse_numbers(values: tuple | list, kind: type, what: str) -> list | None:
         raise InputError(f"{what} {' '.join(items)} must be four numbers.") from None
 
 
+def check_flags(settings) -> None:
+    """The numeric flags and the output folder, before TensorFlow and the model load."""
+    from scene_predictors import check_run_settings
+
+    check_run_settings(settings.stride, settings.batch_size, settings.block_rows)
+    if settings.gdal_cache_mb < 1:
+        raise InputError(f"GDAL cache must be at least 1 MB, not {settings.gdal_cache_mb}.")
+    if settings.output_dir and Path(settings.output_dir).exists():
+        if not Path(settings.output_dir).is_dir():
+            raise InputError(f"output folder {settings.output_dir} is a file, not a folder.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     settings = parse_settings(
         __file__,
@@ -58,19 +73,21 @@ def main(argv: list[str] | None = None) -> dict:
             "PROBABILITIES": ["max", "all"],
             "RGB_SCALING": ["auto", "eurosat", "none"],
             "MIXED_PRECISION": PRECISION_MODES,
+            "METHOD": ["auto", "windows", "dense"],
         },
     )
     import scene_functions as scenes
+    import scene_predictors
+    import scene_writers
     from network_functions import precision_policy
 
     if not settings.image or not settings.model:
         raise InputError("give the scene with --image and the trained model with --model.")
+    check_flags(settings)
+    bbox = parse_numbers(settings.bbox, float, "bounding box")
+    window = parse_numbers(settings.window, int, "pixel window")
     image = Path(settings.image)
-    scene = scenes.open_scene(
-        image,
-        bbox=parse_numbers(settings.bbox, float, "bounding box"),
-        window=parse_numbers(settings.window, int, "pixel window"),
-    )
+    scene = scenes.open_scene(image, bbox=bbox, window=window)
     output_dir = Path(settings.output_dir) if settings.output_dir else image.resolve().parent
     stem = scenes.scene_stem(image)
     label_path = output_dir / f"{stem}_label.tif"
@@ -81,59 +98,46 @@ def main(argv: list[str] | None = None) -> dict:
     if not Path(settings.model).exists():
         raise InputError(f"model {settings.model} does not exist.")
 
-    model, config = scenes.load_classifier(settings.model)
-    band_indices = scenes.choose_scene_bands(
-        scenes.scene_band_names(scene), config.band_names, settings.bands, str(image)
-    )
-    scenes.warn_if_not_georeferenced(scene, str(image))
-    rgb_scaling = scenes.rgb_scaling_needed(settings.rgb_scaling, config.band_names, scene)
     precision = precision_policy(settings.mixed_precision)
-    model = scenes.with_precision(model, precision)
-    dtype = scenes.scene_dtype(scene, band_indices, rgb_scaling)
-    predict = scenes.make_predictor(model, config, dtype, len(band_indices))
-    print(
-        f"{image}: {scene.RasterXSize}x{scene.RasterYSize} px, bands "
-        f"{', '.join(scenes.scene_band_names(scene)[index] for index in band_indices)} -> "
-        f"model {settings.model} ({len(config.class_names)} classes, {precision}"
-        f"{', talk normalisation' if config.mean is not None else ''}"
-        f"{', EuroSAT RGB scaling' if rgb_scaling else ''}), stride {settings.stride}"
+    classifier = scene_predictors.prepare_classifier(
+        scene,
+        settings.model,
+        bands=settings.bands,
+        rgb_scaling=settings.rgb_scaling,
+        precision=precision,
+        method=settings.method,
+        scene_label=str(image),
     )
+    print(f"{image}: {classifier.describe()} (model {settings.model}), stride {settings.stride}")
 
     gdal.SetCacheMax(settings.gdal_cache_mb * 2**20)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        label_temporary = stack.enter_context(atomic_output(label_path, settings.overwrite))
-        probability_temporary = stack.enter_context(
-            atomic_output(probability_path, settings.overwrite)
-        )
-        summary = scenes.classify_scene(
+        temporary = [
+            stack.enter_context(atomic_output(path, settings.overwrite)) for path in outputs
+        ]
+        writers = scene_writers.output_writers(
             scene,
-            predict,
-            config,
-            band_indices,
-            label_temporary,
-            probability_temporary,
+            classifier.config.class_names,
+            *temporary[:2],
+            quicklook_path=temporary[2] if settings.quicklook else None,
+            probabilities=settings.probabilities,
+            title=f"{stem} ({precision})",
+        )
+        summary = classifier.run(
+            writers,
             stride=settings.stride,
             batch_size=settings.batch_size,
             block_rows=settings.block_rows,
-            probabilities=settings.probabilities,
-            rgb_scaling=rgb_scaling,
             progress=settings.progress,
         )
-        if settings.quicklook:
-            quicklook_temporary = stack.enter_context(
-                atomic_output(quicklook_path, settings.overwrite)
-            )
-            scenes.write_quicklook(
-                label_temporary, quicklook_temporary, config.class_names, f"{stem} ({precision})"
-            )
-    scenes.write_category_names(label_path, config.class_names)
+    scene_writers.write_category_names(label_path, classifier.config.class_names)
     seconds = time.perf_counter() - started
 
     classified_pixels = sum(summary["pixels"].values())
     print(
         f"{summary['classified']} of {summary['windows']} windows classified in {seconds:.1f} s "
-        f"({summary['classified'] / max(seconds, 1e-9):.0f} patches/s); "
+        f"({summary['classified'] / max(seconds, 1e-9):.0f} patches/s, {classifier.method}); "
         f"{summary['nodata']} nodata pixels."
     )
     for name, count in summary["pixels"].items():

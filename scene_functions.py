@@ -1,30 +1,34 @@
-"""Large rasters: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip), block
-reads with a mirrored halo, sliding-window classification, GeoTIFF and PNG outputs.
+"""Large rasters in: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip), choosing
+their bands, loading the classifier, and reading row blocks with a mirrored halo.
+
+Scene classification is split by what changes together (issue 12):
+  scene_functions.py   scenes and models in: open, bands, block reads (this module)
+  scene_predictors.py  blocks of class probabilities out: the per-window predictor,
+                       the entry point `prepare_classifier` -> SceneClassifier.run
+  scene_dense.py       the whole-block (fully convolutional) pass, exact for models
+                       without zero padding inside the window
+  scene_writers.py     outputs: label and probability GeoTIFFs, the quicklook PNG
+A new output format is one writer; a new way to compute probabilities is one predictor.
 
 The window of pixel (r, c) covers rows r-32..r+31 and cols c-32..c+31 (for the
 64-pixel EuroSAT window), the scene mirrored (numpy "symmetric") past its edges,
 exactly as the talk's classifier did. Unlike the talk, the scene is streamed:
-row blocks are read with GDAL together with their half-window halo, windows are
-views into the block (no per-window Python loop), batches go straight to the
-model, and outputs are written block by block, so memory depends on the block
-size and not on the scene size. TensorFlow and Keras are imported inside the
-functions that need them.
+row blocks are read with GDAL together with their half-window halo, so memory
+depends on the block size and not on the scene size. TensorFlow and Keras are
+imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import re
-import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, gdal_array
-from tqdm import tqdm
 
 from image_functions import (
     CLASS_NAMES,
@@ -42,8 +46,6 @@ gdal.UseExceptions()
 LABEL_NODATA = 255
 # Probability value of pixels that were not classified.
 PROBABILITY_NODATA = float("nan")
-# Creation options of every output GeoTIFF.
-GEOTIFF_OPTIONS = ("TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
 # Colours (R, G, B) of the EuroSAT classes in label rasters and quicklooks.
 CLASS_COLOURS = {
     "AnnualCrop": (230, 200, 90),
@@ -57,12 +59,8 @@ CLASS_COLOURS = {
     "River": (70, 140, 230),
     "SeaLake": (20, 50, 150),
 }
-# Longest side of the quicklook image in pixels (larger scenes are decimated).
-QUICKLOOK_MAX_SIDE = 2000
 # Model file suffixes 06 accepts; .h5/.hdf5 are the talk's legacy format.
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-# Layers that stay float32 under mixed precision (preprocessing needs the precision).
-FLOAT32_LAYERS = ("InputLayer", "Normalization", "Rescaling")
 # Sentinel-2 band file names inside a product: T33UUU_20170216T102101_B8A.jp2 (L1C)
 # or T33UUU_20170216T102101_B02_10m.jp2 (L2A).
 SENTINEL2_BAND_FILE = re.compile(r"_(B\d\d|B8A)(?:_(\d+)m)?\.jp2$", re.IGNORECASE)
@@ -187,84 +185,6 @@ def load_classifier(model_path: str | Path):
         source=source,
     )
     return model, config
-
-
-def _has_mixed_layers(model) -> bool:
-    """Whether any layer of `model`, nested models included, computes in 16 bits."""
-    for layer in model.layers:
-        if layer.compute_dtype != "float32":
-            return True
-        if hasattr(layer, "layers") and _has_mixed_layers(layer):
-            return True
-    return False
-
-
-def with_precision(model, policy: str):
-    """A copy of `model` computing under a Keras dtype policy ("mixed_bfloat16", ...).
-
-    network_functions.precision_policy turns the scripts' auto|off|bf16|fp16
-    into the policy. Weights stay float32; preprocessing layers stay float32
-    because uint16 digital numbers lose their precision in 16 bits.
-    """
-    import keras
-
-    # A model trained under mixed precision keeps its policy when saved, so float32
-    # (the exact talk answer) needs the copy too, unless every layer is float32 already.
-    if policy == "float32" and not _has_mixed_layers(model):
-        return model
-    serialized = keras.saving.serialize_keras_object(model)
-
-    def set_policy(node: object) -> None:
-        if isinstance(node, dict):
-            config = node.get("config")
-            if (
-                isinstance(config, dict)
-                and "dtype" in config
-                and node.get("class_name") not in FLOAT32_LAYERS
-                and isinstance(config["dtype"], dict)
-            ):
-                config["dtype"] = policy
-            for value in node.values():
-                set_policy(value)
-        elif isinstance(node, list):
-            for value in node:
-                set_policy(value)
-
-    from network_functions import custom_objects
-
-    set_policy(serialized)
-    with keras.saving.custom_object_scope(custom_objects()):
-        mixed = keras.saving.deserialize_keras_object(serialized)
-    mixed.set_weights(model.get_weights())
-    return mixed
-
-
-def make_predictor(
-    model, config: ModelConfig, input_dtype: np.dtype, window_bands: int
-) -> Callable[[np.ndarray], np.ndarray]:
-    """A fast batch predictor: (n, size, size, bands) raw pixels -> (n, classes) float32.
-
-    Calls the model directly inside one traced tf.function (no per-call
-    `model.predict` overhead); the cast to float32 and the legacy normalisation
-    run inside the graph too.
-    """
-    import tensorflow as tf
-
-    size = config.input_size
-    mean = None if config.mean is None else tf.constant(config.mean, tf.float32)
-    std = None if config.std is None else tf.constant(config.std, tf.float32)
-
-    @tf.function(
-        autograph=False,
-        input_signature=[tf.TensorSpec((None, size, size, window_bands), tf.as_dtype(input_dtype))],
-    )
-    def forward(batch):
-        pixels = tf.cast(batch, tf.float32)
-        if mean is not None:
-            pixels = (pixels - mean) / std
-        return tf.cast(model(pixels, training=False), tf.float32)
-
-    return lambda batch: forward(batch).numpy()
 
 
 # ---------------------------------------------------------------------------
@@ -571,52 +491,52 @@ def window_view(block: np.ndarray, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# Classification
+# Row blocks
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Block:
-    """One row block of the output, announced before its batches.
+@dataclass
+class ReadBlock:
+    """One row block of a scene, read with the halo its windows need.
 
-    first_row: first output row; nodata: the output rows' nodata mask (rows, cols)
-    bool; grid_shape: its windows (grid rows, grid cols); batch_count: how many
-    Batch items follow; valid_windows: windows sent to the model.
+    Output rows first_row..last_row-1, all columns. pixels: scene rows top..top+len-1
+    and columns -size/2..cols+size/2-1, mirrored past the scene's edges, NaN set to 0
+    and scaled like EuroSAT's JPEGs when asked: the window of centre (r, c) is
+    pixels[r - size/2 - top :][:size, c : c + size]. centre_rows, centre_cols: scene
+    rows/cols of the window centres of the block's stride x stride cells;
+    centre_nodata (len(centre_rows), len(centre_cols)): centres with no data, whose
+    windows are not classified; nodata (rows, cols): the output pixels with no data.
     """
 
     first_row: int
-    nodata: np.ndarray
-    grid_shape: tuple[int, int]
-    batch_count: int
-    valid_windows: int
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Windows ready for the model: pixels (n, size, size, bands) in the scene's
-    dtype and their flat positions in the block's window grid (n,) int64."""
-
+    last_row: int
+    top: int
+    size: int
+    stride: int
     pixels: np.ndarray
-    positions: np.ndarray
+    centre_rows: np.ndarray
+    centre_cols: np.ndarray
+    centre_nodata: np.ndarray
+    nodata: np.ndarray
+
+    @property
+    def window_rows(self) -> np.ndarray:
+        """Row of `pixels` where the window of each centre row starts."""
+        return self.centre_rows - self.size // 2 - self.top
 
 
-def scene_windows(
+def read_blocks(
     dataset: gdal.Dataset,
     band_indices: Sequence[int],
     size: int,
     stride: int,
     block_rows: int,
-    batch_size: int,
     rgb_scaling: bool,
-) -> Iterator[Block | Batch]:
-    """Read the scene block by block and cut it into batches of windows.
+) -> Iterator[ReadBlock]:
+    """Read the scene in blocks of `block_rows` output rows (rounded to the stride).
 
-    Yields a Block, then its Batch items, for every block of `block_rows`
-    output rows (a multiple of the stride). A block is read with a halo of half
-    a window above and below, mirrored only at the true scene edges, and
-    mirrored left and right. Windows whose centre pixel is nodata are left out;
-    NaN pixels inside the windows that are kept become 0. Batches are cut
-    lazily, so memory holds one block and the batches in flight.
+    A block is read with a halo of half a window above and below, mirrored only
+    at the true scene edges, and mirrored left and right. Lazy: one block at a time.
     """
     rows, cols = dataset.RasterYSize, dataset.RasterXSize
     band_numbers = [index + 1 for index in band_indices]
@@ -632,130 +552,24 @@ def scene_windows(
         top = min(int(centre_rows[0]) - before, first_row)
         bottom = max(int(centre_rows[-1]) - before + size, last_row)
         # Block column j holds scene column j - before (mirrored past the edges).
-        block = read_mirrored(dataset, band_numbers, top, bottom, before, size - before)
-        pixel_nodata = nodata_mask(block, nodata_values)
-        if np.issubdtype(block.dtype, np.floating):
-            np.nan_to_num(block, copy=False, nan=0.0)
+        pixels = read_mirrored(dataset, band_numbers, top, bottom, before, size - before)
+        pixel_nodata = nodata_mask(pixels, nodata_values)
+        if np.issubdtype(pixels.dtype, np.floating):
+            np.nan_to_num(pixels, copy=False, nan=0.0)
         if rgb_scaling:
-            block = eurosat_rgb_from_l1c(block)
-        centre_nodata = pixel_nodata[np.ix_(centre_rows - top, centre_cols + before)]
-        positions = np.flatnonzero(~centre_nodata.ravel())
-        yield Block(
+            pixels = eurosat_rgb_from_l1c(pixels)
+        yield ReadBlock(
             first_row=first_row,
+            last_row=last_row,
+            top=top,
+            size=size,
+            stride=stride,
+            pixels=pixels,
+            centre_rows=centre_rows,
+            centre_cols=centre_cols,
+            centre_nodata=pixel_nodata[np.ix_(centre_rows - top, centre_cols + before)],
             nodata=pixel_nodata[first_row - top : last_row - top, before : before + cols],
-            grid_shape=centre_nodata.shape,
-            batch_count=math.ceil(len(positions) / batch_size),
-            valid_windows=len(positions),
         )
-        windows = window_view(block, size)
-        # The window of centre (r, c) starts at block pixel (r - before - top, c).
-        window_rows = centre_rows - before - top
-        for start in range(0, len(positions), batch_size):
-            chunk = positions[start : start + batch_size]
-            grid_row, grid_col = np.divmod(chunk, len(centre_cols))
-            yield Batch(windows[window_rows[grid_row], centre_cols[grid_col]], chunk)
-
-
-def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Run `iterator` in a background thread, `depth` items ahead of the consumer.
-
-    Reading and cutting windows (GDAL, numpy) then overlaps with inference
-    (TensorFlow), both of which release the GIL.
-    """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    finished = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(finished)
-        except BaseException as error:  # handed to the consumer, raised there
-            items.put(error)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is finished:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def create_outputs(
-    dataset: gdal.Dataset,
-    label_path: Path,
-    probability_path: Path,
-    class_names: Sequence[str],
-    probabilities: str,
-) -> tuple[gdal.Dataset, gdal.Dataset]:
-    """Create the label (Byte) and probability (Float32) GeoTIFFs of a scene.
-
-    Both carry the scene's geotransform and projection (when it has them), are
-    tiled and DEFLATE-compressed. The label raster has a colour table and nodata
-    255 (class names follow with `write_category_names`); the probability raster has one band
-    (the winning class's probability) or, with probabilities "all", one band per
-    class described by the class name, nodata NaN.
-    """
-    driver = gdal.GetDriverByName("GTiff")
-    rows, cols = dataset.RasterYSize, dataset.RasterXSize
-    probability_bands = len(class_names) if probabilities == "all" else 1
-    label = driver.Create(str(label_path), cols, rows, 1, gdal.GDT_Byte, list(GEOTIFF_OPTIONS))
-    probability = driver.Create(
-        str(probability_path),
-        cols,
-        rows,
-        probability_bands,
-        gdal.GDT_Float32,
-        [*GEOTIFF_OPTIONS, "PREDICTOR=3"],
-    )
-    transform = dataset.GetGeoTransform(can_return_null=True)
-    projection = dataset.GetProjection()
-    for output in (label, probability):
-        if transform is not None:
-            output.SetGeoTransform(transform)
-        if projection:
-            output.SetProjection(projection)
-    band = label.GetRasterBand(1)
-    band.SetNoDataValue(LABEL_NODATA)
-    band.SetDescription("label")
-    colours = gdal.ColorTable()
-    for index, name in enumerate(class_names):
-        colours.SetColorEntry(index, (*class_colour(name, index), 255))
-    colours.SetColorEntry(LABEL_NODATA, (0, 0, 0, 0))
-    band.SetRasterColorTable(colours)
-    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
-    for number in range(1, probability_bands + 1):
-        band = probability.GetRasterBand(number)
-        band.SetNoDataValue(PROBABILITY_NODATA)
-        band.SetDescription(class_names[number - 1] if probabilities == "all" else "probability")
-    return label, probability
-
-
-def write_category_names(label_path: Path, class_names: Sequence[str]) -> None:
-    """Give a finished label GeoTIFF its class names as category names.
-
-    GeoTIFF has no tag for them, so GDAL keeps them in `<label>.aux.xml` beside
-    the file (QGIS and GDAL read it); call this after the label file has its
-    final name, or the sidecar would keep the temporary name.
-    """
-    dataset = gdal.Open(str(label_path), gdal.GA_Update)
-    dataset.GetRasterBand(1).SetCategoryNames(list(class_names))
-    dataset = None
 
 
 def class_colour(name: str, index: int) -> tuple[int, int, int]:
@@ -766,180 +580,6 @@ def class_colour(name: str, index: int) -> tuple[int, int, int]:
 
     red, green, blue, _ = colormaps["tab20"](index % 20)
     return round(red * 255), round(green * 255), round(blue * 255)
-
-
-def classify_scene(
-    dataset: gdal.Dataset,
-    predict: Callable[[np.ndarray], np.ndarray],
-    config: ModelConfig,
-    band_indices: Sequence[int],
-    label_path: Path,
-    probability_path: Path,
-    stride: int = 16,
-    batch_size: int = 256,
-    block_rows: int = 256,
-    probabilities: str = "max",
-    rgb_scaling: bool = False,
-    progress: bool = True,
-    prefetch_depth: int = 4,
-) -> dict:
-    """Classify a scene window by window and write the label and probability GeoTIFFs.
-
-    predict: (n, size, size, bands) raw pixels -> (n, classes) float32 (see
-    `make_predictor`). Pixel (r, c) at stride 1 gets the class of its window,
-    rows r-size/2..r+size/2-1; at stride s each window fills its s x s block.
-    Streams `block_rows` output rows at a time; reading and cutting windows run
-    in a background thread `prefetch_depth` items ahead of inference (0: in
-    line). Returns counts: "windows",
-    "classified", "pixels" per class name and "nodata" pixels.
-    """
-    if stride < 1:
-        raise InputError(f"stride must be at least 1, not {stride}.")
-    if batch_size < 1 or block_rows < 1:
-        raise InputError("batch size and block rows must be at least 1.")
-    rows, cols = dataset.RasterYSize, dataset.RasterXSize
-    block_rows = max(stride, block_rows // stride * stride)
-    size = config.input_size
-    class_count = len(config.class_names)
-    label_output, probability_output = create_outputs(
-        dataset, label_path, probability_path, config.class_names, probabilities
-    )
-    grid_total = len(window_centres(rows, stride)) * len(window_centres(cols, stride))
-    pixel_counts = np.zeros(class_count + 1, np.int64)
-    classified = 0
-
-    def spread(values: np.ndarray, nodata: np.ndarray, fill: float) -> np.ndarray:
-        """(grid rows, grid cols) -> the block's (rows, cols), each value over its cell."""
-        if stride > 1:
-            values = np.repeat(np.repeat(values, stride, axis=0), stride, axis=1)
-        values = np.ascontiguousarray(values[: nodata.shape[0], :cols])
-        values[nodata] = fill
-        return values
-
-    def write_block(block: Block, grid: np.ndarray) -> None:
-        """Spread the block's predictions over their stride x stride cells and write them."""
-        grid = grid.reshape(*block.grid_shape, class_count)
-        unclassified = np.isnan(grid[..., 0])
-        labels = np.argmax(np.nan_to_num(grid), axis=-1).astype(np.uint8)
-        labels[unclassified] = LABEL_NODATA
-        labels = spread(labels, block.nodata, LABEL_NODATA)
-        label_output.GetRasterBand(1).WriteArray(labels, 0, block.first_row)
-        if probabilities == "all":
-            for index in range(class_count):
-                values = spread(grid[..., index], block.nodata, PROBABILITY_NODATA)
-                probability_output.GetRasterBand(index + 1).WriteArray(values, 0, block.first_row)
-        else:
-            values = spread(grid.max(axis=-1), block.nodata, PROBABILITY_NODATA)
-            probability_output.GetRasterBand(1).WriteArray(values, 0, block.first_row)
-        # Write the finished tiles now: GDAL would otherwise keep them in its cache.
-        label_output.FlushCache()
-        probability_output.FlushCache()
-        counts = np.bincount(labels.ravel(), minlength=256)
-        pixel_counts[:class_count] += counts[:class_count]
-        pixel_counts[class_count] += counts[LABEL_NODATA]
-
-    items = scene_windows(dataset, band_indices, size, stride, block_rows, batch_size, rgb_scaling)
-    try:
-        with tqdm(
-            total=grid_total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
-        ) as bar:
-            block, grid, remaining = None, None, 0
-            for item in prefetch(items, prefetch_depth) if prefetch_depth > 0 else items:
-                if isinstance(item, Block):
-                    block, remaining = item, item.batch_count
-                    grid = np.full((math.prod(item.grid_shape), class_count), np.nan, np.float32)
-                    bar.update(math.prod(item.grid_shape) - item.valid_windows)
-                    classified += item.valid_windows
-                else:
-                    grid[item.positions] = predict(item.pixels)
-                    bar.update(len(item.positions))
-                    remaining -= 1
-                if remaining == 0:
-                    write_block(block, grid)
-    finally:  # close the files deterministically, also when interrupted
-        label_output = probability_output = None
-    return {
-        "windows": grid_total,
-        "classified": classified,
-        "pixels": dict(zip(config.class_names, pixel_counts[:class_count].tolist(), strict=True)),
-        "nodata": int(pixel_counts[class_count]),
-    }
-
-
-def write_quicklook(label_path: Path, output_path: Path, class_names: Sequence[str], title: str):
-    """Save a PNG of a label GeoTIFF with a class legend (matplotlib, Agg backend).
-
-    Scenes longer than QUICKLOOK_MAX_SIDE are decimated (nearest neighbour) on read.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    dataset = gdal.Open(str(label_path), gdal.GA_ReadOnly)
-    rows, cols = dataset.RasterYSize, dataset.RasterXSize
-    scale = max(1.0, max(rows, cols) / QUICKLOOK_MAX_SIDE)
-    labels = dataset.GetRasterBand(1).ReadAsArray(
-        buf_xsize=max(1, round(cols / scale)),
-        buf_ysize=max(1, round(rows / scale)),
-        resample_alg=gdal.GRIORA_NearestNeighbour,
-    )
-    dataset = None
-    colours = np.zeros((256, 4))
-    for index, name in enumerate(class_names):
-        colours[index] = (*np.array(class_colour(name, index)) / 255.0, 1.0)
-    figure_width = 10.0
-    figure_height = max(3.0, figure_width * labels.shape[0] / labels.shape[1] * 0.75)
-    figure, axes = plt.subplots(figsize=(figure_width, figure_height))
-    axes.imshow(labels, cmap=ListedColormap(colours), vmin=0, vmax=255, interpolation="nearest")
-    axes.set_title(title)
-    axes.set_axis_off()
-    present = np.unique(labels)
-    handles = [
-        Patch(facecolor=colours[index], edgecolor="black", label=name)
-        for index, name in enumerate(class_names)
-        if index in present
-    ]
-    axes.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-
-
-def talk_classify(
-    image: np.ndarray,
-    model,
-    mean: np.ndarray | None = None,
-    std: np.ndarray | None = None,
-    size: int = IMAGE_SIZE,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The talk's algorithm, kept as the reference that tests and benchmarks compare to.
-
-    image (rows, cols, bands) in memory; padded by `size` on every side
-    (numpy "symmetric"), normalised in float64 when mean/std are given, then one
-    `model.predict` per image row over the windows rows r-size/2..r+size/2-1.
-    Returns labels (rows, cols) uint8 and max probabilities (rows, cols) float32.
-    """
-    rows, cols = image.shape[:2]
-    padded = np.pad(image.astype(np.float64), ((size, size), (size, size), (0, 0)), "symmetric")
-    if mean is not None:
-        padded = (padded - mean) / std
-    before = size // 2
-    labels = np.zeros((rows, cols), np.uint8)
-    probabilities = np.zeros((rows, cols), np.float32)
-    for row in range(rows):
-        top = row + size - before
-        windows = np.stack(
-            [
-                padded[top : top + size, col + size - before : col + 2 * size - before]
-                for col in range(cols)
-            ]
-        )
-        predicted = model.predict(windows, verbose=0)
-        labels[row] = np.argmax(predicted, axis=-1)
-        probabilities[row] = np.max(predicted, axis=-1)
-    return labels, probabilities
 
 
 def warn_if_not_georeferenced(dataset: gdal.Dataset, scene_label: str) -> None:

@@ -36,8 +36,13 @@ from osgeo import gdal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from talk_reference import talk_classify  # noqa: E402
 
 import scene_functions as scenes  # noqa: E402
+import scene_predictors as predictors  # noqa: E402
+import scene_writers as writers  # noqa: E402
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, talk_constants  # noqa: E402
 
 gdal.UseExceptions()
@@ -104,28 +109,21 @@ def timed(function, *args, **kwargs):
 
 
 def ours(dataset, model, folder: Path, name: str, batch_size: int, prefetch_depth: int = 4):
-    """Classify the scene with scene_functions at stride 1: (best of REPEATS seconds, labels)."""
+    """Classify the scene with 06's pipeline at stride 1: (best of REPEATS seconds, labels)."""
     config = scenes.ModelConfig(CLASS_NAMES, MS_BAND_NAMES, 64, None, None, "benchmark")
-    predict = scenes.make_predictor(model, config, np.dtype(np.uint16), 13)
-    predict(np.zeros((batch_size, 64, 64, 13), np.uint16))  # trace once, as a run would
+    classifier = predictors.prepare_classifier(
+        dataset, model, config, precision=model.layers[-1].dtype_policy.name, method="windows"
+    )
+    predictor = classifier.predictor(batch_size, prefetch_depth)
+    predictor.forward(np.zeros((batch_size, 64, 64, 13), np.uint16))  # trace once, as a run would
     label_path, probability_path = folder / f"{name}_label.tif", folder / f"{name}_prob.tif"
     best = math.inf
     for _ in range(REPEATS):
         for path in (label_path, probability_path):
             path.unlink(missing_ok=True)
+        outputs = writers.output_writers(dataset, CLASS_NAMES, label_path, probability_path)
         seconds, _ = timed(
-            scenes.classify_scene,
-            dataset,
-            predict,
-            config,
-            list(range(13)),
-            label_path,
-            probability_path,
-            stride=1,
-            batch_size=batch_size,
-            block_rows=64,
-            progress=False,
-            prefetch_depth=prefetch_depth,
+            classifier.run, outputs, stride=1, block_rows=64, progress=False, predictor=predictor
         )
         best = min(best, seconds)
     return best, gdal.Open(str(label_path)).ReadAsArray()
@@ -270,7 +268,7 @@ def small_scene_comparisons(model, folder: Path, arguments: argparse.Namespace) 
     patches = arguments.rows * arguments.cols
     print(f"1.-3. {arguments.rows} x {arguments.cols} x 13 scene ({scene_path.name}), stride 1")
     model.predict(np.zeros((1, 64, 64, 13), np.float32), verbose=0)
-    talk_seconds, (talk_labels, _) = timed(scenes.talk_classify, image, model)
+    talk_seconds, (talk_labels, _) = timed(talk_classify, image, model)
     ours_seconds, labels = ours(dataset, model, folder, "ours", arguments.batch_size)
     inline_seconds, inline_labels = ours(
         dataset, model, folder, "inline", arguments.batch_size, prefetch_depth=0
@@ -279,13 +277,13 @@ def small_scene_comparisons(model, folder: Path, arguments: argparse.Namespace) 
     windows = np.ascontiguousarray(scenes.window_view(padded, 64).reshape(-1, 64, 64, 13))
     bound_seconds, _ = timed(model.predict, windows, batch_size=arguments.batch_size, verbose=0)
     config = scenes.ModelConfig(CLASS_NAMES, MS_BAND_NAMES, 64, None, None, "benchmark")
-    forward = scenes.make_predictor(model, config, np.dtype(np.float32), 13)
+    forward = predictors.make_predictor(model, config, np.dtype(np.float32), 13)
     forward(windows[: arguments.batch_size])
     forward_seconds = min(
         timed(in_batches, forward, windows, arguments.batch_size)[0] for _ in range(REPEATS)
     )
     del windows
-    mixed = scenes.with_precision(model, "mixed_bfloat16")
+    mixed = predictors.with_precision(model, "mixed_bfloat16")
     bf16_seconds, bf16_labels = ours(dataset, mixed, folder, "bf16", arguments.batch_size)
     identical = np.array_equal(labels, talk_labels) and np.array_equal(inline_labels, labels)
     row("talk algorithm (model.predict per row)", talk_seconds, patches, None)

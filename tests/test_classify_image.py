@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 from script_modules import load_script
+from talk_reference import talk_classify
 from test_scene_functions import (
     ORIGIN,
     expected_at_stride,
@@ -27,7 +28,7 @@ from test_scene_functions import (
     write_scene,
 )
 
-import scene_functions as scenes
+import scene_writers
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def case(tmp_path_factory):
         "rgb_model": rgb_model,
         "rgb_model_path": rgb_model_path,
         "ms_model_path": ms_model_path,
-        "talk": scenes.talk_classify(rgb, rgb_model),
+        "talk": talk_classify(rgb, rgb_model),
     }
 
 
@@ -123,7 +124,7 @@ def test_failure_leaves_nothing_half_written(case, tmp_path, monkeypatch):
     def broken_quicklook(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(scenes, "write_quicklook", broken_quicklook)
+    monkeypatch.setattr(scene_writers.QuicklookWriter, "finish", broken_quicklook)
     with pytest.raises(RuntimeError, match="disk full"):
         run("--image", case["rgb_path"], "--model", case["rgb_model_path"],
             "--output-dir", tmp_path, "--stride", 8)  # fmt: skip
@@ -139,7 +140,7 @@ def test_legacy_h5_model_through_the_script(case, tmp_path):
     run("--image", case["rgb_path"], "--model", model_path, "--output-dir", tmp_path / "out",
         "--stride", 3)  # fmt: skip
     mean, std = talk_constants(3)
-    talk_labels, _ = scenes.talk_classify(case["rgb"], model, mean, std)
+    talk_labels, _ = talk_classify(case["rgb"], model, mean, std)
     labels = read_raster(tmp_path / "out" / "rgb_scene_label.tif")
     assert np.array_equal(labels, expected_at_stride(talk_labels, 3))
 
@@ -222,3 +223,63 @@ def test_class_names_in_the_label_raster(case, tmp_path):
     # query; GetCategoryNames alone does not trigger it (QGIS and gdalinfo do).
     assert dataset.GetGeoTransform() == ORIGIN
     assert dataset.GetRasterBand(1).GetCategoryNames() == list(CLASS_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--stride", 0, "stride must be at least 1, not 0"),
+        ("--batch-size", 0, "batch size must be at least 1, not 0"),
+        ("--block-rows", -3, "block rows must be at least 1, not -3"),
+        ("--window", "0 0 0 5", "window 0 0 0 5 \\(pixels\\) is not inside"),
+    ],
+)
+def test_numeric_flags_are_checked_before_the_model_loads(case, tmp_path, flag, value, message):
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a model")  # loading it would be the other error
+    window = str(value).split() if flag == "--window" else [value]
+    with pytest.raises(InputError, match=message):
+        run("--image", case["rgb_path"], "--model", broken, "--output-dir", tmp_path / "out",
+            flag, *window)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_stride_exits_before_tensorflow_starts(case, tmp_path):
+    code = (
+        "import sys, runpy; sys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "finally:\n    print('tensorflow' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(SCRIPT), "--image", str(case["rgb_path"]),
+         "--model", str(case["rgb_model_path"]), "--stride", "0"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: stride must be at least 1, not 0."
+    assert result.stdout.strip() == "False"
+
+
+def test_output_dir_that_is_a_file_is_one_sentence(case, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(InputError, match=f"output folder {taken} is a file, not a folder"):
+        run("--image", case["rgb_path"], "--model", case["rgb_model_path"], "--output-dir", taken)
+
+
+def test_method_dense_is_exact_and_refused_for_windows_only_models(case, tmp_path, capsys):
+    from test_scene_functions import valid_model
+
+    valid_path = save_model(valid_model(), tmp_path / "valid_run", RGB_BAND_NAMES)
+    arguments = ["--image", case["rgb_path"], "--stride", 3, "--no-quicklook"]
+    run(*arguments, "--model", valid_path, "--output-dir", tmp_path / "auto")
+    assert "whole-block pass" in capsys.readouterr().out
+    run(*arguments, "--model", valid_path, "--output-dir", tmp_path / "w", "--method", "windows")
+    assert "one pass per window" in capsys.readouterr().out
+    dense = read_raster(tmp_path / "auto" / "rgb_scene_prob.tif")
+    windows = read_raster(tmp_path / "w" / "rgb_scene_prob.tif")
+    np.testing.assert_allclose(dense, windows, atol=1e-4)
+    with pytest.raises(InputError, match="cannot be classified exactly with --method dense: its"):
+        run(*arguments, "--model", case["rgb_model_path"], "--output-dir", tmp_path / "d",
+            "--method", "dense")  # fmt: skip
+    assert not (tmp_path / "d").exists()

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
+from talk_reference import talk_classify
 
 import scene_functions as scenes
+import scene_predictors as predictors
+import scene_writers as writers
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
 
 gdal.UseExceptions()
@@ -110,30 +113,37 @@ def read_raster(path: Path) -> np.ndarray:
     return array
 
 
-def run_classification(tmp_path: Path, scene_path: Path, model, config, name="out", **options):
-    """classify_scene on a file with a predictor from `model`; returns (labels, probabilities)."""
+def run_classification(
+    tmp_path: Path,
+    scene_path: Path,
+    model,
+    config,
+    name="out",
+    bands=None,
+    rgb_scaling="none",
+    precision="float32",
+    method="auto",
+    probabilities="max",
+    **options,
+):
+    """Classify a file through the one entry point into the label and probability
+    GeoTIFFs; returns (labels, probabilities) as read back."""
     dataset = scenes.open_scene(scene_path)
-    band_indices = options.pop("band_indices", list(range(dataset.RasterCount)))
-    rgb_scaling = options.pop("rgb_scaling", False)
-    predict = scenes.make_predictor(
+    classifier = predictors.prepare_classifier(
+        dataset,
         model,
         config,
-        scenes.scene_dtype(dataset, band_indices, rgb_scaling),
-        len(band_indices),
+        bands=bands,
+        rgb_scaling=rgb_scaling,
+        precision=precision,
+        method=method,
     )
     label_path = tmp_path / f"{name}_label.tif"
     probability_path = tmp_path / f"{name}_prob.tif"
-    scenes.classify_scene(
-        dataset,
-        predict,
-        config,
-        band_indices,
-        label_path,
-        probability_path,
-        progress=False,
-        rgb_scaling=rgb_scaling,
-        **options,
+    outputs = writers.output_writers(
+        dataset, config.class_names, label_path, probability_path, probabilities=probabilities
     )
+    classifier.run(outputs, progress=False, **options)
     return read_raster(label_path), read_raster(probability_path)
 
 
@@ -159,7 +169,7 @@ def rgb_case(tmp_path_factory):
     scene_path = write_scene(folder / "scene.tif", image)
     mean, std = talk_constants(3)
     model = tiny_model(3, mean, std)
-    reference = scenes.talk_classify(image, model)
+    reference = talk_classify(image, model)
     return folder, scene_path, image, model, reference
 
 
@@ -235,7 +245,7 @@ def test_scene_smaller_than_half_a_window_mirrors_like_numpy(tmp_path):
     scene_path = write_scene(tmp_path / "small.tif", image)
     mean, std = talk_constants(3)
     model = tiny_model(3, mean, std, seed=1)
-    talk_labels, talk_probabilities = scenes.talk_classify(image, model)
+    talk_labels, talk_probabilities = talk_classify(image, model)
     labels, probabilities = run_classification(
         tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=1
     )
@@ -259,7 +269,7 @@ def test_legacy_h5_model_gets_the_talk_constants(tmp_path):
     assert config.class_names == CLASS_NAMES
     assert config.band_names == MS_BAND_NAMES
     np.testing.assert_array_equal(config.mean, mean)
-    talk_labels, talk_probabilities = scenes.talk_classify(image, loaded, mean, std)
+    talk_labels, talk_probabilities = talk_classify(image, loaded, mean, std)
     labels, probabilities = run_classification(tmp_path, scene_path, loaded, config, stride=1)
     assert np.array_equal(labels, talk_labels)
     np.testing.assert_allclose(probabilities, talk_probabilities, atol=1e-5)
@@ -318,11 +328,16 @@ def test_files_that_are_not_models_are_refused(tmp_path):
 
 def test_bfloat16_copy_keeps_weights_and_mostly_the_labels(rgb_case, tmp_path):
     _, scene_path, _, model, (talk_labels, _) = rgb_case
-    mixed = scenes.with_precision(model, "mixed_bfloat16")
+    mixed = predictors.with_precision(model, "mixed_bfloat16")
     assert mixed.layers[1].dtype_policy.name == "float32"  # Normalization stays float32
     assert mixed.layers[-1].dtype_policy.name == "mixed_bfloat16"
     labels, _ = run_classification(
-        tmp_path, scene_path, mixed, raw_config(RGB_BAND_NAMES), stride=2
+        tmp_path,
+        scene_path,
+        mixed,
+        raw_config(RGB_BAND_NAMES),
+        stride=2,
+        precision="mixed_bfloat16",
     )
     assert np.mean(labels == expected_at_stride(talk_labels, 2)) > 0.9
 
@@ -390,7 +405,7 @@ def test_nodata_windows_are_skipped_and_marked(rgb_case, tmp_path):
     assert np.all(labels[holes] == scenes.LABEL_NODATA)
     assert np.all(np.isnan(probabilities[holes]))
     # Elsewhere: the talk's answer on the scene with NaN read as 0.
-    talk_labels, talk_probabilities = scenes.talk_classify(np.nan_to_num(floats), model)
+    talk_labels, talk_probabilities = talk_classify(np.nan_to_num(floats), model)
     assert np.array_equal(labels[~holes], talk_labels[~holes])
     np.testing.assert_allclose(probabilities[~holes], talk_probabilities[~holes], atol=1e-5)
 
@@ -423,7 +438,7 @@ def test_outputs_carry_georeferencing_colours_names_and_nodata(rgb_case, tmp_pat
         probabilities="all",
         name="geo",
     )
-    scenes.write_category_names(tmp_path / "geo_label.tif", CLASS_NAMES)
+    writers.write_category_names(tmp_path / "geo_label.tif", CLASS_NAMES)
     source = gdal.Open(str(scene_path))
     label = gdal.Open(str(tmp_path / "geo_label.tif"))
     probability = gdal.Open(str(tmp_path / "geo_prob.tif"))
@@ -461,12 +476,21 @@ def test_not_georeferenced_scene_warns_and_classifies(rgb_case, tmp_path):
     assert gdal.Open(str(tmp_path / "out_label.tif")).GetProjection() == ""
 
 
-def test_quicklook_is_a_png_with_legend(rgb_case, tmp_path):
+def test_quicklook_decimates_like_gdal_and_is_a_png(rgb_case, tmp_path):
     _, scene_path, _, model, _ = rgb_case
-    run_classification(tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=8)
-    png = tmp_path / "look.png"
-    scenes.write_quicklook(tmp_path / "out_label.tif", png, CLASS_NAMES, "test")
+    dataset = scenes.open_scene(scene_path)
+    classifier = predictors.prepare_classifier(dataset, model, raw_config(RGB_BAND_NAMES))
+    label_path, png = tmp_path / "out_label.tif", tmp_path / "look.png"
+    quicklook = writers.QuicklookWriter(dataset, png, CLASS_NAMES, "test", max_side=17)
+    label = writers.LabelWriter(dataset, label_path, CLASS_NAMES)
+    classifier.run([label, quicklook], stride=3, block_rows=7, progress=False)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    decimated = gdal.Open(str(label_path)).ReadAsArray(
+        buf_xsize=17, buf_ysize=14, resample_alg=gdal.GRIORA_NearestNeighbour
+    )
+    assert quicklook.labels.shape == (14, 17)
+    assert np.array_equal(quicklook.labels, decimated)
+    assert len(np.unique(quicklook.labels)) > 1
 
 
 # ---------------------------------------------------------------------------
@@ -635,7 +659,7 @@ def test_real_ravaen_scene_selects_bands_by_description_and_honours_nan(scenes_d
     mean, std = talk_constants(13)
     model = tiny_model(13, mean, std)
     labels, probabilities = run_classification(
-        tmp_path, path, model, raw_config(MS_BAND_NAMES), stride=8, band_indices=indices
+        tmp_path, path, model, raw_config(MS_BAND_NAMES), stride=8
     )
     pixels = np.moveaxis(dataset.ReadAsArray(), 0, -1)[..., indices]
     missing = np.isnan(pixels).any(axis=-1)
@@ -672,10 +696,10 @@ def test_rgb_model_on_l1c_values_sees_them_scaled_like_eurosat_jpegs(rgb_case, t
     byte_scene = scenes.open_scene(rgb_case[1])
     assert not scenes.rgb_scaling_needed("auto", RGB_BAND_NAMES, byte_scene)
     labels, _ = run_classification(
-        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=3, rgb_scaling=True
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=3, rgb_scaling="eurosat"
     )
     scaled = np.clip(digital_numbers.astype(np.float64), 0, 2750) * 254 / 2750 + 1
-    talk_labels, _ = scenes.talk_classify(np.round(scaled).astype(np.uint8), model)
+    talk_labels, _ = talk_classify(np.round(scaled).astype(np.uint8), model)
     assert np.array_equal(labels, expected_at_stride(talk_labels, 3))
 
 
@@ -694,7 +718,7 @@ def test_models_with_our_custom_layers_load_and_convert(tmp_path):
     path = save_model(keras.Model(inputs, outputs), tmp_path, RGB_BAND_NAMES)
     model, config = scenes.load_classifier(path)
     assert config.band_names == RGB_BAND_NAMES
-    assert scenes.with_precision(model, "mixed_bfloat16").layers[-1].dtype_policy.name == (
+    assert predictors.with_precision(model, "mixed_bfloat16").layers[-1].dtype_policy.name == (
         "mixed_bfloat16"
     )
 
@@ -708,11 +732,166 @@ def test_float32_classification_of_a_model_trained_in_bfloat16(tmp_path):
         model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [30.0] * 3)
     model.save(tmp_path / "model.keras")
     loaded = nf.load_model(tmp_path / "model.keras")
-    assert scenes._has_mixed_layers(loaded)
-    exact = scenes.with_precision(loaded, "float32")
-    assert not scenes._has_mixed_layers(exact)
+    assert predictors._has_mixed_layers(loaded)
+    exact = predictors.with_precision(loaded, "float32")
+    assert not predictors._has_mixed_layers(exact)
     pixels = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.float32)
     float32_output = np.asarray(exact(pixels, training=False))
     bfloat16_output = np.asarray(loaded(pixels, training=False))
     np.testing.assert_allclose(float32_output, bfloat16_output, atol=0.05)
     assert not np.array_equal(float32_output, bfloat16_output)
+
+
+# ---------------------------------------------------------------------------
+# The whole-block (dense) pass: exact for models without zero padding
+# ---------------------------------------------------------------------------
+
+
+def valid_model(bands: int = 3, seed: int = 0):
+    """A tiny resnet-valid classifier (network_functions.resnet_valid, widths 4-8) with
+    random batch-normalisation statistics, so every layer matters."""
+    import keras
+
+    import network_functions as nf
+
+    keras.utils.set_random_seed(seed)
+    mean, std = talk_constants(bands)
+    inputs = keras.Input((64, 64, bands))
+    x = keras.layers.Normalization(mean=list(mean), variance=list(np.square(std)))(inputs)
+    x = nf.resnet_valid((64, 64, bands), widths=(4, 6, 8, 8))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Dropout(0.2)(x))
+    model = keras.Model(inputs, outputs)
+    generator = np.random.default_rng(seed)
+    for layer in model.get_layer("resnet-valid").layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean_, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    generator.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
+                    generator.normal(0, 0.3, beta.shape).astype(np.float32),
+                    generator.normal(0, 0.5, mean_.shape).astype(np.float32),
+                    generator.uniform(0.5, 2.0, variance.shape).astype(np.float32),
+                ]
+            )
+    return model
+
+
+def assert_same_up_to_ties(dense, windows, dense_labels, window_labels):
+    """Probabilities within 1e-4; labels equal except where the top two tie within 1e-4."""
+    np.testing.assert_allclose(dense, windows, atol=1e-4)
+    assert np.array_equal(np.isnan(dense), np.isnan(windows))
+    top_two = np.sort(np.nan_to_num(windows), axis=0)[-2:]
+    ties = top_two[1] - top_two[0] < 1e-4
+    assert np.array_equal(dense_labels[~ties], window_labels[~ties])
+
+
+@pytest.fixture(scope="module")
+def valid_case(tmp_path_factory):
+    """A 45 x 50 RGB scene with nodata holes (one at the edge), a tiny resnet-valid model."""
+    folder = tmp_path_factory.mktemp("valid_case")
+    image = smooth_scene(45, 50, 3, np.uint8, 30.0, seed=7)
+    image[10:13, 20:26] = 0  # an all-zero hole inside
+    image[0:3, 45:50] = 0  # and one in the corner, where windows are mirrored
+    scene_path = write_scene(folder / "scene.tif", image)
+    return folder, scene_path, image, valid_model()
+
+
+@pytest.mark.parametrize(("stride", "block_rows"), [(1, 16), (3, 12), (4, 8), (4, 1000)])
+def test_dense_pass_equals_one_pass_per_window(valid_case, tmp_path, stride, block_rows):
+    _, scene_path, image, model = valid_case
+    config = raw_config(RGB_BAND_NAMES)
+    results = {}
+    for method in ("windows", "dense"):
+        results[method] = run_classification(
+            tmp_path, scene_path, model, config, name=method, method=method,
+            probabilities="all", stride=stride, block_rows=block_rows,
+        )  # fmt: skip
+    (dense_labels, dense), (window_labels, windows) = results["dense"], results["windows"]
+    assert len(np.unique(window_labels[window_labels != scenes.LABEL_NODATA])) > 1
+    assert_same_up_to_ties(dense, windows, dense_labels, window_labels)
+    holes = np.all(image == 0, axis=-1)
+    assert np.all(dense_labels[holes] == scenes.LABEL_NODATA)
+
+
+def test_dense_pass_at_stride_1_is_the_talk_answer(valid_case, tmp_path):
+    _, scene_path, image, model = valid_case
+    labels, probabilities = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), method="dense", stride=1
+    )
+    talk_labels, talk_probabilities = talk_classify(image, model)
+    holes = np.all(image == 0, axis=-1)
+    np.testing.assert_allclose(probabilities[~holes], talk_probabilities[~holes], atol=1e-4)
+    assert np.mean(labels[~holes] == talk_labels[~holes]) > 0.999
+
+
+def test_dense_tiles_and_phase_methods_agree(valid_case):
+    """Column tiles of the block and dilated kernels give the fragments' numbers."""
+    from scene_dense import DenseNetwork
+
+    _, _, image, model = valid_case
+    config = raw_config(RGB_BAND_NAMES)
+    padded = np.pad(image, ((32, 31), (32, 31), (0, 0)), "symmetric")
+    windows = scenes.window_view(padded, 64)[::2, ::3].reshape(-1, 64, 64, 3)
+    expected = np.asarray(model(windows.astype(np.float32))).reshape(23, 17, 10)
+    rows, cols = np.arange(0, 45, 2), np.arange(0, 50, 3)
+    fragments = DenseNetwork(model, config).tile(padded, rows, cols)
+    np.testing.assert_allclose(fragments, expected, atol=1e-5)
+    dilated = DenseNetwork(model, config, "dilation").tile(padded, np.arange(45), np.arange(50))
+    np.testing.assert_allclose(dilated[::2, ::3], expected, atol=1e-5)
+
+
+def test_auto_picks_dense_only_where_it_is_exact(valid_case, rgb_case):
+    dataset = scenes.open_scene(valid_case[1])
+    config = raw_config(RGB_BAND_NAMES)
+    valid = predictors.prepare_classifier(dataset, valid_case[3], config)
+    assert valid.method == "dense" and valid.dense_reason is None
+    assert "whole-block pass" in valid.describe()
+    flatten = predictors.prepare_classifier(dataset, rgb_case[3], config)
+    assert flatten.method == "windows"
+    assert "Flatten" in flatten.dense_reason
+
+
+def test_dense_refused_with_one_sentence_for_zero_padding(valid_case):
+    import keras
+
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="block1_conv1")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    dataset = scenes.open_scene(valid_case[1])
+    with pytest.raises(InputError, match="block1_conv1 \\(Conv2D\\) pads with zeros") as error:
+        predictors.prepare_classifier(dataset, model, raw_config(RGB_BAND_NAMES), method="dense")
+    assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
+
+
+def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
+    """A per-block step (a mask) runs before the writers; a writer sees block pixels."""
+    dataset = scenes.open_scene(valid_case[1])
+    classifier = predictors.prepare_classifier(dataset, valid_case[3], raw_config(RGB_BAND_NAMES))
+
+    def mask_left_half(block):
+        block.probabilities[:, : block.probabilities.shape[1] // 2] = np.nan
+        return block
+
+    class PixelSums:
+        def __init__(self):
+            self.rows = 0
+
+        def write(self, block):
+            self.rows += block.source.last_row - block.first_row
+            assert block.source.pixels.shape[1] == 50 + 63
+
+        def finish(self):
+            pass
+
+        def close(self):
+            pass
+
+    sums = PixelSums()
+    label = writers.LabelWriter(dataset, tmp_path / "masked.tif", CLASS_NAMES)
+    summary = classifier.run([label, sums], stride=2, block_rows=10, steps=[mask_left_half])
+    labels = read_raster(tmp_path / "masked.tif")
+    assert np.all(labels[:, :24] == scenes.LABEL_NODATA)
+    assert np.all(labels[3:9, 30:] != scenes.LABEL_NODATA)
+    assert sums.rows == 45 and summary["nodata"] >= 45 * 24

@@ -1,0 +1,467 @@
+"""Predictors: row blocks of a scene in, blocks of class probabilities out; and the
+one entry point that 06 and the tests use.
+
+    classifier = prepare_classifier(dataset, model_path_or_model, bands=..., method=...)
+    summary = classifier.run(writers, stride=..., block_rows=...)
+
+`run` streams the scene:  read_blocks -> predictor -> block steps -> writers.
+- A predictor turns each ReadBlock (scene_functions) into a PredictedBlock: the
+  class probabilities of the windows centred on the block's stride x stride cells
+  (NaN where the centre is nodata). WindowPredictor makes one forward pass per
+  window (any model); scene_dense.DensePredictor computes the whole block in one
+  fully convolutional pass (models without zero padding inside the window), with
+  the same numbers.
+- Block steps are functions PredictedBlock -> PredictedBlock run in order before
+  the writers (e.g. a per-block cloud mask that blanks cloudy cells); a step sees
+  the block's pixels through `block.source.pixels`.
+- Writers (scene_writers) take every PredictedBlock in order; `finish()` completes
+  the output, `close()` releases it (also after an error).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from osgeo import gdal
+from tqdm import tqdm
+
+from image_functions import InputError
+from scene_functions import (
+    LABEL_NODATA,
+    ModelConfig,
+    ReadBlock,
+    choose_scene_bands,
+    load_classifier,
+    read_blocks,
+    rgb_scaling_needed,
+    scene_band_names,
+    scene_dtype,
+    warn_if_not_georeferenced,
+    window_centres,
+    window_view,
+)
+
+# Layers that stay float32 under mixed precision (preprocessing needs the precision).
+FLOAT32_LAYERS = ("InputLayer", "Normalization", "Rescaling")
+# Ways to compute a scene: per window, whole blocks at once, or dense when the model allows.
+METHODS = ("auto", "windows", "dense")
+
+
+# ---------------------------------------------------------------------------
+# Models: precision and the per-window forward pass
+# ---------------------------------------------------------------------------
+
+
+def _has_mixed_layers(model) -> bool:
+    """Whether any layer of `model`, nested models included, computes in 16 bits."""
+    for layer in model.layers:
+        if layer.compute_dtype != "float32":
+            return True
+        if hasattr(layer, "layers") and _has_mixed_layers(layer):
+            return True
+    return False
+
+
+def with_precision(model, policy: str):
+    """A copy of `model` computing under a Keras dtype policy ("mixed_bfloat16", ...).
+
+    network_functions.precision_policy turns the scripts' auto|off|bf16|fp16
+    into the policy. Weights stay float32; preprocessing layers stay float32
+    because uint16 digital numbers lose their precision in 16 bits.
+    """
+    import keras
+
+    # A model trained under mixed precision keeps its policy when saved, so float32
+    # (the exact talk answer) needs the copy too, unless every layer is float32 already.
+    if policy == "float32" and not _has_mixed_layers(model):
+        return model
+    serialized = keras.saving.serialize_keras_object(model)
+
+    def set_policy(node: object) -> None:
+        if isinstance(node, dict):
+            config = node.get("config")
+            if (
+                isinstance(config, dict)
+                and "dtype" in config
+                and node.get("class_name") not in FLOAT32_LAYERS
+                and isinstance(config["dtype"], dict)
+            ):
+                config["dtype"] = policy
+            for value in node.values():
+                set_policy(value)
+        elif isinstance(node, list):
+            for value in node:
+                set_policy(value)
+
+    from network_functions import custom_objects
+
+    set_policy(serialized)
+    with keras.saving.custom_object_scope(custom_objects()):
+        mixed = keras.saving.deserialize_keras_object(serialized)
+    mixed.set_weights(model.get_weights())
+    return mixed
+
+
+def make_predictor(
+    model, config: ModelConfig, input_dtype: np.dtype, window_bands: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A fast batch predictor: (n, size, size, bands) raw pixels -> (n, classes) float32.
+
+    Calls the model directly inside one traced tf.function (no per-call
+    `model.predict` overhead); the cast to float32 and the legacy normalisation
+    run inside the graph too.
+    """
+    import tensorflow as tf
+
+    size = config.input_size
+    mean = None if config.mean is None else tf.constant(config.mean, tf.float32)
+    std = None if config.std is None else tf.constant(config.std, tf.float32)
+
+    @tf.function(
+        autograph=False,
+        input_signature=[tf.TensorSpec((None, size, size, window_bands), tf.as_dtype(input_dtype))],
+    )
+    def forward(batch):
+        pixels = tf.cast(batch, tf.float32)
+        if mean is not None:
+            pixels = (pixels - mean) / std
+        return tf.cast(model(pixels, training=False), tf.float32)
+
+    return lambda batch: forward(batch).numpy()
+
+
+# ---------------------------------------------------------------------------
+# Predicted blocks and predictors
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PredictedBlock:
+    """The predictions of one row block.
+
+    source: the ReadBlock they were computed from (pixels, nodata, centres).
+    probabilities: (grid rows, grid cols, classes) float32, one row per centre row
+    and one column per centre column; NaN where the window was not classified.
+    """
+
+    source: ReadBlock
+    probabilities: np.ndarray
+
+    @property
+    def first_row(self) -> int:
+        return self.source.first_row
+
+    @property
+    def classified(self) -> np.ndarray:
+        """(grid rows, grid cols) bool: windows that were classified."""
+        return ~np.isnan(self.probabilities[..., 0])
+
+    @cached_property
+    def grid_labels(self) -> np.ndarray:
+        """(grid rows, grid cols) uint8 class index, LABEL_NODATA where not classified."""
+        labels = np.argmax(np.nan_to_num(self.probabilities), axis=-1).astype(np.uint8)
+        labels[~self.classified] = LABEL_NODATA
+        return labels
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """(rows, cols) uint8 labels of the block's output pixels."""
+        return self.spread(self.grid_labels, LABEL_NODATA)
+
+    def spread(self, values: np.ndarray, fill: float) -> np.ndarray:
+        """(grid rows, grid cols) -> the block's output pixels (rows, cols), each value
+        over its stride x stride cell, `fill` on nodata pixels."""
+        stride, nodata = self.source.stride, self.source.nodata
+        if stride > 1:
+            values = np.repeat(np.repeat(values, stride, axis=0), stride, axis=1)
+        values = np.ascontiguousarray(values[: nodata.shape[0], : nodata.shape[1]])
+        values[nodata] = fill
+        return values
+
+
+class Predictor(Protocol):
+    """Turns row blocks into predicted blocks, in order; `advance(n)` counts windows."""
+
+    method: str
+
+    def predict(
+        self, blocks: Iterator[ReadBlock], advance: Callable[[int], None]
+    ) -> Iterator[PredictedBlock]: ...
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Windows ready for the model: pixels (n, size, size, bands) in the scene's
+    dtype and their flat positions in the block's window grid (n,) int64."""
+
+    pixels: np.ndarray
+    positions: np.ndarray
+
+
+@dataclass
+class WindowPredictor:
+    """One forward pass per window: windows are views into the block (no per-window
+    Python loop), cut into batches in a background thread `prefetch_depth` items
+    ahead of inference (0: in line), batches across rows."""
+
+    forward: Callable[[np.ndarray], np.ndarray]
+    class_count: int
+    batch_size: int = 256
+    prefetch_depth: int = 4
+    method: str = field(default="windows", init=False)
+
+    def _batches(self, blocks: Iterator[ReadBlock]) -> Iterator[ReadBlock | _Batch]:
+        """Each block, then its batches of windows whose centre has data."""
+        for block in blocks:
+            yield block
+            positions = np.flatnonzero(~block.centre_nodata.ravel())
+            windows = window_view(block.pixels, block.size)
+            window_rows = block.window_rows
+            for start in range(0, len(positions), self.batch_size):
+                chunk = positions[start : start + self.batch_size]
+                grid_row, grid_col = np.divmod(chunk, len(block.centre_cols))
+                yield _Batch(windows[window_rows[grid_row], block.centre_cols[grid_col]], chunk)
+
+    def predict(
+        self, blocks: Iterator[ReadBlock], advance: Callable[[int], None]
+    ) -> Iterator[PredictedBlock]:
+        items = self._batches(blocks)
+        block, grid, remaining = None, None, 0
+        for item in prefetch(items, self.prefetch_depth) if self.prefetch_depth > 0 else items:
+            if isinstance(item, ReadBlock):
+                if block is not None:
+                    yield PredictedBlock(block, grid.reshape(*block.centre_nodata.shape, -1))
+                block = item
+                remaining = int(np.count_nonzero(~item.centre_nodata))
+                grid = np.full((item.centre_nodata.size, self.class_count), np.nan, np.float32)
+                advance(item.centre_nodata.size - remaining)
+            else:
+                grid[item.positions] = self.forward(item.pixels)
+                advance(len(item.positions))
+        if block is not None:
+            yield PredictedBlock(block, grid.reshape(*block.centre_nodata.shape, -1))
+
+
+def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run `iterator` in a background thread, `depth` items ahead of the consumer.
+
+    Reading and cutting windows (GDAL, numpy) then overlaps with inference
+    (TensorFlow), both of which release the GIL.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    finished = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(finished)
+        except BaseException as error:  # handed to the consumer, raised there
+            items.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is finished:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+# ---------------------------------------------------------------------------
+# The entry point
+# ---------------------------------------------------------------------------
+
+
+class Writer(Protocol):
+    """An output fed block by block (see scene_writers)."""
+
+    def write(self, block: PredictedBlock) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SceneClassifier:
+    """A scene and a model ready to classify together (made by `prepare_classifier`).
+
+    band_indices: 0-based scene bands feeding the model in its order. rgb_scaling:
+    whether L1C values are scaled like EuroSAT's JPEGs. precision: the Keras dtype
+    policy the model computes in. method: "windows" or "dense" (the one `run` uses);
+    dense_reason: why the dense pass cannot be exact for this model (None: it can).
+    """
+
+    dataset: gdal.Dataset
+    model: object
+    config: ModelConfig
+    band_indices: list[int]
+    rgb_scaling: bool
+    precision: str
+    method: str
+    dense_reason: str | None
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return scene_dtype(self.dataset, self.band_indices, self.rgb_scaling)
+
+    def describe(self) -> str:
+        """What will run, for 06's banner: bands, classes, precision, scaling, method."""
+        names = scene_band_names(self.dataset)
+        method = (
+            "whole-block pass (exact: no zero padding in the window)"
+            if self.method == "dense"
+            else "one pass per window"
+        )
+        return (
+            f"{self.dataset.RasterXSize}x{self.dataset.RasterYSize} px, bands "
+            f"{', '.join(names[index] for index in self.band_indices)} -> "
+            f"{len(self.config.class_names)} classes, {self.precision}"
+            f"{', talk normalisation' if self.config.mean is not None else ''}"
+            f"{', EuroSAT RGB scaling' if self.rgb_scaling else ''}; {method}"
+        )
+
+    def predictor(self, batch_size: int = 256, prefetch_depth: int = 4) -> Predictor:
+        """The predictor of `method` (windows: batches of `batch_size`)."""
+        if self.method == "dense":
+            from scene_dense import DensePredictor
+
+            return DensePredictor(self.model, self.config, prefetch_depth=prefetch_depth)
+        forward = make_predictor(self.model, self.config, self.input_dtype, len(self.band_indices))
+        return WindowPredictor(forward, len(self.config.class_names), batch_size, prefetch_depth)
+
+    def run(
+        self,
+        writers: Sequence[Writer],
+        stride: int = 16,
+        batch_size: int = 256,
+        block_rows: int = 256,
+        progress: bool = True,
+        prefetch_depth: int = 4,
+        steps: Sequence[Callable[[PredictedBlock], PredictedBlock]] = (),
+        predictor: Predictor | None = None,
+    ) -> dict:
+        """Classify the scene into `writers`; returns counts: "windows", "classified",
+        "pixels" per class name, "nodata" pixels.
+
+        Pixel (r, c) at stride 1 gets the class of its window, rows r-size/2..
+        r+size/2-1; at stride s the window centred on each s x s cell fills the
+        cell. Streams `block_rows` output rows at a time (rounded to the stride).
+        """
+        check_run_settings(stride, batch_size, block_rows)
+        rows, cols = self.dataset.RasterYSize, self.dataset.RasterXSize
+        block_rows = max(stride, block_rows // stride * stride)
+        class_count = len(self.config.class_names)
+        predictor = predictor or self.predictor(batch_size, prefetch_depth)
+        blocks = read_blocks(
+            self.dataset,
+            self.band_indices,
+            self.config.input_size,
+            stride,
+            block_rows,
+            self.rgb_scaling,
+        )
+        total = len(window_centres(rows, stride)) * len(window_centres(cols, stride))
+        pixel_counts = np.zeros(class_count + 1, np.int64)
+        classified = 0
+        try:
+            with tqdm(
+                total=total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
+            ) as bar:
+                for block in predictor.predict(blocks, bar.update):
+                    for step in steps:
+                        block = step(block)
+                    for writer in writers:
+                        writer.write(block)
+                    classified += int(np.count_nonzero(block.classified))
+                    counts = np.bincount(block.labels.ravel(), minlength=256)
+                    pixel_counts[:class_count] += counts[:class_count]
+                    pixel_counts[class_count] += counts[LABEL_NODATA]
+            for writer in writers:
+                writer.finish()
+        finally:  # release the files deterministically, also when interrupted
+            for writer in writers:
+                writer.close()
+        return {
+            "windows": total,
+            "classified": classified,
+            "pixels": dict(
+                zip(self.config.class_names, pixel_counts[:class_count].tolist(), strict=True)
+            ),
+            "nodata": int(pixel_counts[class_count]),
+        }
+
+
+def check_run_settings(stride: int, batch_size: int, block_rows: int) -> None:
+    """InputError unless stride, batch size and block rows are at least 1."""
+    if stride < 1:
+        raise InputError(f"stride must be at least 1, not {stride}.")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {batch_size}.")
+    if block_rows < 1:
+        raise InputError(f"block rows must be at least 1, not {block_rows}.")
+
+
+def prepare_classifier(
+    dataset: gdal.Dataset,
+    model: str | Path | object,
+    config: ModelConfig | None = None,
+    bands: str | None = None,
+    rgb_scaling: str = "auto",
+    precision: str = "float32",
+    method: str = "auto",
+    scene_label: str = "scene",
+) -> SceneClassifier:
+    """Everything between an open scene and a run: load the model (a path; or a Keras
+    model with its ModelConfig), choose the scene's bands (`bands` as 06's --bands),
+    decide the RGB scaling (auto|eurosat|none), set the precision (a Keras dtype
+    policy) and the method (auto|windows|dense; auto takes dense when it is exact).
+    Warns when the scene is not georeferenced. InputError for every mismatch, and for
+    "dense" with a model that has zero padding inside the window.
+    """
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, not {method}.")
+    model_label = "the model"
+    if isinstance(model, (str, Path)):
+        model_label = f"model {model}"
+        model, config = load_classifier(model)
+    elif config is None:
+        raise InputError("a model given as an object needs its ModelConfig.")
+    band_indices = choose_scene_bands(
+        scene_band_names(dataset), config.band_names, bands, scene_label
+    )
+    warn_if_not_georeferenced(dataset, scene_label)
+    scaling = rgb_scaling_needed(rgb_scaling, config.band_names, dataset)
+    model = with_precision(model, precision)
+    from scene_dense import dense_unsupported_reason
+
+    reason = dense_unsupported_reason(model)
+    if method == "dense" and reason is not None:
+        raise InputError(
+            f"{model_label} cannot be classified exactly with --method dense: {reason}; "
+            "use --method windows."
+        )
+    chosen = "dense" if method == "dense" or (method == "auto" and reason is None) else "windows"
+    return SceneClassifier(dataset, model, config, band_indices, scaling, precision, chosen, reason)
