@@ -259,20 +259,24 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
     finished = object()
     stop = threading.Event()
 
+    def offer(item: object) -> bool:
+        """Put `item` in the queue unless the consumer has stopped; whether it went in."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            items.put(finished)
+            offer(finished)
         except BaseException as error:  # handed to the consumer, raised there
-            items.put(error)
+            offer(error)
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()

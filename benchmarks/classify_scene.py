@@ -1,21 +1,26 @@
-"""Benchmark of 06's scene classifier against the talk's algorithm and the model itself.
+"""Benchmark of 06's scene classifier: the whole-block (dense) pass against one pass per
+window, and the per-window path against the talk's algorithm and the model itself.
 
-Prints, side by side with ratios:
-  0. the inference call: model(x) in a tf.function vs predict_on_batch vs predict;
-  1. ours vs the talk's algorithm, same small scene and model, stride 1, float32
-     (labels must be identical);
-  2. ours vs the model-bound limit (the same patches through model.predict on
-     ready-made float32 arrays), and ours with and without the reading thread;
-  3. bfloat16 vs float32 (time and label agreement);
-  4. a full Sentinel-2 tile 10980 x 10980 x 13 uint16 (a VRT mosaic of one
-     generated 1098 x 1098 block, so nothing big is written) through
-     06_classify_image.py at stride 64 in a subprocess: time and peak RSS.
+Sections (--sections, comma-separated; default "phase,dense,tile-dense"):
+  phase       the dense pass's two ways to handle strides, fragments (space_to_batch)
+              against dilated kernels, on one block at stride 1, float32;
+  dense       dense vs windows side by side on crops of the real T33UUU scene at
+              strides 1 (small crop), 4 and 16, float32: identical labels, ties
+              (top two within 1e-4), max probability difference, speed ratio;
+  tile-dense  the whole-tile estimate at stride 1: 06 --method dense in a subprocess on
+              the first rows of a 10980 x 10980 13-band tile (a VRT repeating the real
+              scene), time extrapolated by rows, peak RSS; float32 and bfloat16;
+  windows     0.-3. of the per-window path: the inference call, ours vs the talk's
+              algorithm, vs the model-bound limit, bfloat16 vs float32 (--window-model);
+  tile        4. a full tile at --tile-stride through 06 per window: time and peak RSS.
 
 Run from the repository root:
-    .venv/bin/python benchmarks/classify_scene.py            # everything
-    .venv/bin/python benchmarks/classify_scene.py --skip-tile
-The small scene is a crop of the real T33UUU scene when the shared data is
-there, a generated one otherwise. Models have random weights (speed only).
+    .venv/bin/python benchmarks/classify_scene.py                       # dense sections
+    .venv/bin/python benchmarks/classify_scene.py --model runs/x/model.keras
+    .venv/bin/python benchmarks/classify_scene.py --sections windows,tile
+Without --model the dense sections use a randomly initialised resnet-valid RGB model
+(speed and exactness only; its probabilities are near uniform, so ties are frequent).
+The machine is shared: keep runs short; ratios are more telling than seconds.
 """
 
 from __future__ import annotations
@@ -40,10 +45,16 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from talk_reference import talk_classify  # noqa: E402
 
+import scene_dense  # noqa: E402
 import scene_functions as scenes  # noqa: E402
 import scene_predictors as predictors  # noqa: E402
 import scene_writers as writers  # noqa: E402
-from image_functions import CLASS_NAMES, MS_BAND_NAMES, talk_constants  # noqa: E402
+from image_functions import (  # noqa: E402
+    CLASS_NAMES,
+    MS_BAND_NAMES,
+    RGB_BAND_NAMES,
+    talk_constants,
+)
 
 gdal.UseExceptions()
 
@@ -232,30 +243,228 @@ def full_tile(folder: Path, model, stride: int, block_rows: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=32, help="small scene rows")
-    parser.add_argument("--cols", type=int, default=64, help="small scene columns")
-    parser.add_argument("--model", choices=["small", "vgg16"], default="small")
+    parser.add_argument("--sections", default="phase,dense,tile-dense")
+    parser.add_argument("--model", help="trained model (.keras with model.json) for dense")
+    parser.add_argument("--tile-rows", type=int, default=128, help="rows of the tile estimate")
+    parser.add_argument("--rows", type=int, default=32, help="windows: small scene rows")
+    parser.add_argument("--cols", type=int, default=64, help="windows: small scene columns")
+    parser.add_argument("--window-model", choices=["small", "vgg16"], default="small")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tile-stride", type=int, default=64)
     parser.add_argument("--tile-block-rows", type=int, default=256)
-    parser.add_argument("--skip-tile", action="store_true", help="skip the full-tile run")
-    parser.add_argument("--skip-small", action="store_true", help="only the full-tile run")
     arguments = parser.parse_args()
+    sections = set(arguments.sections.split(","))
     import tensorflow as tf
+
+    from network_functions import cpu_has_bfloat16
 
     print(
         f"TensorFlow {tf.__version__}, devices "
         f"{[device.device_type for device in tf.config.list_physical_devices()]}, "
-        f"{os.cpu_count()} CPUs visible, model {arguments.model}"
+        f"{os.cpu_count()} CPUs visible, CPU {cpu_model()}, native bfloat16: "
+        f"{cpu_has_bfloat16()}, load average {os.getloadavg()[0]:.1f}"
     )
-    model = build_model(arguments.model, 13)
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        if not arguments.skip_small:
+        if sections & {"phase", "dense", "tile-dense"}:
+            model_path = Path(arguments.model) if arguments.model else None
+            if model_path is None:
+                model_path = random_resnet_valid(folder / "resnet_valid")
+            print(f"dense model: {arguments.model or 'resnet-valid, random weights'}")
+            if "phase" in sections:
+                phase_methods(model_path)
+            if "dense" in sections:
+                dense_against_windows(model_path)
+            if "tile-dense" in sections:
+                for precision in ("off", "bf16"):
+                    tile_estimate(folder, model_path, arguments.tile_rows, precision)
+        if "windows" in sections:
+            model = build_model(arguments.window_model, 13)
             small_scene_comparisons(model, folder, arguments)
-        if not arguments.skip_tile:
+        if "tile" in sections:
             small = build_model("small", 13)
             full_tile(folder, small, arguments.tile_stride, arguments.tile_block_rows)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def random_resnet_valid(folder: Path) -> Path:
+    """A resnet-valid RGB classifier with random weights, saved with its model.json."""
+    import network_functions as nf
+
+    mean, std = talk_constants(3)
+    model = nf.build_classifier("resnet-valid", RGB_BAND_NAMES, len(CLASS_NAMES), mean, std)
+    folder.mkdir()
+    model.save(folder / "model.keras")
+    facts = {"class_names": list(CLASS_NAMES), "band_names": list(RGB_BAND_NAMES)}
+    (folder / "model.json").write_text(json.dumps({**facts, "input_size": 64}))
+    return folder / "model.keras"
+
+
+def real_scene() -> Path:
+    base = shared_scenes()
+    if base is None or not (base / REAL_SCENE).is_file():
+        raise SystemExit(f"the dense sections need {REAL_SCENE} in the shared scenes folder")
+    return base / REAL_SCENE
+
+
+class Collect:
+    """A writer that keeps the probability grids of every block (float32)."""
+
+    def __init__(self):
+        self.grids: list[np.ndarray] = []
+
+    def write(self, block) -> None:
+        self.grids.append(block.probabilities.copy())
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self.grids, axis=0)
+
+
+def classify(model_path: Path, window: list[int], method: str, stride: int, precision="float32"):
+    """(seconds, probability grid) of one run through 06's entry point on a crop."""
+    dataset = scenes.open_scene(real_scene(), window=window)
+    classifier = predictors.prepare_classifier(
+        dataset, model_path, precision=precision, method=method
+    )
+    collect = Collect()
+    seconds, _ = timed(classifier.run, [collect], stride=stride, progress=False)
+    return seconds, collect.result()
+
+
+def phase_methods(model_path: Path) -> None:
+    """Fragments (space_to_batch) against dilated kernels, one block at stride 1."""
+    model, config = scenes.load_classifier(model_path)
+    dataset = scenes.open_scene(real_scene(), window=[600, 200, 512 + 63, 128 + 63])
+    pixels = np.moveaxis(dataset.ReadAsArray(band_list=[4, 3, 2]), 0, -1)
+    from image_functions import eurosat_rgb_from_l1c
+
+    pixels = eurosat_rgb_from_l1c(pixels)
+    rows, cols = np.arange(128), np.arange(512)
+    print("phase: one block of 128 x 512 windows at stride 1, float32, best of 2")
+    results = {}
+    for method in ("fragments", "dilation"):
+        network = scene_dense.DenseNetwork(model, config, method)
+        network.tile(pixels, rows[:2], cols[:2])  # trace
+        network.tile(pixels, rows, cols)
+        best = min(timed(network.tile, pixels, rows, cols)[0] for _ in range(2))
+        results[method] = (best, network.tile(pixels, rows, cols))
+        print(f"  {method:10s} {best:7.2f} s {rows.size * cols.size / best:9.0f} windows/s")
+    difference = np.abs(results["fragments"][1] - results["dilation"][1]).max()
+    ratio = results["dilation"][0] / results["fragments"][0]
+    print(f"  fragments are {ratio:.2f}x dilation; max difference {difference:.1e}")
+
+
+def compare(windows: np.ndarray, dense: np.ndarray) -> str:
+    """Identical labels, ties within 1e-4, other differences, max probability difference."""
+    classified = ~np.isnan(windows[..., 0])
+    window_probabilities, dense_probabilities = windows[classified], dense[classified]
+    same = np.argmax(window_probabilities, -1) == np.argmax(dense_probabilities, -1)
+    top_two = np.sort(window_probabilities, axis=-1)[:, -2:]
+    ties = top_two[:, 1] - top_two[:, 0] < 1e-4
+    difference = np.abs(window_probabilities - dense_probabilities).max()
+    return (
+        f"labels identical {same.sum()}/{same.size}, differing {np.sum(~same)} "
+        f"(of them ties {np.sum(~same & ties)}; ties in all {ties.sum()}), "
+        f"max probability difference {difference:.1e}"
+    )
+
+
+# Crops (xoff, yoff, xsize, ysize) of the real scene for each stride of section "dense".
+DENSE_CROPS = {1: [700, 300, 96, 48], 4: [600, 200, 256, 256], 16: [0, 0, 1536, 768]}
+
+
+def dense_against_windows(model_path: Path) -> None:
+    """Dense vs windows side by side, float32, on crops of the real scene."""
+    print("dense: dense vs windows through 06's entry point, float32 (first run traces)")
+    for stride, window in DENSE_CROPS.items():
+        windows_count = math.ceil(window[2] / stride) * math.ceil(window[3] / stride)
+        small = [window[0], window[1], min(window[2], 2 * stride), min(window[3], 2 * stride)]
+        for method in ("windows", "dense"):
+            classify(model_path, small, method, stride)  # trace both at this stride
+        window_seconds, window_grid = classify(model_path, window, "windows", stride)
+        dense_seconds, dense_grid = classify(model_path, window, "dense", stride)
+        print(
+            f"  stride {stride:2d}, {window[2]} x {window[3]} crop, {windows_count} windows: "
+            f"windows {window_seconds:.2f} s, dense {dense_seconds:.2f} s, "
+            f"dense {window_seconds / dense_seconds:.1f}x faster"
+        )
+        print(f"    {compare(window_grid, dense_grid)}")
+
+
+def tile_vrt(folder: Path, source: Path, side: int = TILE_SIDE) -> Path:
+    """A side x side VRT repeating `source` (its bands and descriptions) as often as needed."""
+    dataset = gdal.Open(str(source))
+    width, height, count = dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount
+    placements = [(x, y) for y in range(0, side, height) for x in range(0, side, width)]
+    bands = ""
+    for number in range(1, count + 1):
+        band = dataset.GetRasterBand(number)
+        sources = "".join(
+            f"<SimpleSource><SourceFilename>{source}</SourceFilename>"
+            f"<SourceBand>{number}</SourceBand>"
+            f'<SrcRect xOff="0" yOff="0" xSize="{min(width, side - x)}" '
+            f'ySize="{min(height, side - y)}"/>'
+            f'<DstRect xOff="{x}" yOff="{y}" xSize="{min(width, side - x)}" '
+            f'ySize="{min(height, side - y)}"/></SimpleSource>'
+            for x, y in placements
+        )
+        bands += (
+            f'<VRTRasterBand dataType="UInt16" band="{number}">'
+            f"<Description>{band.GetDescription()}</Description>{sources}</VRTRasterBand>"
+        )
+    path = folder / "tile.vrt"
+    transform = ", ".join(str(value) for value in dataset.GetGeoTransform())
+    path.write_text(
+        f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}">'
+        f"<GeoTransform>{transform}</GeoTransform>{bands}</VRTDataset>"
+    )
+    return path
+
+
+def tile_estimate(folder: Path, model_path: Path, rows: int, precision: str) -> None:
+    """06 --method dense at stride 1 on the first `rows` rows of a full-width tile."""
+    vrt = folder / "tile.vrt" if (folder / "tile.vrt").exists() else tile_vrt(folder, real_scene())
+    output = folder / f"tile_{precision}"
+    command = [
+        sys.executable, str(REPO_ROOT / "06_classify_image.py"),
+        "--image", str(vrt), "--model", str(model_path), "--output-dir", str(output),
+        "--window", "0", "0", str(TILE_SIDE), str(rows), "--stride", "1",
+        "--method", "dense", "--mixed-precision", precision, "--no-progress", "--no-quicklook",
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = subprocess.run(command, capture_output=True, text=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if result.returncode != 0:
+        print(result.stdout[-2000:], result.stderr[-2000:])
+        raise SystemExit("the tile run failed")
+    line = next(text for text in result.stdout.splitlines() if "windows classified in" in text)
+    seconds = float(line.split(" classified in ")[1].split(" s ")[0])
+    whole = seconds * TILE_SIDE / rows
+    print(
+        f"tile-dense: {TILE_SIDE} x {rows} (full width) at stride 1, --mixed-precision "
+        f"{precision}: {seconds:.1f} s classifying ({TILE_SIDE * rows / seconds:.0f} windows/s)"
+    )
+    print(
+        f"  whole tile {TILE_SIDE} x {TILE_SIDE}: {whole / 60:.1f} min (x {TILE_SIDE / rows:.1f} "
+        f"rows); peak RSS {max(peak, before) / 2**20:.2f} GiB"
+        f"{' (the largest child so far)' if peak == before else ''}"
+    )
 
 
 def small_scene_comparisons(model, folder: Path, arguments: argparse.Namespace) -> None:

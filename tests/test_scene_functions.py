@@ -880,7 +880,7 @@ def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
 
         def write(self, block):
             self.rows += block.source.last_row - block.first_row
-            assert block.source.pixels.shape[1] == 50 + 63
+            assert block.source.pixels.shape[1] == 50 + 64  # with the halo
 
         def finish(self):
             pass
@@ -895,3 +895,25 @@ def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
     assert np.all(labels[:, :24] == scenes.LABEL_NODATA)
     assert np.all(labels[3:9, 30:] != scenes.LABEL_NODATA)
     assert sums.rows == 45 and summary["nodata"] >= 45 * 24
+
+
+def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
+    """The reading thread, done early and blocked on a full queue, must not hang the
+    run when a writer fails (it once did: the end marker was put without a timeout)."""
+    dataset = scenes.open_scene(valid_case[1])
+    classifier = predictors.prepare_classifier(dataset, valid_case[3], raw_config(RGB_BAND_NAMES))
+
+    class Failing:
+        def write(self, block):
+            raise OSError("disk full")
+
+        def finish(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    failing = Failing()
+    with pytest.raises(OSError, match="disk full"):
+        classifier.run([failing], stride=8, block_rows=24, progress=False, prefetch_depth=1)
+    assert failing.closed
