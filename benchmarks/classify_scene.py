@@ -246,6 +246,7 @@ def main() -> None:
     parser.add_argument("--sections", default="phase,dense,tile-dense")
     parser.add_argument("--model", help="trained model (.keras with model.json) for dense")
     parser.add_argument("--tile-rows", type=int, default=128, help="rows of the tile estimate")
+    parser.add_argument("--tile-precisions", default="off,bf16", help="06 --mixed-precision")
     parser.add_argument("--rows", type=int, default=32, help="windows: small scene rows")
     parser.add_argument("--cols", type=int, default=64, help="windows: small scene columns")
     parser.add_argument("--window-model", choices=["small", "vgg16"], default="small")
@@ -276,7 +277,7 @@ def main() -> None:
             if "dense" in sections:
                 dense_against_windows(model_path)
             if "tile-dense" in sections:
-                for precision in ("off", "bf16"):
+                for precision in arguments.tile_precisions.split(","):
                     tile_estimate(folder, model_path, arguments.tile_rows, precision)
         if "windows" in sections:
             model = build_model(arguments.window_model, 13)
