@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             tta=settings.tta,
         )
         return
-    split = inspect_split(settings.data, settings.bands)
+    split = inspect_split(settings.data, settings.bands, progress=settings.progress)
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="rgb-finetuning") as run:
         # Raw pixels -> normalisation -> the talk's augmentation (training only)

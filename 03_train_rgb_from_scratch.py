@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             tta=settings.tta,
         )
         return
-    split = inspect_split(settings.data, settings.bands)
+    split = inspect_split(settings.data, settings.bands, progress=settings.progress)
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="rgb-scratch") as run:
         # Raw pixels -> normalisation -> [the talk's augmentation] -> random backbone -> head.

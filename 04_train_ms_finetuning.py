@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             tta=settings.tta,
         )
         return
-    split = inspect_split(settings.data, settings.bands)
+    split = inspect_split(settings.data, settings.bands, progress=settings.progress)
     if is_project_model(settings.weights):
         # Transfer from a trained model of this project (e.g. models/eurosat-rgb-*):
         # its architecture, its kernels for the bands it knows (first-conv variant).

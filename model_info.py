@@ -11,22 +11,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from command_line import atomic_output
-from image_functions import (
-    CLASS_NAMES,
-    IMAGE_SIZE,
-    InputError,
-    default_band_names,
-    talk_constants,
-)
+from command_line import InputError, write_atomic
+from image_functions import CLASS_NAMES, IMAGE_SIZE, default_band_names, talk_constants
 
 MODEL_INFO_FILE = "model.json"
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write `data` as indented JSON to `path`, replacing it only when complete."""
-    with atomic_output(path, overwrite=True) as temporary:
-        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 @dataclass
@@ -71,7 +59,7 @@ class ModelInfo:
 
     def save(self, path: str | Path) -> None:
         """Write model.json at `path` atomically."""
-        write_json_atomic(Path(path), self.to_json())
+        write_atomic(path, self.to_json(), overwrite=True)
 
     @classmethod
     def from_json(cls, data: dict, source: str = "") -> ModelInfo:

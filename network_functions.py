@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from command_line import InputError
 from image_functions import (
     IMAGE_SIZE,
     RGB_BAND_NAMES,
-    InputError,
     augmentation_layers,
     custom_layers,
     normalization_layer,

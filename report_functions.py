@@ -12,16 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from command_line import atomic_output
+from command_line import InputError, atomic_output, write_atomic
 from dataset_functions import inspect_split
 from image_functions import (
-    InputError,
     default_band_names,
     folder_dataset,
     normalization_layer,
     select_bands,
 )
-from model_info import ModelInfo, write_json_atomic
+from model_info import ModelInfo
 from network_functions import load_model, with_dihedral_averaging
 
 
@@ -215,7 +214,7 @@ def evaluate_model(
             )
         if history:
             plot_training_curves(history, stage_starts, temporary / "training_curves.png")
-        write_json_atomic(temporary / "metrics.json", metrics)
+        write_atomic(temporary / "metrics.json", metrics)
         (temporary / "classification_report.txt").write_text("\n".join(texts), encoding="utf-8")
     return metrics
 

@@ -26,10 +26,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from command_line import atomic_output
-from dataset_functions import SplitInfo
-from image_functions import InputError, folder_dataset
-from model_info import MODEL_INFO_FILE, ModelInfo, write_json_atomic
+from command_line import InputError, write_atomic
+from dataset_functions import SplitInfo, band_choice_note
+from image_functions import folder_dataset
+from model_info import MODEL_INFO_FILE, ModelInfo
 from network_functions import (
     ARCHITECTURES,
     MODEL_FILE,
@@ -295,23 +295,19 @@ def is_chief(strategy) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def save_model_atomic(model, path: Path) -> None:
-    """Save a .keras model under a temporary name and rename it into place, so an
-    interrupted save never replaces the last good file."""
-    with atomic_output(path, overwrite=True) as temporary:
-        model.save(temporary)
-
-
 def write_history_csv(path: Path, rows: list[dict]) -> None:
     """history.csv: one row per epoch (epoch, stage, losses, accuracies, learning rate)."""
     columns: list[str] = []
     for row in rows:
         columns.extend(key for key in row if key not in columns)
-    with atomic_output(path, overwrite=True) as temporary:
+
+    def write(temporary: Path) -> None:
         with temporary.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
+
+    write_atomic(path, write, overwrite=True)
 
 
 def run_identity(settings: argparse.Namespace, recipe: str, variant: str | None) -> dict:
@@ -445,7 +441,7 @@ def progress_callback(run_folder: Path, state: dict, stage: Stage):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = {key: float(value) for key, value in (logs or {}).items()}
             name = f"epoch-{epoch + 1:03d}.keras"
-            save_model_atomic(self.model, run_folder / CHECKPOINTS / name)
+            write_atomic(run_folder / CHECKPOINTS / name, self.model.save, overwrite=True)
             state["history"].append({"epoch": epoch + 1, "stage": stage.name, **logs})
             accuracy = logs.get(MONITOR, float("nan"))
             if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
@@ -458,7 +454,7 @@ def progress_callback(run_folder: Path, state: dict, stage: Stage):
                 time.time() - self.started, 1
             )
             write_history_csv(run_folder / HISTORY_FILE, state["history"])
-            write_json_atomic(run_folder / STATE_FILE, state)
+            write_atomic(run_folder / STATE_FILE, state, overwrite=True)
             remove_stale_checkpoints(run_folder, state)
             if state["wait"] >= stage.patience:
                 self.model.stop_training = True
@@ -492,7 +488,7 @@ def train_stages(
     import keras
 
     (run_folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_folder / STATE_FILE, state)  # from now on a rerun resumes
+    write_atomic(run_folder / STATE_FILE, state, overwrite=True)  # from now on a rerun resumes
     steps = steps_per_epoch or int(train_data.cardinality())
     if steps_per_epoch:
         train_data = train_data.repeat()
@@ -532,7 +528,7 @@ def train_stages(
                 verbose=2,
             )
         state["stage"] = index + 1
-        write_json_atomic(run_folder / STATE_FILE, state)
+        write_atomic(run_folder / STATE_FILE, state, overwrite=True)
     if stages and not state.get("last_stage"):
         raise InputError(f"run {run_folder} trained no epoch; check --epochs.")
     model.load_weights(checkpoint_path(run_folder, state, "best"))
@@ -603,6 +599,7 @@ class TrainingRun:
                 class_names=self.split.class_names,
                 seed=self.settings.seed,
                 augment=augment if part == "train" else None,
+                progress=self.settings.progress,
             )[0]
             for part in ("train", "validation")
         )
@@ -630,7 +627,7 @@ class TrainingRun:
         run finished. Returns the report's metrics."""
         from report_functions import evaluate_model
 
-        save_model_atomic(inference_model(model), self.folder / MODEL_FILE)
+        write_atomic(self.folder / MODEL_FILE, inference_model(model).save, overwrite=True)
         split, settings = self.split, self.settings
         info = ModelInfo(
             class_names=split.class_names,
@@ -669,7 +666,7 @@ class TrainingRun:
         info.save(self.folder / MODEL_INFO_FILE)
         self.state["finished"] = True
         self.state["validation_accuracy"] = metrics["validation"]["overall_accuracy"]
-        write_json_atomic(self.folder / STATE_FILE, self.state)
+        write_atomic(self.folder / STATE_FILE, self.state, overwrite=True)
         return metrics
 
 
@@ -688,6 +685,9 @@ def training_run(
     """
     import keras
 
+    note = band_choice_note(split, "ms" if recipe.startswith("ms") else "rgb")
+    if note:
+        print(note)
     name = settings.run_name or "-".join(part for part in (recipe, variant, settings.arch) if part)
     run_folder = Path(settings.output) / name
     check_writable(run_folder)

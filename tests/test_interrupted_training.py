@@ -43,11 +43,11 @@ def write_history_csv(path, rows):
         die()  # epoch 2's checkpoint is written, state.json still says epoch 1
     original_history(path, rows)
     if moment == "between-epochs" and len(rows) == 2:
-        original_write = training_functions.write_json_atomic
-        def write_then_die(path, data):
-            original_write(path, data)
-            die()
-        training_functions.write_json_atomic = write_then_die
+        original_write = training_functions.write_atomic
+        def write_then_die(path, content, overwrite=False):
+            original_write(path, content, overwrite)
+            die()  # epoch 2's checkpoint, history and state are written
+        training_functions.write_atomic = write_then_die
 
 def evaluate_model(*args, **kwargs):
     if moment == "report":

@@ -191,6 +191,16 @@ def test_05_ms_from_scratch_with_test_part_and_evaluate_only(ms_split, tmp_path)
     assert np.array(averaged["test"]["confusion_matrix"]).sum() == 10
 
 
+def test_ms_script_on_an_rgb_split_names_the_bands_it_trains_on(rgb_split, tmp_path, capsys):
+    arguments = ["--data", str(rgb_split), "--output", str(tmp_path), "--epochs", "1"]
+    script_main("05")([*arguments, "--steps-per-epoch", "1", *FAST])
+    printed = capsys.readouterr().out
+    assert "holds 3-band images, not EuroSAT's 13 bands" in printed
+    assert "trains on bands B04, B03, B02 only" in printed
+    info = json.loads((tmp_path / "ms-scratch-tiny" / "model.json").read_text())
+    assert info["band_names"] == ["B04", "B03", "B02"]
+
+
 def test_rerun_resumes_after_interruption_and_refuses_finished_run(
     rgb_split, tmp_path, monkeypatch
 ):
