@@ -9,13 +9,14 @@ fresh clone passes.
 
 `EUROSAT_SAMPLES=none make test` runs the suite as a user's fresh clone does:
 real data hidden (`../shared` ignored), generated data in the sample fixtures,
-and the tests that need real data skipped. Tests whose data depend on this
-choice carry the marker `real_data` (added here), so `pytest -m real_data` reruns
-just them on real data; `.ci/run` runs both.
+and the tests that need real data skipped. Tests that take a real-data or
+sample fixture as their own argument carry the marker `real_data` (added here),
+so `pytest -m real_data` reruns just them on real data; `.ci/run` runs both.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -32,7 +33,9 @@ from image_functions import CLASS_NAMES, list_images  # noqa: E402
 SAMPLES_PER_CLASS = 6
 SAMPLES_VARIABLE = "EUROSAT_SAMPLES"
 NO_REAL_DATA = "none"  # EUROSAT_SAMPLES=none: behave as a clone without real data
-# Fixtures whose data is real when present: tests using them are marked `real_data`.
+# Fixtures whose data is real when present: tests taking one of them as an argument
+# (not through another fixture, such as a training split made of samples) are marked
+# `real_data`, so CI reruns the tests about the data, not every training run, on it.
 DATA_FIXTURES = {
     "real_rgb_dir",
     "real_ms_dir",
@@ -74,7 +77,9 @@ def pytest_configure(config) -> None:
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+        function = getattr(item, "function", None)
+        arguments = set(inspect.signature(function).parameters) if function else set()
+        if DATA_FIXTURES & arguments:
             item.add_marker(pytest.mark.real_data)
 
 
