@@ -1,10 +1,10 @@
 """Quicklooks: a scene's true colour beside its label map, with the share of every class.
 
-The label map and the picture are read at the same decimation (GDAL reads
-straight into the small buffer: nearest neighbour for labels, averages for the
-picture), so they line up pixel for pixel. Shares are counted on the full
-label raster, block by block, not on the decimated picture. matplotlib is
-imported inside the functions (Agg backend).
+The label map and the picture are at the same decimation (labels: the pixel
+centres GDAL's nearest neighbour picks; picture: GDAL's averages over the same
+cells), so they line up pixel for pixel. Shares are counted on the full labels,
+block by block, not on the decimated picture. matplotlib is imported inside the
+functions (Agg backend).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ QUICKLOOK_MAX_SIDE = 1200
 # Colour of pixels without data in the label panel (black, as they look in the picture).
 NODATA_COLOUR = (0, 0, 0)
 NODATA_NAME = "No data"
-# Rows of the label raster counted at a time.
-COUNT_BLOCK_ROWS = 512
+# Rows of a finished label raster read at a time.
+LABEL_BLOCK_ROWS = 512
 
 
 def true_colour_bands(band_names: Sequence[str]) -> list[int] | None:
@@ -52,60 +52,46 @@ def label_names(class_names: Sequence[str]) -> dict[int, str]:
     return {**dict(enumerate(class_names)), CLOUD_LABEL: CLOUD_NAME, LABEL_NODATA: NODATA_NAME}
 
 
-def label_counts(label_path: str | Path) -> np.ndarray:
-    """Pixels of every label value (256,) int64 in a Byte label raster, counted block by block."""
-    dataset = gdal.Open(str(label_path), gdal.GA_ReadOnly)
-    band = dataset.GetRasterBand(1)
-    rows, cols = dataset.RasterYSize, dataset.RasterXSize
-    counts = np.zeros(256, np.int64)
-    for top in range(0, rows, COUNT_BLOCK_ROWS):
-        block = band.ReadAsArray(0, top, cols, min(COUNT_BLOCK_ROWS, rows - top))
-        counts += np.bincount(block.ravel(), minlength=256)
-    return counts
-
-
 def label_shares(counts: np.ndarray) -> dict[int, float]:
     """Share (0..1) of all pixels of every label value that occurs, in value order."""
     total = max(int(counts.sum()), 1)
     return {int(value): counts[value] / total for value in np.flatnonzero(counts)}
 
 
-def read_decimated(
-    dataset: gdal.Dataset, band_numbers: Sequence[int], shape: tuple[int, int], algorithm: int
-) -> np.ndarray:
-    """Bands (1-based numbers) of a dataset read into (rows, cols, bands) of `shape`."""
-    planes = [
-        dataset.GetRasterBand(number).ReadAsArray(
-            buf_xsize=shape[1], buf_ysize=shape[0], resample_alg=algorithm
-        )
-        for number in band_numbers
-    ]
-    return np.stack(planes, axis=-1)
+def decimation(length: int, scale: float) -> np.ndarray:
+    """Source indices of a nearest-neighbour decimation of `length` pixels by `scale`,
+    the pixel centres GDAL's RasterIO picks."""
+    count = max(1, round(length / scale))
+    return np.floor((np.arange(count) + 0.5) * length / count).astype(np.int64)
 
 
 def true_colour(dataset: gdal.Dataset, rgb_indices: Sequence[int], shape: tuple[int, int]):
-    """(rows, cols, 3) uint8 picture: 8-bit bands as they are, L1C digital numbers with
-    EuroSAT's scaling (0..2750 -> 1..255)."""
-    numbers = [index + 1 for index in rgb_indices]
-    values = read_decimated(dataset, numbers, shape, gdal.GRIORA_Average)
-    if dataset.GetRasterBand(numbers[0]).DataType == gdal.GDT_Byte:
+    """(rows, cols, 3) uint8 picture of the scene at `shape` (GDAL averages the pixels):
+    8-bit bands as they are, L1C digital numbers with EuroSAT's scaling (0..2750 -> 1..255)."""
+    planes = [
+        dataset.GetRasterBand(index + 1).ReadAsArray(
+            buf_xsize=shape[1], buf_ysize=shape[0], resample_alg=gdal.GRIORA_Average
+        )
+        for index in rgb_indices
+    ]
+    values = np.stack(planes, axis=-1)
+    if dataset.GetRasterBand(rgb_indices[0] + 1).DataType == gdal.GDT_Byte:
         return values.astype(np.uint8)
     return eurosat_rgb_from_l1c(np.nan_to_num(values))
 
 
-def write_side_by_side_quicklook(
-    label_path: str | Path,
+def save_quicklook(
+    labels: np.ndarray,
+    counts: np.ndarray,
     output_path: str | Path,
     class_names: Sequence[str],
     title: str,
-    scene: gdal.Dataset | None = None,
-    rgb_indices: Sequence[int] | None = None,
+    picture: np.ndarray | None = None,
 ) -> list[str]:
-    """Save a PNG of the scene's true colour (when `scene` and `rgb_indices` are given)
-    beside its label map, with a legend giving every label's share of the scene.
+    """Save decimated labels (rows, cols) uint8, beside the picture (rows, cols, 3) uint8
+    when given, as a PNG with a legend of every label's share of `counts` (256,).
 
-    The scene and the label raster must have the same size. Returns the legend
-    texts, e.g. "Forest 23.4 %", in label order (classes, Cloud, No data).
+    Returns the legend texts, e.g. "Forest 23.4 %", in label order (classes, Cloud, No data).
     """
     import matplotlib
 
@@ -113,18 +99,10 @@ def write_side_by_side_quicklook(
     from matplotlib import pyplot as plt
     from matplotlib.patches import Patch
 
-    labels_dataset = gdal.Open(str(label_path), gdal.GA_ReadOnly)
-    rows, cols = labels_dataset.RasterYSize, labels_dataset.RasterXSize
-    scale = max(1.0, max(rows, cols) / QUICKLOOK_MAX_SIDE)
-    shape = (max(1, round(rows / scale)), max(1, round(cols / scale)))
-    labels = read_decimated(labels_dataset, [1], shape, gdal.GRIORA_NearestNeighbour)[..., 0]
-    labels_dataset = None
     colours = label_colours(class_names)
     panels = [("label map", colours[labels])]
-    if scene is not None and rgb_indices is not None:
-        panels.insert(0, ("true colour (B04, B03, B02)", true_colour(scene, rgb_indices, shape)))
-
-    counts = label_counts(label_path)
+    if picture is not None:
+        panels.insert(0, ("true colour (B04, B03, B02)", picture))
     names = label_names(class_names)
     texts, handles = [], []
     for value, share in label_shares(counts).items():
@@ -132,12 +110,12 @@ def write_side_by_side_quicklook(
         handles.append(Patch(facecolor=colours[value] / 255.0, edgecolor="black", label=texts[-1]))
 
     panel_width = 6.0
-    panel_height = max(2.0, panel_width * shape[0] / shape[1])
+    panel_height = max(2.0, panel_width * labels.shape[0] / labels.shape[1])
     figure, axes = plt.subplots(
         1, len(panels), figsize=(panel_width * len(panels) + 2.5, panel_height + 0.8), squeeze=False
     )
-    for axis, (name, picture) in zip(axes[0], panels, strict=True):
-        axis.imshow(picture, interpolation="nearest")
+    for axis, (name, image) in zip(axes[0], panels, strict=True):
+        axis.imshow(image, interpolation="nearest")
         axis.set_title(name, fontsize=10)
         axis.set_xticks([])
         axis.set_yticks([])
@@ -148,3 +126,84 @@ def write_side_by_side_quicklook(
     figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     return texts
+
+
+class SideBySideQuicklookWriter:
+    """06's quicklook: the scene's true colour beside its label map, with every label's
+    share, as a PNG (see `save_quicklook`).
+
+    The decimated labels and the counts of all labels are gathered while the row
+    blocks pass (no second read of the label raster); the picture is read from the
+    scene at the end, at the same decimation (GDAL averages). rgb_indices: 0-based
+    scene bands B04, B03, B02, or None for the label map alone.
+    """
+
+    def __init__(
+        self,
+        dataset: gdal.Dataset,
+        path: str | Path,
+        class_names: Sequence[str],
+        title: str,
+        rgb_indices: Sequence[int] | None = None,
+        max_side: int = QUICKLOOK_MAX_SIDE,
+    ):
+        rows, cols = dataset.RasterYSize, dataset.RasterXSize
+        scale = max(1.0, max(rows, cols) / max_side)
+        self.rows, self.cols = decimation(rows, scale), decimation(cols, scale)
+        self.labels = np.full((len(self.rows), len(self.cols)), LABEL_NODATA, np.uint8)
+        self.counts = np.zeros(256, np.int64)
+        self.dataset, self.path, self.title = dataset, Path(path), title
+        self.class_names, self.rgb_indices = list(class_names), rgb_indices
+        self.texts: list[str] = []
+
+    def add_rows(self, first_row: int, labels: np.ndarray) -> None:
+        """Labels (rows, cols) uint8 of scene rows first_row..first_row+rows-1."""
+        inside = (self.rows >= first_row) & (self.rows < first_row + len(labels))
+        self.labels[inside] = labels[self.rows[inside] - first_row][:, self.cols]
+        self.counts += np.bincount(labels.ravel(), minlength=256)
+
+    def write(self, block) -> None:
+        """A PredictedBlock of scene_predictors (its first_row and labels)."""
+        self.add_rows(block.first_row, block.labels)
+
+    def finish(self) -> None:
+        picture = None
+        if self.rgb_indices is not None:
+            picture = true_colour(self.dataset, self.rgb_indices, self.labels.shape)
+        self.texts = save_quicklook(
+            self.labels, self.counts, self.path, self.class_names, self.title, picture
+        )
+
+    def close(self) -> None:
+        self.dataset = None
+
+
+def write_side_by_side_quicklook(
+    label_path: str | Path,
+    output_path: str | Path,
+    class_names: Sequence[str],
+    title: str,
+    scene: gdal.Dataset | None = None,
+    rgb_indices: Sequence[int] | None = None,
+) -> list[str]:
+    """Save the quicklook of a finished label raster (the same PNG 06 writes): the
+    scene's true colour (when `scene` and `rgb_indices` are given, the same size)
+    beside the label map. Returns the legend texts."""
+    labels_dataset = gdal.Open(str(label_path), gdal.GA_ReadOnly)
+    band = labels_dataset.GetRasterBand(1)
+    rows, cols = labels_dataset.RasterYSize, labels_dataset.RasterXSize
+    writer = SideBySideQuicklookWriter(
+        scene if scene is not None else labels_dataset,
+        output_path,
+        class_names,
+        title,
+        rgb_indices if scene is not None else None,
+    )
+    for top in range(0, rows, LABEL_BLOCK_ROWS):
+        writer.add_rows(top, band.ReadAsArray(0, top, cols, min(LABEL_BLOCK_ROWS, rows - top)))
+    labels_dataset = None
+    try:
+        writer.finish()
+    finally:
+        writer.close()
+    return writer.texts

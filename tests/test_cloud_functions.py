@@ -204,6 +204,30 @@ def test_quicklook_legend_gives_the_share_of_every_label(tmp_path):
     assert png.RasterXSize > 2 * png.RasterYSize  # two panels side by side, legend
 
 
+def test_quicklook_labels_are_gdals_nearest_decimation_and_the_picture_its_average(tmp_path):
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 10, (45, 130), dtype=np.uint8)
+    label_dataset = write_scene(tmp_path / "label.tif", labels[..., None], ("label",))
+    writer = quicklook.SideBySideQuicklookWriter(
+        label_dataset, tmp_path / "q.png", CLASS_NAMES, "t", max_side=40
+    )
+    for top in range(0, 45, 7):  # row blocks as 06 feeds them
+        writer.add_rows(top, labels[top : top + 7])
+    shape = writer.labels.shape
+    assert shape == (14, 40)
+    nearest = label_dataset.GetRasterBand(1).ReadAsArray(
+        buf_xsize=40, buf_ysize=14, resample_alg=gdal.GRIORA_NearestNeighbour
+    )
+    np.testing.assert_array_equal(writer.labels, nearest)
+    np.testing.assert_array_equal(writer.counts[:10], np.bincount(labels.ravel(), minlength=10))
+    # The picture averages the pixels of each cell (3 x 3 here).
+    pixels = rng.integers(0, 4000, (48, 132, 3), dtype=np.uint16)
+    scene = write_scene(tmp_path / "scene3.tif", pixels, RGB_BAND_NAMES)
+    picture = quicklook.true_colour(scene, [0, 1, 2], (16, 44))
+    means = pixels.reshape(16, 3, 44, 3, 3).mean(axis=(1, 3))
+    assert np.abs(picture.astype(int) - eurosat_rgb_from_l1c(means)).max() <= 1
+
+
 def test_label_colours_reserve_cloud_and_nodata():
     colours = quicklook.label_colours(CLASS_NAMES)
     assert tuple(colours[clouds.CLOUD_LABEL]) == clouds.CLOUD_COLOUR
