@@ -4,7 +4,9 @@ Reads a GeoTIFF/VRT, or a Sentinel-2 .SAFE folder or its .zip (stacked on the
 fly into the 13 bands at 10 m in EuroSAT order), streams it block by block
 through a trained model and writes <stem>_label.tif (class index, colour table,
 class names), <stem>_prob.tif (the winning class's probability, or every class's)
-and <stem>_quicklook.png (label map with legend). With STRIDE 1 every pixel gets
+and <stem>_quicklook.png (true colour beside the label map, legend with shares).
+Sentinel-2 L1C scenes get a cloud mask (s2cloudless): cloudy pixels are labelled
+Cloud (value 254) and have no probability. With STRIDE 1 every pixel gets
 its own window, exactly as the talk's classifier; with STRIDE s one window
 centred on each s x s block classifies the block (s*s times fewer forward passes).
 A model without zero padding inside its window (resnet-valid) is run over whole
@@ -36,6 +38,8 @@ PROBABILITIES = "max"  # max: one band, the winning class's probability; all: a 
 RGB_SCALING = "auto"  # auto: RGB models get L1C values scaled like EuroSAT's JPEGs (eurosat)
 MIXED_PRECISION = "off"  # off: float32 (exact, the talk's answer); bf16, fp16; auto: by hardware
 METHOD = "auto"  # auto: dense when the model allows it exactly, else windows; windows; dense
+CLOUD_MASK = "auto"  # auto: on when the scene has the L1C bands s2cloudless needs; on; off
+CLOUD_THRESHOLD = 0.65  # cloud probability above which a pixel is Cloud (s2cloudless' own: 0.4)
 GDAL_CACHE_MB = 256  # GDAL's block cache: enough for the tiles of about two row blocks
 QUICKLOOK = True  # also write <stem>_quicklook.png
 PROGRESS = True  # show a progress bar
@@ -74,8 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
             "RGB_SCALING": ["auto", "eurosat", "none"],
             "MIXED_PRECISION": PRECISION_MODES,
             "METHOD": ["auto", "windows", "dense"],
+            "CLOUD_MASK": ["auto", "on", "off"],
         },
     )
+    import cloud_functions as clouds
     import scene_functions as scenes
     import scene_predictors
     import scene_writers
@@ -98,6 +104,16 @@ def main(argv: list[str] | None = None) -> dict:
     if not Path(settings.model).exists():
         raise InputError(f"model {settings.model} does not exist.")
 
+    scene_names = scenes.scene_band_names(scene)
+    masking, masking_words = clouds.cloud_mask_choice(
+        settings.cloud_mask, scene_names, settings.cloud_threshold, str(image)
+    )
+    steps = []
+    if masking:
+        cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)
+        band_indices = tuple(clouds.cloud_band_indices(scene_names))
+        steps.append(clouds.CloudMaskStep(scene, band_indices, cloud_settings))
+
     precision = precision_policy(settings.mixed_precision)
     classifier = scene_predictors.prepare_classifier(
         scene,
@@ -108,7 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
         method=settings.method,
         scene_label=str(image),
     )
-    print(f"{image}: {classifier.describe()} (model {settings.model}), stride {settings.stride}")
+    print(
+        f"{image}: {classifier.describe()} (model {settings.model}), stride {settings.stride}; "
+        f"{masking_words}"
+    )
 
     gdal.SetCacheMax(settings.gdal_cache_mb * 2**20)
     started = time.perf_counter()
@@ -123,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
             quicklook_path=temporary[2] if settings.quicklook else None,
             probabilities=settings.probabilities,
             title=f"{stem} ({precision})",
+            clouds=masking,
         )
         summary = classifier.run(
             writers,
@@ -130,17 +150,20 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size=settings.batch_size,
             block_rows=settings.block_rows,
             progress=settings.progress,
+            steps=steps,
         )
-    scene_writers.write_category_names(label_path, classifier.config.class_names)
+    scene_writers.write_category_names(
+        label_path, clouds.category_names(classifier.config.class_names, masking)
+    )
     seconds = time.perf_counter() - started
 
-    classified_pixels = sum(summary["pixels"].values())
+    classified_pixels = sum(summary["pixels"].values()) + summary["cloud"]
     print(
         f"{summary['classified']} of {summary['windows']} windows classified in {seconds:.1f} s "
         f"({summary['classified'] / max(seconds, 1e-9):.0f} patches/s, {classifier.method}); "
         f"{summary['nodata']} nodata pixels."
     )
-    for name, count in summary["pixels"].items():
+    for name, count in [*summary["pixels"].items(), (clouds.CLOUD_NAME, summary["cloud"])]:
         if count:
             print(f"  {name:22s} {100 * count / max(classified_pixels, 1):5.1f} %")
     for path in [*outputs, Path(f"{label_path}.aux.xml")]:

@@ -16,11 +16,11 @@ by the block. s2cloudless is imported inside the functions that need it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from osgeo import gdal
@@ -50,6 +50,8 @@ CLOUD_CELL = 4
 CLOUD_LABEL = 254
 CLOUD_NAME = "Cloud"
 CLOUD_COLOUR = (255, 255, 255)
+# 06's --cloud-mask: auto (on when the scene has the bands), on, off.
+CLOUD_MASK_MODES = ("auto", "on", "off")
 
 
 def cloud_detector_installed() -> bool:
@@ -73,7 +75,7 @@ def cloud_band_indices(band_names: Sequence[str], scene_label: str = "the scene"
     return [list(band_names).index(name) for name in CLOUD_BANDS]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CloudSettings:
     """How the mask is made: probability threshold, cell side in pixels, radii in
     pixels of the averaging and dilation disks, and the offset added to digital
@@ -193,3 +195,51 @@ def scene_cloud_mask(
     probability = cell_probability(cell_reflectance(means, settings))
     mask = mask_from_cell_probability(probability, (bottom - top, cols), settings)
     return mask[first_row - top : last_row - top]
+
+
+def cloud_mask_choice(
+    mode: str, band_names: Sequence[str], threshold: float, scene_label: str
+) -> tuple[bool, str]:
+    """Whether 06 masks clouds (mode "auto", "on" or "off"), and the banner's words for it.
+
+    auto: on when the scene has CLOUD_BANDS and s2cloudless is installed. on:
+    InputError when it cannot be (missing bands or package).
+    """
+    if mode not in CLOUD_MASK_MODES:
+        raise InputError(f"cloud mask must be one of {', '.join(CLOUD_MASK_MODES)}, not {mode}.")
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"cloud threshold must be between 0 and 1, not {threshold}.")
+    if mode == "off":
+        return False, "cloud mask off"
+    if mode == "on":
+        cloud_band_indices(band_names, f"scene {scene_label}")
+        _detector(0, 0)  # InputError when s2cloudless is missing
+        return True, f"cloud mask on (s2cloudless, threshold {threshold})"
+    if not cloud_bands_available(band_names):
+        return False, "cloud mask off (auto: the scene lacks the L1C bands s2cloudless needs)"
+    if not cloud_detector_installed():
+        return False, "cloud mask off (auto: s2cloudless is not installed)"
+    return True, f"cloud mask on (auto: s2cloudless, threshold {threshold})"
+
+
+def category_names(class_names: Sequence[str], clouds: bool) -> list[str]:
+    """Category names of a label raster: the classes, and CLOUD_NAME at CLOUD_LABEL."""
+    if not clouds:
+        return list(class_names)
+    return [*class_names, *[""] * (CLOUD_LABEL - len(class_names)), CLOUD_NAME]
+
+
+@dataclasses.dataclass(frozen=True)
+class CloudMaskStep:
+    """06's block step: marks the output pixels of each predicted block that are under
+    cloud (`scene_predictors.PredictedBlock.cloud`), from the whole-scene mask."""
+
+    dataset: gdal.Dataset
+    band_indices: tuple[int, ...]
+    settings: CloudSettings = CloudSettings()
+
+    def __call__(self, block):
+        cloud = scene_cloud_mask(
+            self.dataset, self.band_indices, block.first_row, block.source.last_row, self.settings
+        )
+        return dataclasses.replace(block, cloud=cloud)

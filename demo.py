@@ -64,14 +64,16 @@ def dataset_kind(folder: Path) -> str:
 
 
 def scene_accuracy(label_path: Path, truth_path: Path) -> tuple[float, int]:
-    """Share of classified pixels whose label equals the ground truth, and their count."""
+    """Share of classified pixels whose label equals the ground truth, and their count
+    (pixels labelled Cloud or nodata are not classified)."""
     import numpy as np
 
+    from cloud_functions import CLOUD_LABEL
     from image_functions import read_image
 
     labels = read_image(label_path)[..., 0]
     truth = read_image(truth_path)[..., 0]
-    classified = labels != 255
+    classified = (labels != 255) & (labels != CLOUD_LABEL)
     return float(np.mean(labels[classified] == truth[classified])), int(classified.sum())
 
 

@@ -12,8 +12,8 @@ one entry point that 06 and the tests use.
   fully convolutional pass (models without zero padding inside the window), with
   the same numbers.
 - Block steps are functions PredictedBlock -> PredictedBlock run in order before
-  the writers (e.g. a per-block cloud mask that blanks cloudy cells); a step sees
-  the block's pixels through `block.source.pixels`.
+  the writers (cloud_functions.CloudMaskStep marks the pixels under cloud); a step
+  sees the block's pixels through `block.source.pixels`.
 - Writers (scene_writers) take every PredictedBlock in order; `finish()` completes
   the output, `close()` releases it (also after an error).
 """
@@ -32,6 +32,7 @@ import numpy as np
 from osgeo import gdal
 from tqdm import tqdm
 
+from cloud_functions import CLOUD_LABEL
 from image_functions import InputError
 from scene_functions import (
     LABEL_NODATA,
@@ -149,10 +150,13 @@ class PredictedBlock:
     source: the ReadBlock they were computed from (pixels, nodata, centres).
     probabilities: (grid rows, grid cols, classes) float32, one row per centre row
     and one column per centre column; NaN where the window was not classified.
+    cloud: None, or (rows, cols) bool of the output pixels under cloud (set by a
+    cloud mask step): they get CLOUD_LABEL and no probability.
     """
 
     source: ReadBlock
     probabilities: np.ndarray
+    cloud: np.ndarray | None = None
 
     @property
     def first_row(self) -> int:
@@ -172,17 +176,22 @@ class PredictedBlock:
 
     @cached_property
     def labels(self) -> np.ndarray:
-        """(rows, cols) uint8 labels of the block's output pixels."""
-        return self.spread(self.grid_labels, LABEL_NODATA)
+        """(rows, cols) uint8 labels of the block's output pixels (CLOUD_LABEL under cloud)."""
+        labels = self.spread(self.grid_labels, LABEL_NODATA)
+        if self.cloud is not None:
+            labels[self.cloud & ~self.source.nodata] = CLOUD_LABEL
+        return labels
 
     def spread(self, values: np.ndarray, fill: float) -> np.ndarray:
         """(grid rows, grid cols) -> the block's output pixels (rows, cols), each value
-        over its stride x stride cell, `fill` on nodata pixels."""
+        over its stride x stride cell, `fill` on nodata pixels and under cloud."""
         stride, nodata = self.source.stride, self.source.nodata
         if stride > 1:
             values = np.repeat(np.repeat(values, stride, axis=0), stride, axis=1)
         values = np.ascontiguousarray(values[: nodata.shape[0], : nodata.shape[1]])
         values[nodata] = fill
+        if self.cloud is not None:
+            values[self.cloud] = fill
         return values
 
 
@@ -368,7 +377,7 @@ class SceneClassifier:
         predictor: Predictor | None = None,
     ) -> dict:
         """Classify the scene into `writers`; returns counts: "windows", "classified",
-        "pixels" per class name, "nodata" pixels.
+        "pixels" per class name, "cloud" and "nodata" pixels.
 
         Pixel (r, c) at stride 1 gets the class of its window, rows r-size/2..
         r+size/2-1; at stride s the window centred on each s x s cell fills the
@@ -388,7 +397,7 @@ class SceneClassifier:
             self.rgb_scaling,
         )
         total = len(window_centres(rows, stride)) * len(window_centres(cols, stride))
-        pixel_counts = np.zeros(class_count + 1, np.int64)
+        label_counts = np.zeros(256, np.int64)
         classified = 0
         try:
             with tqdm(
@@ -400,9 +409,7 @@ class SceneClassifier:
                     for writer in writers:
                         writer.write(block)
                     classified += int(np.count_nonzero(block.classified))
-                    counts = np.bincount(block.labels.ravel(), minlength=256)
-                    pixel_counts[:class_count] += counts[:class_count]
-                    pixel_counts[class_count] += counts[LABEL_NODATA]
+                    label_counts += np.bincount(block.labels.ravel(), minlength=256)
             for writer in writers:
                 writer.finish()
         finally:  # release the files deterministically, also when interrupted
@@ -412,9 +419,10 @@ class SceneClassifier:
             "windows": total,
             "classified": classified,
             "pixels": dict(
-                zip(self.config.class_names, pixel_counts[:class_count].tolist(), strict=True)
+                zip(self.config.class_names, label_counts[:class_count].tolist(), strict=True)
             ),
-            "nodata": int(pixel_counts[class_count]),
+            "cloud": int(label_counts[CLOUD_LABEL]),
+            "nodata": int(label_counts[LABEL_NODATA]),
         }
 
 

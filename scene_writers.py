@@ -4,8 +4,9 @@ Each writer takes the PredictedBlock of every row block in order (`write`),
 completes its output at the end (`finish`) and releases it, also after an error
 (`close`). A new output format is one more class with these three methods;
 `output_writers` makes the standard set of 06. A writer that also needs the
-scene's pixels (e.g. a quicklook beside a true-colour image) finds the block's
-pixels, with their halo, in `block.source.pixels`.
+scene's pixels finds the block's pixels, with their halo, in `block.source.pixels`;
+the quicklook (quicklook_functions.SideBySideQuicklookWriter) reads its
+decimated true colour from the scene at the end.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-from scene_functions import LABEL_NODATA, PROBABILITY_NODATA, class_colour
+from cloud_functions import CLOUD_COLOUR, CLOUD_LABEL
+from quicklook_functions import SideBySideQuicklookWriter, true_colour_bands
+from scene_functions import LABEL_NODATA, PROBABILITY_NODATA, class_colour, scene_band_names
 from scene_predictors import PredictedBlock
 
 gdal.UseExceptions()
 
 # Creation options of every output GeoTIFF.
 GEOTIFF_OPTIONS = ("TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
-# Longest side of the quicklook image in pixels (larger scenes are decimated).
-QUICKLOOK_MAX_SIDE = 2000
 
 
 def create_geotiff(
@@ -71,10 +72,13 @@ class GeoTiffWriter:
 
 
 class LabelWriter(GeoTiffWriter):
-    """The label raster: Byte class index, colour table, nodata LABEL_NODATA (class
-    names follow with `write_category_names` once the file has its final name)."""
+    """The label raster: Byte class index, colour table, nodata LABEL_NODATA, and with
+    `clouds` CLOUD_LABEL in CLOUD_COLOUR (category names follow with
+    `write_category_names` once the file has its final name)."""
 
-    def __init__(self, dataset: gdal.Dataset, path: Path, class_names: Sequence[str]):
+    def __init__(
+        self, dataset: gdal.Dataset, path: Path, class_names: Sequence[str], clouds: bool = False
+    ):
         self.output = create_geotiff(dataset, path, 1, gdal.GDT_Byte)
         band = self.output.GetRasterBand(1)
         band.SetNoDataValue(LABEL_NODATA)
@@ -82,6 +86,8 @@ class LabelWriter(GeoTiffWriter):
         colours = gdal.ColorTable()
         for index, name in enumerate(class_names):
             colours.SetColorEntry(index, (*class_colour(name, index), 255))
+        if clouds:
+            colours.SetColorEntry(CLOUD_LABEL, (*CLOUD_COLOUR, 255))
         colours.SetColorEntry(LABEL_NODATA, (0, 0, 0, 0))
         band.SetRasterColorTable(colours)
         band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
@@ -115,76 +121,6 @@ class ProbabilityWriter(GeoTiffWriter):
         return [block.spread(grid.max(axis=-1), PROBABILITY_NODATA)]
 
 
-def decimation(length: int, max_side_scale: float) -> np.ndarray:
-    """Source indices of a nearest-neighbour decimation of `length` pixels by
-    `max_side_scale`, the ones GDAL's RasterIO picks (pixel centres)."""
-    count = max(1, round(length / max_side_scale))
-    return np.floor((np.arange(count) + 0.5) * length / count).astype(np.int64)
-
-
-class QuicklookWriter:
-    """A PNG of the label map with a class legend (matplotlib, Agg backend).
-
-    Scenes longer than `max_side` are decimated (nearest neighbour) while the
-    blocks pass, so the picture costs no second read of the label raster.
-    """
-
-    def __init__(
-        self,
-        dataset: gdal.Dataset,
-        path: Path,
-        class_names: Sequence[str],
-        title: str,
-        max_side: int = QUICKLOOK_MAX_SIDE,
-    ):
-        rows, cols = dataset.RasterYSize, dataset.RasterXSize
-        scale = max(1.0, max(rows, cols) / max_side)
-        self.rows, self.cols = decimation(rows, scale), decimation(cols, scale)
-        self.labels = np.full((len(self.rows), len(self.cols)), LABEL_NODATA, np.uint8)
-        self.path, self.class_names, self.title = Path(path), list(class_names), title
-
-    def write(self, block: PredictedBlock) -> None:
-        inside = (self.rows >= block.first_row) & (self.rows < block.source.last_row)
-        self.labels[inside] = block.labels[self.rows[inside] - block.first_row][:, self.cols]
-
-    def finish(self) -> None:
-        write_quicklook(self.labels, self.path, self.class_names, self.title)
-
-    def close(self) -> None:
-        pass
-
-
-def write_quicklook(
-    labels: np.ndarray, output_path: Path, class_names: Sequence[str], title: str
-) -> None:
-    """Save labels (rows, cols) uint8 as a PNG with a legend of the classes present."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    colours = np.zeros((256, 4))
-    for index, name in enumerate(class_names):
-        colours[index] = (*np.array(class_colour(name, index)) / 255.0, 1.0)
-    figure_width = 10.0
-    figure_height = max(3.0, figure_width * labels.shape[0] / labels.shape[1] * 0.75)
-    figure, axes = plt.subplots(figsize=(figure_width, figure_height))
-    axes.imshow(labels, cmap=ListedColormap(colours), vmin=0, vmax=255, interpolation="nearest")
-    axes.set_title(title)
-    axes.set_axis_off()
-    present = np.unique(labels)
-    handles = [
-        Patch(facecolor=colours[index], edgecolor="black", label=name)
-        for index, name in enumerate(class_names)
-        if index in present
-    ]
-    axes.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-
-
 def write_category_names(label_path: Path, class_names: Sequence[str]) -> None:
     """Give a finished label GeoTIFF its class names as category names.
 
@@ -205,12 +141,17 @@ def output_writers(
     quicklook_path: Path | None = None,
     probabilities: str = "max",
     title: str = "",
+    clouds: bool = False,
 ) -> list:
-    """06's outputs: label and probability GeoTIFFs, and the quicklook when a path is given."""
+    """06's outputs: label and probability GeoTIFFs, and when a path is given the
+    quicklook (the scene's true colour, when it has B04, B03, B02, beside the label map)."""
     writers = [
-        LabelWriter(dataset, label_path, class_names),
+        LabelWriter(dataset, label_path, class_names, clouds),
         ProbabilityWriter(dataset, probability_path, class_names, probabilities),
     ]
     if quicklook_path is not None:
-        writers.append(QuicklookWriter(dataset, quicklook_path, class_names, title))
+        rgb_indices = true_colour_bands(scene_band_names(dataset))
+        writers.append(
+            SideBySideQuicklookWriter(dataset, quicklook_path, class_names, title, rgb_indices)
+        )
     return writers

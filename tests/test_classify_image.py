@@ -28,7 +28,7 @@ from test_scene_functions import (
     write_scene,
 )
 
-import scene_writers
+import quicklook_functions
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def test_failure_leaves_nothing_half_written(case, tmp_path, monkeypatch):
     def broken_quicklook(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(scene_writers.QuicklookWriter, "finish", broken_quicklook)
+    monkeypatch.setattr(quicklook_functions.SideBySideQuicklookWriter, "finish", broken_quicklook)
     with pytest.raises(RuntimeError, match="disk full"):
         run("--image", case["rgb_path"], "--model", case["rgb_model_path"],
             "--output-dir", tmp_path, "--stride", 8)  # fmt: skip

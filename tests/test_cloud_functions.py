@@ -11,7 +11,9 @@ import re
 
 import numpy as np
 import pytest
+import test_scene_functions as scene_tests
 from osgeo import gdal
+from script_modules import load_script
 
 import cloud_functions as clouds
 import demo_data
@@ -23,6 +25,7 @@ from image_functions import (
     RGB_BAND_NAMES,
     InputError,
     eurosat_rgb_from_l1c,
+    talk_constants,
 )
 
 gdal.UseExceptions()
@@ -52,14 +55,8 @@ def cloudy_scene(rows: int = 64, cols: int = 72, seed: int = 0) -> np.ndarray:
 
 
 def write_scene(path, pixels: np.ndarray, band_names) -> gdal.Dataset:
-    """Write (rows, cols, bands) pixels as a GeoTIFF with band descriptions; reopen it."""
-    rows, cols, bands = pixels.shape
-    data_type = gdal.GDT_Byte if pixels.dtype == np.uint8 else gdal.GDT_UInt16
-    output = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, bands, data_type)
-    for number in range(1, bands + 1):
-        output.GetRasterBand(number).WriteArray(pixels[..., number - 1])
-        output.GetRasterBand(number).SetDescription(band_names[number - 1])
-    output = None
+    """Write (rows, cols, bands) pixels as a GeoTIFF with band descriptions; open it."""
+    scene_tests.write_scene(path, pixels, descriptions=band_names)
     return gdal.Open(str(path))
 
 
@@ -234,3 +231,84 @@ def test_label_colours_reserve_cloud_and_nodata():
     assert tuple(colours[scenes.LABEL_NODATA]) == quicklook.NODATA_COLOUR
     assert tuple(colours[1]) == scenes.CLASS_COLOURS["Forest"]
     assert len(CLASS_NAMES) < clouds.CLOUD_LABEL < scenes.LABEL_NODATA
+
+
+# ---------------------------------------------------------------------------
+# 06 with the cloud mask
+# ---------------------------------------------------------------------------
+
+classify_image = load_script("06_classify_image.py", "classify_image_clouds")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Self-contained tiny 13-band and RGB models saved with model.json."""
+    folder = tmp_path_factory.mktemp("cloud_models")
+    paths = {}
+    for kind, names in (("ms", MS_BAND_NAMES), ("rgb", RGB_BAND_NAMES)):
+        mean, std = talk_constants(len(names))
+        model = scene_tests.tiny_model(len(names), mean, std)
+        paths[kind] = scene_tests.save_model(model, folder / kind, names)
+    return paths
+
+
+def run_06(scene, model, output, *flags) -> dict:
+    arguments = ["--image", scene, "--model", model, "--output-dir", output, "--stride", 4]
+    return classify_image.main([str(value) for value in [*arguments, *flags, "--no-progress"]])
+
+
+def test_06_labels_clouds_of_a_13_band_scene(models, tmp_path, capsys):
+    """The demo scene with a cloud band: cloudy pixels get CLOUD_LABEL and NaN, the rest
+    the labels of a run without the mask; the label raster names and colours Cloud."""
+    pixels = cloudy_scene(rows=64, cols=72)
+    scene_tests.write_scene(tmp_path / "cloudy.tif", pixels, descriptions=MS_BAND_NAMES)
+    summary = run_06(tmp_path / "cloudy.tif", models["ms"], tmp_path / "on")
+    assert "cloud mask on (auto: s2cloudless, threshold 0.65)" in capsys.readouterr().out
+    run_06(tmp_path / "cloudy.tif", models["ms"], tmp_path / "off", "--cloud-mask", "off")
+    expected = clouds.cloud_mask_block(pixels, MS_BAND_NAMES)
+    assert 0.1 < expected.mean() < 0.9
+    labels = scene_tests.read_raster(tmp_path / "on" / "cloudy_label.tif")
+    probability = scene_tests.read_raster(tmp_path / "on" / "cloudy_prob.tif")
+    plain = scene_tests.read_raster(tmp_path / "off" / "cloudy_label.tif")
+    np.testing.assert_array_equal(labels == clouds.CLOUD_LABEL, expected)
+    assert np.isnan(probability[expected]).all() and not np.isnan(probability[~expected]).any()
+    np.testing.assert_array_equal(labels[~expected], plain[~expected])
+    assert summary["cloud"] == expected.sum()
+    assert summary["cloud"] + sum(summary["pixels"].values()) == labels.size
+    label_dataset = gdal.Open(str(tmp_path / "on" / "cloudy_label.tif"))
+    label_dataset.GetGeoTransform()  # GDAL 3.6 reads the .aux.xml on this first query
+    band = label_dataset.GetRasterBand(1)
+    assert band.GetCategoryNames()[clouds.CLOUD_LABEL] == "Cloud"
+    assert band.GetColorTable().GetColorEntry(clouds.CLOUD_LABEL)[:3] == clouds.CLOUD_COLOUR
+    assert (tmp_path / "on" / "cloudy_quicklook.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_06_rgb_model_on_an_l1c_stack_masks_clouds_too(models, tmp_path):
+    scene, _ = demo_data.write_demo_scene(tmp_path / "demo_ms.tif", "ms", 64, 64)
+    summary = run_06(scene, models["rgb"], tmp_path, "--cloud-mask", "on")
+    assert summary["cloud"] >= 0 and summary["nodata"] == 0
+    labels = scene_tests.read_raster(tmp_path / "demo_ms_label.tif")
+    assert labels.shape == (64, 64) and np.all((labels < 10) | (labels == clouds.CLOUD_LABEL))
+
+
+def test_06_scenes_without_the_bands_work_as_before(models, tmp_path, capsys):
+    scene, _ = demo_data.write_demo_scene(tmp_path / "demo_rgb.tif", "rgb", 64, 64)
+    summary = run_06(scene, models["rgb"], tmp_path / "auto")
+    assert "cloud mask off (auto: the scene lacks" in capsys.readouterr().out
+    run_06(scene, models["rgb"], tmp_path / "off", "--cloud-mask", "off")
+    auto = scene_tests.read_raster(tmp_path / "auto" / "demo_rgb_label.tif")
+    np.testing.assert_array_equal(
+        auto, scene_tests.read_raster(tmp_path / "off" / "demo_rgb_label.tif")
+    )
+    assert summary["cloud"] == 0 and np.all(auto < 10)
+    label_dataset = gdal.Open(str(tmp_path / "auto" / "demo_rgb_label.tif"))
+    label_dataset.GetGeoTransform()
+    assert label_dataset.GetRasterBand(1).GetCategoryNames() == list(CLASS_NAMES)
+    with pytest.raises(InputError, match="has no band B01, B05, B08, B8A"):
+        run_06(scene, models["rgb"], tmp_path / "on", "--cloud-mask", "on")
+    with pytest.raises(InputError, match="cloud threshold must be between 0 and 1, not 1.5"):
+        run_06(scene, models["rgb"], tmp_path / "on", "--cloud-threshold", 1.5)
+
+
+def test_06_default_threshold_is_the_modules():
+    assert classify_image.CLOUD_THRESHOLD == clouds.CLOUD_THRESHOLD

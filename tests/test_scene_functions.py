@@ -17,6 +17,7 @@ import pytest
 from osgeo import gdal
 from talk_reference import talk_classify
 
+import quicklook_functions
 import scene_functions as scenes
 import scene_predictors as predictors
 import scene_writers as writers
@@ -481,7 +482,9 @@ def test_quicklook_decimates_like_gdal_and_is_a_png(rgb_case, tmp_path):
     dataset = scenes.open_scene(scene_path)
     classifier = predictors.prepare_classifier(dataset, model, raw_config(RGB_BAND_NAMES))
     label_path, png = tmp_path / "out_label.tif", tmp_path / "look.png"
-    quicklook = writers.QuicklookWriter(dataset, png, CLASS_NAMES, "test", max_side=17)
+    quicklook = quicklook_functions.SideBySideQuicklookWriter(
+        dataset, png, CLASS_NAMES, "test", max_side=17
+    )
     label = writers.LabelWriter(dataset, label_path, CLASS_NAMES)
     classifier.run([label, quicklook], stride=3, block_rows=7, progress=False)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
