@@ -117,6 +117,20 @@ def test_blocks_with_their_halo_give_the_whole_scene_mask(tmp_path, cell, block_
     np.testing.assert_array_equal(np.concatenate(blocks), whole)
 
 
+def test_step_gives_any_row_blocks_from_its_chunks(tmp_path):
+    """06's step computes the mask in its own chunks ahead of the blocks; the rows it
+    hands out equal the whole-scene mask whatever the block and chunk sizes."""
+    pixels = cloudy_scene(rows=61, cols=66)
+    dataset = write_scene(tmp_path / "scene.tif", pixels, MS_BAND_NAMES)
+    whole = clouds.cloud_mask_block(pixels, MS_BAND_NAMES)
+    indices = clouds.cloud_band_indices(MS_BAND_NAMES)
+    for chunk_rows, block_rows in ((7, 16), (64, 5), (20, 20)):
+        step = clouds.CloudMaskStep(dataset, indices, chunk_rows=chunk_rows)
+        rows = [step.rows(top, min(top + block_rows, 61)) for top in range(0, 61, block_rows)]
+        np.testing.assert_array_equal(np.concatenate(rows), whole)
+        assert sum(len(mask) for _, mask in step.ready) <= chunk_rows + block_rows
+
+
 def test_baseline_offset_and_missing_values():
     pixels = cloudy_scene()
     mask = clouds.cloud_mask_block(pixels, MS_BAND_NAMES)
