@@ -37,14 +37,14 @@ REPEATS = 3
 
 def save_random_model(folder: Path, arch: str, band_names) -> Path:
     """A random-weight classifier of `arch` with model.json, as 06 loads them."""
+    from command_line import write_atomic
     from model_info import ModelInfo
     from network_functions import build_classifier
-    from training_functions import save_model_atomic
 
     mean, std = talk_constants(len(band_names))
     model = build_classifier(arch, band_names, len(CLASS_NAMES), mean, std, augment=False)
     path = folder / "model.keras"
-    save_model_atomic(model, path)
+    write_atomic(path, model.save, overwrite=True)
     ModelInfo(
         class_names=list(CLASS_NAMES),
         band_names=list(band_names),
