@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Final
 
 from osgeo import gdal
 
@@ -26,7 +27,7 @@ from image_functions import InputError
 from network_functions import PRECISION_MODES
 
 IMAGE = None  # scene: GeoTIFF/VRT, Sentinel-2 .SAFE folder or its .zip
-MODEL = None  # trained model (.keras; the talk's .h5/.hdf5 too) with model.json beside it
+MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
 OUTPUT_DIR = None  # folder for the outputs; None: the scene's folder
 STRIDE = 16  # one window every STRIDE pixels fills its STRIDE x STRIDE block; 1: every pixel
 BATCH_SIZE = 256  # windows per forward pass
@@ -44,6 +45,13 @@ GDAL_CACHE_MB = 256  # GDAL's block cache: enough for the tiles of about two row
 QUICKLOOK = True  # also write <stem>_quicklook.png
 PROGRESS = True  # show a progress bar
 OVERWRITE = False  # replace existing outputs
+
+
+# The models the project ships, trained by its own scripts (see models/*/README.md).
+SHIPPED_MODELS: Final = {
+    "rgb": Path(__file__).resolve().parent / "models" / "eurosat-rgb-resnet-valid" / "model.keras",
+    "ms": Path(__file__).resolve().parent / "models" / "eurosat-ms-resnet-valid" / "model.keras",
+}
 
 
 def parse_numbers(values: tuple | list, kind: type, what: str) -> list | None:
@@ -69,6 +77,19 @@ def check_flags(settings) -> None:
             raise InputError(f"output folder {settings.output_dir} is a file, not a folder.")
 
 
+def shipped_model_for(scene_names: list[str], bands: str | None) -> tuple[str, str]:
+    """The shipped model for a scene (MODEL auto): the 13-band one when the scene has all
+    13 EuroSAT bands (and --bands does not pick fewer), the RGB one otherwise.
+    Returns (path, words for the banner)."""
+    from image_functions import MS_BAND_NAMES
+
+    picked = len(str(bands).replace(",", " ").split()) if bands else None
+    has_all = set(MS_BAND_NAMES) <= set(scene_names) or len(scene_names) == len(MS_BAND_NAMES)
+    if has_all and picked in (None, len(MS_BAND_NAMES)):
+        return str(SHIPPED_MODELS["ms"]), ", shipped 13-band model: the scene has all 13 bands"
+    return str(SHIPPED_MODELS["rgb"]), ", shipped RGB model: the scene lacks the 13 bands"
+
+
 def main(argv: list[str] | None = None) -> dict:
     settings = parse_settings(
         __file__,
@@ -87,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     import scene_writers
     from network_functions import precision_policy
 
-    if not settings.image or not settings.model:
-        raise InputError("give the scene with --image and the trained model with --model.")
+    if not settings.image:
+        raise InputError("give the scene with --image (and a trained model with --model).")
     check_flags(settings)
     bbox = parse_numbers(settings.bbox, float, "bounding box")
     window = parse_numbers(settings.window, int, "pixel window")
@@ -101,10 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
     quicklook_path = output_dir / f"{stem}_quicklook.png"
     outputs = [label_path, probability_path] + ([quicklook_path] if settings.quicklook else [])
     refuse_existing(outputs, settings.overwrite)
+    scene_names = scenes.scene_band_names(scene)
+    model_words = ""
+    if settings.model in (None, "", "auto"):
+        settings.model, model_words = shipped_model_for(scene_names, settings.bands)
     if not Path(settings.model).exists():
         raise InputError(f"model {settings.model} does not exist.")
 
-    scene_names = scenes.scene_band_names(scene)
     masking, masking_words = clouds.cloud_mask_choice(
         settings.cloud_mask, scene_names, settings.cloud_threshold, str(image)
     )
@@ -125,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         scene_label=str(image),
     )
     print(
-        f"{image}: {classifier.describe()} (model {settings.model}), stride {settings.stride}; "
+        f"{image}: {classifier.describe()} (model {settings.model}{model_words}), "
+        f"stride {settings.stride}; "
         f"{masking_words}"
     )
 

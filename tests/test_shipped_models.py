@@ -97,3 +97,16 @@ def test_shipped_model_maps_a_real_scene_crop_plausibly(name, scenes_dir, tmp_pa
     assert sum(shares.get(label, 0.0) for label in RURAL) > 0.6, shares
     assert shares.get("Industrial", 0.0) + shares.get("Residential", 0.0) < 0.15, shares
     assert max(shares.values()) < 0.9, shares
+
+
+def test_default_model_fits_the_scene_bands():
+    classify = load_script("06_classify_image.py", "classify_default_model")
+    ms, words = classify.shipped_model_for(list(MS_BAND_NAMES), None)
+    assert ms.endswith("eurosat-ms-resnet-valid/model.keras") and "13 bands" in words
+    assert Path(ms).is_file()
+    unnamed = [f"band {index}" for index in range(1, 14)]  # a 13-band stack without names
+    assert classify.shipped_model_for(unnamed, None)[0] == ms
+    for names, bands in [(list(RGB_BAND_NAMES), None), (list(MS_BAND_NAMES), "B04,B03,B02")]:
+        rgb, words = classify.shipped_model_for(names, bands)
+        assert rgb.endswith("eurosat-rgb-resnet-valid/model.keras") and "RGB" in words
+        assert Path(rgb).is_file()
