@@ -46,8 +46,10 @@ SEED = 0  # seed of weights, shuffling and augmentation
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
-    if settings.recipe == "talk":
-        vars(settings).update(TALK_SCRATCH_RECIPE)
+    if settings.recipe == "talk":  # the talk's settings, except those given as flags
+        for key, value in TALK_SCRATCH_RECIPE.items():
+            if getattr(settings, key) == globals()[key.upper()]:
+                setattr(settings, key, value)
     if settings.evaluate_only:
         evaluate_saved_model(
             settings.evaluate_only,

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                 run_name,
                 "--seed",
                 str(settings.seed),
+                *(["--recipe", "talk"] if real else []),
             ],
         )
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -24,7 +25,7 @@ from command_line import parse_settings, run_script  # noqa: E402
 
 # name: (widths of stem, stage 1, stage 2, stage 3) of network_functions.resnet_valid,
 # or the name of another architecture of the training scripts.
-CANDIDATES = {
+CANDIDATES: Final = {
     "resnet-valid": (32, 64, 128, 256),
     "resnet-valid-narrow": (24, 48, 96, 192),
     "resnet-valid-wide": (48, 96, 192, 256),

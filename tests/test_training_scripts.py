@@ -152,6 +152,24 @@ def test_03_rgb_from_scratch_talk_epochs_and_bf16(rgb_split, tmp_path):
     assert_reload_predicts_identically(run, rgb_split)
 
 
+def test_recipe_talk_takes_the_talks_settings_except_flags_given(rgb_split, tmp_path):
+    script_main("03")(
+        ["--data", str(rgb_split), "--recipe", "talk", "--epochs", "1", "--steps-per-epoch", "2",
+         "--arch", "tiny", "--output", str(tmp_path), "--run-name", "talk",
+         "--mixed-precision", "off"]
+    )  # fmt: skip
+    settings = json.loads((tmp_path / "talk" / "model.json").read_text())["settings"]
+    # Given as flags: kept. Not given: the talk's (Adam 0.001, batch 64, rotations in the model).
+    assert (settings["arch"], settings["epochs"]) == ("tiny", 1)
+    assert (settings["optimizer"], settings["learning_rate"]) == ("adam", 0.001)
+    assert (settings["batch_size"], settings["augmentation"]) == (64, "talk")
+    assert (settings["schedule"], settings["label_smoothing"], settings["patience"]) == (
+        "constant",
+        0.0,
+        50,
+    )
+
+
 @pytest.mark.parametrize("variant", ["adapter", "first-conv"])
 def test_04_ms_finetuning_both_variants(ms_split, tiny_weights, tmp_path, variant):
     script_main("04")(
