@@ -53,7 +53,7 @@ def shared_data_folder() -> Path | None:
     elif given.strip().lower() in ("", NO_REAL_DATA):
         return None
     else:  # set: the only place looked at, so a wrong path is never silently replaced
-        candidates = [Path(given), Path(given).parent]
+        candidates = [Path(given).resolve(), Path(given).resolve().parent]
     for candidate in candidates:
         if (candidate / "eurosat").is_dir() or (candidate / "scenes").is_dir():
             return candidate
