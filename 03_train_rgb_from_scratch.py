@@ -16,11 +16,11 @@ from dataset_functions import inspect_split
 from network_functions import build_classifier
 from report_functions import evaluate_saved_model
 from training_functions import (
-    TALK_SCRATCH_RECIPE,
     Stage,
     dihedral_augmentation,
     parse_training_settings,
     training_run,
+    use_talk_recipe,
 )
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
@@ -49,9 +49,7 @@ SEED = 0  # seed of weights, shuffling and augmentation
 def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
     if settings.recipe == "talk":  # the talk's settings, except those given as flags
-        for key, value in TALK_SCRATCH_RECIPE.items():
-            if getattr(settings, key) == globals()[key.upper()]:
-                setattr(settings, key, value)
+        use_talk_recipe(settings, globals())
     if settings.evaluate_only:
         evaluate_saved_model(
             settings.evaluate_only,

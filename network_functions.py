@@ -133,6 +133,17 @@ def backbone_entry(arch: str) -> Backbone:
 # ---------------------------------------------------------------------------
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name ("unknown" where /proc/cpuinfo does not say), for benchmarks."""
+    try:
+        for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def cpu_has_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU has bfloat16 matrix units (AMX-BF16 or AVX512-BF16)."""
     try:

@@ -74,6 +74,17 @@ TALK_SCRATCH_RECIPE = {
     "augmentation": "talk",
     "patience": 50,
 }
+
+
+def use_talk_recipe(settings: argparse.Namespace, script_constants: dict) -> None:
+    """03/05 `--recipe talk`: every setting of TALK_SCRATCH_RECIPE that still has the
+    script's default (`script_constants`, the script's globals) takes the talk's value;
+    settings given as flags keep theirs."""
+    for key, value in TALK_SCRATCH_RECIPE.items():
+        if getattr(settings, key) == script_constants[key.upper()]:
+            setattr(settings, key, value)
+
+
 # Keras versions known to need work_around_keras_20585 (multi-worker fit).
 KERAS_20585_CHECKED_UP_TO = (3, 15)
 # Logged by Keras for compile(metrics=["categorical_accuracy"]); checkpoints follow it.

@@ -13,6 +13,7 @@ runs behind each candidate. Record results there with the command.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def layer_costs(model) -> tuple[float, float]:
             per_patch, per_pixel = per_patch + patch, per_pixel + pixel
         elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             kernel = layer.kernel.shape
-            flops = 2.0 * float(__import__("numpy").prod(kernel))
+            flops = 2.0 * math.prod(kernel)
             shape = layer.output.shape
             positions = shape[1] * shape[2] if len(shape) == 4 else 1
             per_patch += flops * positions
@@ -121,13 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         name, precision = settings.one.split(":")
         print(json.dumps(time_one(name, precision, settings)))
         return
-    from network_functions import cpu_has_bfloat16
+    from network_functions import cpu_has_bfloat16, cpu_model
 
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        "unknown CPU",
-    )
-    print(f"CPU: {cpu}; native bfloat16: {'yes' if cpu_has_bfloat16() else 'no'}")
+    print(f"CPU: {cpu_model()}; native bfloat16: {'yes' if cpu_has_bfloat16() else 'no'}")
     names = [name for name in settings.names.split(",") if name]
     precisions = [precision for precision in settings.precisions.split(",") if precision]
     print(

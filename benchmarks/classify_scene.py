@@ -257,7 +257,7 @@ def main() -> None:
     sections = set(arguments.sections.split(","))
     import tensorflow as tf
 
-    from network_functions import cpu_has_bfloat16
+    from network_functions import cpu_has_bfloat16, cpu_model
 
     print(
         f"TensorFlow {tf.__version__}, devices "
@@ -285,17 +285,6 @@ def main() -> None:
         if "tile" in sections:
             small = build_model("small", 13)
             full_tile(folder, small, arguments.tile_stride, arguments.tile_block_rows)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def random_resnet_valid(folder: Path) -> Path:
