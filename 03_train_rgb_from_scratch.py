@@ -29,7 +29,7 @@ ARCH = "resnet-valid"  # resnet-valid (fast); vgg16 or densenet201 (talk); vgg16
 BANDS = "rgb"  # bands to train on: rgb, all, or names such as B04,B03,B02
 WEIGHTS = "none"  # none (random start) or a local weights file of the backbone without top
 BATCH_SIZE = 128  # images per training step
-EPOCHS = 30  # epochs; the cosine schedule reaches zero at the last one
+EPOCHS = 40  # epochs; the cosine schedule reaches zero at the last one
 STEPS_PER_EPOCH = 0  # batches per epoch; 0 = one real pass over train/ (the talk used 1000)
 OPTIMIZER = "sgd-nesterov"  # sgd-nesterov, adamw, adam, sgd or adadelta
 LEARNING_RATE = 0.1  # peak learning rate (after the warm-up)
@@ -42,7 +42,7 @@ AUGMENTATION = "dihedral"  # dihedral: 8 flips/90-degree rotations; talk: +-45 d
 PATIENCE = 30  # stop after this many epochs without better validation accuracy
 OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: rgb-scratch-<arch>; the same name resumes a run
-MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 where the hardware has it)
+MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 on CPUs with AMX and GPUs of compute capability 8+)
 SEED = 0  # seed of weights, shuffling and augmentation
 
 

@@ -144,24 +144,36 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return "unknown"
 
 
-def cpu_has_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether the CPU has bfloat16 matrix units (AMX-BF16 or AVX512-BF16)."""
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
+        return set()
     flags = set()
     for line in text.splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return flags
+
+
+def cpu_has_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16)."""
+    return bool(cpu_flags(cpuinfo) & {"amx_bf16", "avx512_bf16"})
+
+
+def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has AMX bfloat16 tile units, the ones that make bfloat16 fast:
+    with AVX512-BF16 alone, training measured 0.6x float32 (benchmarks/README.md)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
 
 
 def precision_policy(mode: str) -> str:
     """Keras dtype policy for `mode` auto|off|bf16|fp16.
 
-    auto: mixed_bfloat16 on GPUs of compute capability >= 8 and on CPUs with
-    AMX/AVX512-BF16 (when no GPU is visible), float32 otherwise.
+    auto: mixed_bfloat16 on GPUs of compute capability >= 8 and on CPUs with AMX
+    (when no GPU is visible), float32 otherwise (AVX512-BF16 without AMX is slower
+    than float32).
     """
     policies = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
     if mode in policies:
@@ -179,7 +191,7 @@ def precision_policy(mode: str) -> str:
             for gpu in gpus
         ]
         return "mixed_bfloat16" if min(capabilities) >= (8, 0) else "float32"
-    return "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
+    return "mixed_bfloat16" if cpu_has_amx() else "float32"
 
 
 def set_mixed_precision(mode: str) -> str:

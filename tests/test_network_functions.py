@@ -229,15 +229,20 @@ def test_cpu_bfloat16_detection_reads_cpu_flags(tmp_path):
     assert nf.cpu_has_bfloat16(with_amx)
     assert not nf.cpu_has_bfloat16(plain)
     assert not nf.cpu_has_bfloat16(tmp_path / "missing")
+    avx512_only = tmp_path / "avx512"
+    avx512_only.write_text("processor : 0\nflags : fpu avx512f avx512_bf16\n")
+    assert nf.cpu_has_bfloat16(avx512_only)
+    assert nf.cpu_has_amx(with_amx)
+    assert not nf.cpu_has_amx(avx512_only)  # bfloat16 instructions, but slower than float32
 
 
 def test_precision_modes(keras_backend, monkeypatch):
     assert nf.precision_policy("off") == "float32"
     assert nf.precision_policy("bf16") == "mixed_bfloat16"
     assert nf.precision_policy("fp16") == "mixed_float16"
-    monkeypatch.setattr(nf, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(nf, "cpu_has_amx", lambda: True)
     assert nf.precision_policy("auto") == "mixed_bfloat16"
-    monkeypatch.setattr(nf, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(nf, "cpu_has_amx", lambda: False)
     assert nf.precision_policy("auto") == "float32"
     with pytest.raises(InputError):
         nf.precision_policy("int8")
