@@ -27,7 +27,7 @@ FINETUNE_MOMENTUM = 0.9  # stage 2 SGD momentum
 PATIENCE = 50  # stage 2 stops after this many epochs without better validation accuracy
 OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: rgb-finetuning-<arch>; the same name resumes a run
-MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 on CPUs with AMX and GPUs of compute capability 8+)
+MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 on AMX CPUs, GPUs >= sm80)
 SEED = 0  # seed of weights, shuffling and augmentation
 
 

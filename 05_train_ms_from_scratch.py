@@ -40,7 +40,7 @@ AUGMENTATION = "dihedral"  # dihedral: 8 flips/90-degree rotations; talk: +-45 d
 PATIENCE = 30  # stop after this many epochs without better validation accuracy
 OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: ms-scratch-<arch>; the same name resumes a run
-MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 on CPUs with AMX and GPUs of compute capability 8+)
+MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 on AMX CPUs, GPUs >= sm80)
 SEED = 0  # seed of weights, shuffling and augmentation
 
 
