@@ -165,6 +165,60 @@ def dense_unsupported_reason(model) -> str | None:
     return None
 
 
+def dihedral_kernel(kernel, symmetry: int):
+    """A (rows, cols, in, out) kernel turned by symmetry 0-7 of the square: `symmetry`
+    % 4 quarter turns, then a left-right flip for 4-7. The 8 together are the whole
+    dihedral group, so averaging a network over them equals averaging its outputs
+    over the 8 flips and rotations of the input window. A TensorFlow tensor (traced
+    inside the pass, as the kernel is a variable), the turns as np.rot90's."""
+    import tensorflow as tf
+
+    turned = tf.experimental.numpy.rot90(kernel, symmetry % 4, axes=(0, 1))
+    return tf.reverse(turned, [1]) if symmetry >= 4 else turned
+
+
+def check_dihedral(model) -> None:
+    """NotDenseError unless turning every kernel gives exactly the model's output for
+    the turned window: square kernels, pools and strides, symmetric croppings, and
+    every strided layer's window steps ending on its input's last pixel (so that a
+    flipped window meets the same grid, e.g. 2 x 2 steps over an even size)."""
+
+    def walk(graph) -> None:
+        for node in _nodes(_graph(graph)):
+            layer = node.operation
+            kind = layer_kind(layer)
+            if kind == "model":
+                walk(layer)
+                continue
+            config = layer.get_config()
+            where = f"its layer {layer.name}"
+            if kind == "crop":
+                (top, bottom), (left, right) = (_pair(value) for value in config["cropping"])
+                if len({top, bottom, left, right}) != 1:
+                    raise NotDenseError(f"{where} crops unevenly")
+            if kind not in ("conv", "pool"):
+                continue
+            kernel = _pair(config.get("kernel_size") or config["pool_size"])
+            strides = _pair(config["strides"] or config["pool_size"])
+            size = tuple(int(side) for side in node.input_tensors[0].shape[1:3])
+            if kernel[0] != kernel[1] or strides[0] != strides[1] or size[0] != size[1]:
+                raise NotDenseError(f"{where} is not square")
+            if (size[0] - kernel[0]) % strides[0]:
+                raise NotDenseError(f"{where}'s steps do not end on its input's last pixel")
+
+    walk(model)
+
+
+def dihedral_unsupported_reason(model) -> str | None:
+    """Why the whole-block pass cannot average over the 8 symmetries exactly, or None."""
+    try:
+        check_dense(model)
+        check_dihedral(model)
+    except NotDenseError as reason:
+        return str(reason)
+    return None
+
+
 @dataclass(frozen=True)
 class Phases:
     """Where the values of a fragmented tensor sit: batch element b holds the positions
@@ -180,11 +234,20 @@ class DenseNetwork:
 
     method "fragments" (space_to_batch after every strided layer, unneeded phases
     dropped) or "dilation" (kernels dilated by the strides so far, all positions).
+    symmetries 8: the mean of the 8 passes with every convolution kernel turned by
+    one symmetry of the square (dihedral_kernel), which equals the mean of the model's
+    scores over the 8 flips and rotations of each window (check_dihedral says when).
     """
 
-    def __init__(self, model, config: ModelConfig, method: str = "fragments"):
+    def __init__(self, model, config: ModelConfig, method: str = "fragments", symmetries: int = 1):
         check_dense(model)
+        if symmetries not in (1, 8):
+            raise ValueError("symmetries must be 1 or 8")
+        if symmetries > 1:
+            check_dihedral(model)
         self.model, self.config, self.method = model, config, method
+        self.symmetries = symmetries
+        self._symmetry = 0  # the one the graph walk traces now
         self.size = config.input_size
         self._functions: dict = {}
         self._phases: dict = {}
@@ -239,7 +302,7 @@ class DenseNetwork:
             rate = _pair(config["dilation_rate"])
             y = tf.nn.conv2d(
                 x,
-                tf.cast(layer.kernel, dtype),
+                tf.cast(self._kernel(layer), dtype),
                 strides=1,
                 padding="VALID",
                 dilations=[rate[0] * dilation[0], rate[1] * dilation[1]],
@@ -273,6 +336,10 @@ class DenseNetwork:
         if dilated:
             return [(y, (dilation[0] * strides[0], dilation[1] * strides[1]))]
         return [self._split(y, where, strides, keep)]
+
+    def _kernel(self, layer):
+        """The layer's kernel, turned by the symmetry traced now."""
+        return dihedral_kernel(layer.kernel, self._symmetry) if self._symmetry else layer.kernel
 
     def _split(self, y, where: Phases, strides: tuple[int, int], keep: tuple[int, int]):
         """Split a stride-1 map into phase fragments, keeping those a window needs."""
@@ -316,9 +383,14 @@ class DenseNetwork:
                 if mean is not None:
                     pixels = (pixels - mean) / std
                 start = (1, 1) if self.method == "dilation" else Phases((1, 1), ((0, 0),))
-                (scores, where), *_ = self._run(self.model, [(pixels, start)], keep)
+                total = 0.0
+                for symmetry in range(self.symmetries):
+                    self._symmetry = symmetry
+                    (scores, where), *_ = self._run(self.model, [(pixels, start)], keep)
+                    total += tf.cast(scores, tf.float32)
+                self._symmetry = 0
                 self._phases[key] = where
-                return tf.cast(scores, tf.float32)
+                return total / self.symmetries
 
             self._functions[key] = forward
         return self._functions[key]
@@ -359,7 +431,8 @@ def _runs(starts: np.ndarray, stride: int) -> list[np.ndarray]:
 @dataclass
 class DensePredictor:
     """The whole-block predictor: each ReadBlock's windows from DenseNetwork tiles
-    of about DENSE_TILE_PIXELS window starts (column chunks of the block)."""
+    of about DENSE_TILE_PIXELS window starts (column chunks of the block).
+    symmetries 8: averaged over the 8 flips and rotations (test-time augmentation)."""
 
     model: object
     config: ModelConfig
@@ -367,9 +440,10 @@ class DensePredictor:
     tile_pixels: int = DENSE_TILE_PIXELS
     phase_method: str = "fragments"
     method: str = "dense"
+    symmetries: int = 1
 
     def __post_init__(self):
-        self.network = DenseNetwork(self.model, self.config, self.phase_method)
+        self.network = DenseNetwork(self.model, self.config, self.phase_method, self.symmetries)
 
     def predict_block(self, block: ReadBlock) -> np.ndarray:
         """(grid rows, grid cols, classes) scores of every window of the block."""

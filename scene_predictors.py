@@ -30,9 +30,9 @@ from typing import Protocol
 
 import numpy as np
 from osgeo import gdal
-from tqdm import tqdm
 
 from cloud_functions import CLOUD_LABEL
+from command_line import progress_bar
 from image_functions import InputError
 from scene_functions import (
     LABEL_NODATA,
@@ -325,6 +325,8 @@ class SceneClassifier:
     whether L1C values are scaled like EuroSAT's JPEGs. precision: the Keras dtype
     policy the model computes in. method: "windows" or "dense" (the one `run` uses);
     dense_reason: why the dense pass cannot be exact for this model (None: it can).
+    tta: average every window's probabilities over its 8 flips and 90-degree
+    rotations (8 passes; dense: through the 8 turned networks, the same numbers).
     """
 
     dataset: gdal.Dataset
@@ -335,6 +337,7 @@ class SceneClassifier:
     precision: str
     method: str
     dense_reason: str | None
+    tta: bool = False
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -354,6 +357,7 @@ class SceneClassifier:
             f"{len(self.config.class_names)} classes, {self.precision}"
             f"{', talk normalisation' if self.config.mean is not None else ''}"
             f"{', EuroSAT RGB scaling' if self.rgb_scaling else ''}; {method}"
+            f"{', averaged over the 8 flips and rotations' if self.tta else ''}"
         )
 
     def predictor(self, batch_size: int = 256, prefetch_depth: int = 4) -> Predictor:
@@ -361,8 +365,18 @@ class SceneClassifier:
         if self.method == "dense":
             from scene_dense import DensePredictor
 
-            return DensePredictor(self.model, self.config, prefetch_depth=prefetch_depth)
-        forward = make_predictor(self.model, self.config, self.input_dtype, len(self.band_indices))
+            return DensePredictor(
+                self.model,
+                self.config,
+                prefetch_depth=prefetch_depth,
+                symmetries=8 if self.tta else 1,
+            )
+        model = self.model
+        if self.tta:
+            from network_functions import with_dihedral_averaging
+
+            model = with_dihedral_averaging(model)
+        forward = make_predictor(model, self.config, self.input_dtype, len(self.band_indices))
         return WindowPredictor(forward, len(self.config.class_names), batch_size, prefetch_depth)
 
     def run(
@@ -400,7 +414,7 @@ class SceneClassifier:
         label_counts = np.zeros(256, np.int64)
         classified = 0
         try:
-            with tqdm(
+            with progress_bar(
                 total=total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
             ) as bar:
                 for block in predictor.predict(blocks, bar.update):
@@ -445,13 +459,15 @@ def prepare_classifier(
     precision: str = "float32",
     method: str = "auto",
     scene_label: str = "scene",
+    tta: bool = False,
 ) -> SceneClassifier:
     """Everything between an open scene and a run: load the model (a path; or a Keras
     model with its ModelConfig), choose the scene's bands (`bands` as 06's --bands),
     decide the RGB scaling (auto|eurosat|none), set the precision (a Keras dtype
-    policy) and the method (auto|windows|dense; auto takes dense when it is exact).
-    Warns when the scene is not georeferenced. InputError for every mismatch, and for
-    "dense" with a model that has zero padding inside the window.
+    policy) and the method (auto|windows|dense; auto takes dense when it is exact,
+    with `tta` also for the 8 turned networks). Warns when the scene is not
+    georeferenced. InputError for every mismatch, and for "dense" with a model that
+    has zero padding inside the window (or, with `tta`, is not symmetric enough).
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method}.")
@@ -467,13 +483,16 @@ def prepare_classifier(
     warn_if_not_georeferenced(dataset, scene_label)
     scaling = rgb_scaling_needed(rgb_scaling, config.band_names, dataset)
     model = with_precision(model, precision)
-    from scene_dense import dense_unsupported_reason
+    from scene_dense import dense_unsupported_reason, dihedral_unsupported_reason
 
-    reason = dense_unsupported_reason(model)
+    reason = (dihedral_unsupported_reason if tta else dense_unsupported_reason)(model)
     if method == "dense" and reason is not None:
+        what = "--method dense --tta" if tta else "--method dense"
         raise InputError(
-            f"{model_label} cannot be classified exactly with --method dense: {reason}; "
+            f"{model_label} cannot be classified exactly with {what}: {reason}; "
             "use --method windows."
         )
     chosen = "dense" if method == "dense" or (method == "auto" and reason is None) else "windows"
-    return SceneClassifier(dataset, model, config, band_indices, scaling, precision, chosen, reason)
+    return SceneClassifier(
+        dataset, model, config, band_indices, scaling, precision, chosen, reason, tta
+    )
