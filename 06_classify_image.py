@@ -36,12 +36,12 @@ BLOCK_ROWS = 256  # scene rows read and written at a time; memory grows with it,
 BANDS = None  # scene bands for the model: None = by band name or in order; "B04,B03,B02" or "4,3,2"
 BBOX = ()  # minx miny maxx maxy in the scene's CRS: classify only this part
 WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
-PROBABILITIES = "max"  # max: one band, the winning class's probability; all: a band per class
-RGB_SCALING = "auto"  # auto: RGB models get L1C values scaled like EuroSAT's JPEGs (eurosat)
+PROBABILITIES = "max"  # max | all: one band, the winning class's probability; a band per class
+RGB_SCALING = "auto"  # auto | eurosat | none: auto scales L1C values for RGB models (eurosat)
 MIXED_PRECISION = "off"  # off: float32 (exact, the talk's answer); bf16, fp16; auto: by hardware
-METHOD = "auto"  # auto: dense when the model allows it exactly, else windows; windows; dense
+METHOD = "auto"  # auto | windows | dense: auto is dense where the model allows it exactly
 TTA = False  # average each window over its 8 flips and 90-degree rotations (8x the time)
-CLOUD_MASK = "auto"  # auto: on when the scene has the L1C bands s2cloudless needs; on; off
+CLOUD_MASK = "auto"  # auto | on | off: auto is on where the scene has s2cloudless' L1C bands
 CLOUD_THRESHOLD = 0.65  # cloud probability above which a pixel is Cloud (s2cloudless' own: 0.4)
 GDAL_CACHE_MB = 256  # GDAL's block cache: enough for the tiles of about two row blocks
 QUICKLOOK = True  # also write <stem>_quicklook.png
@@ -96,13 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = parse_settings(
         __file__,
         argv,
-        choices={
-            "PROBABILITIES": ["max", "all"],
-            "RGB_SCALING": ["auto", "eurosat", "none"],
-            "MIXED_PRECISION": PRECISION_MODES,
-            "METHOD": ["auto", "windows", "dense"],
-            "CLOUD_MASK": ["auto", "on", "off"],
-        },
+        choices={"MIXED_PRECISION": PRECISION_MODES},
     )
     import cloud_functions as clouds
     import scene_functions as scenes
