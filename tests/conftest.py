@@ -12,13 +12,15 @@ real data hidden (`../shared` ignored), generated data in the sample fixtures,
 and the tests that need real data skipped. Tests that take a real-data or
 sample fixture as their own argument carry the marker `real_data` (added here),
 so `pytest -m real_data` reruns just them on real data; `.ci/run` runs both.
+
+Plain helpers that several test modules use (tiny models, generated scenes, splits,
+the README's code blocks) live in helpers.py; test modules never import each other.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from image_functions import CLASS_NAMES, list_images  # noqa: E402
+
+# Plain helpers shared by the test modules live in helpers.py; its asserts read like ours.
+pytest.register_assert_rewrite("helpers")
+from helpers import README, make_split, runnable_blocks  # noqa: E402
 
 SAMPLES_PER_CLASS = 6
 SAMPLES_VARIABLE = "EUROSAT_SAMPLES"
@@ -142,43 +148,19 @@ def sample_ms_dataset(tmp_path_factory) -> Path:
     return _sample_dataset(tmp_path_factory.mktemp("ms"), "ms")
 
 
+@pytest.fixture(scope="module")
+def rgb_split(sample_rgb_dataset, tmp_path_factory) -> Path:
+    """A tiny RGB split of the samples (helpers.make_split), made once per test module."""
+    return make_split(sample_rgb_dataset, tmp_path_factory.mktemp("rgb_split"))
+
+
 # ---------------------------------------------------------------------------
 # The README's runnable blocks: the one end-to-end chain of the suite
 # (demo data -> 01 -> statistics.py -> 05 and 03 -> 06), run once per session.
 # test_readme checks every block; test_demo reuses the chain's data and model.
 # ---------------------------------------------------------------------------
 
-README = REPO_ROOT / "README.md"
-FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
-RUNNABLE_MARK = "# runnable"
 BLOCK_TIMEOUT_S = 300
-
-
-def code_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, body) of every fenced code block of a markdown text, in order.
-
-    Blocks indented inside list items are found too (their indentation is removed).
-    """
-    dedented = re.sub(r"^[ \t]+(?=```)", "", text, flags=re.MULTILINE)
-    blocks = []
-    for match in FENCE.finditer(dedented):
-        body = match.group(2)
-        indent = min(
-            (len(line) - len(line.lstrip()) for line in body.splitlines() if line.strip()),
-            default=0,
-        )
-        body = "\n".join(line[indent:] for line in body.splitlines()) + "\n"
-        blocks.append((match.group(1), body))
-    return blocks
-
-
-def runnable_blocks(text: str) -> list[str]:
-    """Bodies of the ```bash blocks whose first line is `# runnable`."""
-    return [
-        body
-        for language, body in code_blocks(text)
-        if language == "bash" and body.lstrip().splitlines()[0].strip() == RUNNABLE_MARK
-    ]
 
 
 class ReadmeChain:

@@ -13,10 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal
-from script_modules import load_script
-from talk_reference import talk_classify
-from test_scene_functions import (
+from helpers import (
     ORIGIN,
     expected_at_stride,
     generated_jp2_bands,
@@ -25,8 +22,12 @@ from test_scene_functions import (
     save_model,
     smooth_scene,
     tiny_model,
+    valid_model,
     write_scene,
 )
+from osgeo import gdal
+from script_modules import load_script
+from talk_reference import talk_classify
 
 import quicklook_functions
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
@@ -268,8 +269,6 @@ def test_output_dir_that_is_a_file_is_one_sentence(case, tmp_path):
 
 
 def test_method_dense_is_exact_and_refused_for_windows_only_models(case, tmp_path, capsys):
-    from test_scene_functions import valid_model
-
     valid_path = save_model(valid_model(), tmp_path / "valid_run", RGB_BAND_NAMES)
     arguments = ["--image", case["rgb_path"], "--stride", 3, "--no-quicklook"]
     run(*arguments, "--model", valid_path, "--output-dir", tmp_path / "auto")

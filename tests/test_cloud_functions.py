@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
+import helpers
 import numpy as np
 import pytest
-import test_scene_functions as scene_tests
 from osgeo import gdal
 from script_modules import load_script
 
@@ -56,7 +56,7 @@ def cloudy_scene(rows: int = 64, cols: int = 72, seed: int = 0) -> np.ndarray:
 
 def write_scene(path, pixels: np.ndarray, band_names) -> gdal.Dataset:
     """Write (rows, cols, bands) pixels as a GeoTIFF with band descriptions; open it."""
-    scene_tests.write_scene(path, pixels, descriptions=band_names)
+    helpers.write_scene(path, pixels, descriptions=band_names)
     return gdal.Open(str(path))
 
 
@@ -261,8 +261,8 @@ def models(tmp_path_factory):
     paths = {}
     for kind, names in (("ms", MS_BAND_NAMES), ("rgb", RGB_BAND_NAMES)):
         mean, std = talk_constants(len(names))
-        model = scene_tests.tiny_model(len(names), mean, std)
-        paths[kind] = scene_tests.save_model(model, folder / kind, names)
+        model = helpers.tiny_model(len(names), mean, std)
+        paths[kind] = helpers.save_model(model, folder / kind, names)
     return paths
 
 
@@ -275,15 +275,15 @@ def test_06_labels_clouds_of_a_13_band_scene(models, tmp_path, capsys):
     """The demo scene with a cloud band: cloudy pixels get CLOUD_LABEL and NaN, the rest
     the labels of a run without the mask; the label raster names and colours Cloud."""
     pixels = cloudy_scene(rows=64, cols=72)
-    scene_tests.write_scene(tmp_path / "cloudy.tif", pixels, descriptions=MS_BAND_NAMES)
+    helpers.write_scene(tmp_path / "cloudy.tif", pixels, descriptions=MS_BAND_NAMES)
     summary = run_06(tmp_path / "cloudy.tif", models["ms"], tmp_path / "on")
     assert "cloud mask on (auto: s2cloudless, threshold 0.65)" in capsys.readouterr().out
     run_06(tmp_path / "cloudy.tif", models["ms"], tmp_path / "off", "--cloud-mask", "off")
     expected = clouds.cloud_mask_block(pixels, MS_BAND_NAMES)
     assert 0.1 < expected.mean() < 0.9
-    labels = scene_tests.read_raster(tmp_path / "on" / "cloudy_label.tif")
-    probability = scene_tests.read_raster(tmp_path / "on" / "cloudy_prob.tif")
-    plain = scene_tests.read_raster(tmp_path / "off" / "cloudy_label.tif")
+    labels = helpers.read_raster(tmp_path / "on" / "cloudy_label.tif")
+    probability = helpers.read_raster(tmp_path / "on" / "cloudy_prob.tif")
+    plain = helpers.read_raster(tmp_path / "off" / "cloudy_label.tif")
     np.testing.assert_array_equal(labels == clouds.CLOUD_LABEL, expected)
     assert np.isnan(probability[expected]).all() and not np.isnan(probability[~expected]).any()
     np.testing.assert_array_equal(labels[~expected], plain[~expected])
@@ -301,7 +301,7 @@ def test_06_rgb_model_on_an_l1c_stack_masks_clouds_too(models, tmp_path):
     scene, _ = demo_data.write_demo_scene(tmp_path / "demo_ms.tif", "ms", 64, 64)
     summary = run_06(scene, models["rgb"], tmp_path, "--cloud-mask", "on")
     assert summary["cloud"] >= 0 and summary["nodata"] == 0
-    labels = scene_tests.read_raster(tmp_path / "demo_ms_label.tif")
+    labels = helpers.read_raster(tmp_path / "demo_ms_label.tif")
     assert labels.shape == (64, 64) and np.all((labels < 10) | (labels == clouds.CLOUD_LABEL))
 
 
@@ -310,9 +310,9 @@ def test_06_scenes_without_the_bands_work_as_before(models, tmp_path, capsys):
     summary = run_06(scene, models["rgb"], tmp_path / "auto")
     assert "cloud mask off (auto: the scene lacks" in capsys.readouterr().out
     run_06(scene, models["rgb"], tmp_path / "off", "--cloud-mask", "off")
-    auto = scene_tests.read_raster(tmp_path / "auto" / "demo_rgb_label.tif")
+    auto = helpers.read_raster(tmp_path / "auto" / "demo_rgb_label.tif")
     np.testing.assert_array_equal(
-        auto, scene_tests.read_raster(tmp_path / "off" / "demo_rgb_label.tif")
+        auto, helpers.read_raster(tmp_path / "off" / "demo_rgb_label.tif")
     )
     assert summary["cloud"] == 0 and np.all(auto < 10)
     label_dataset = gdal.Open(str(tmp_path / "auto" / "demo_rgb_label.tif"))

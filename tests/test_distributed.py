@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_training_scripts import SCRIPTS, make_split, read_history
+from helpers import SCRIPTS, make_split, read_history
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--arch", "tiny", "--batch-size", "4", "--epochs", "1", "--steps-per-epoch", "2",

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_training_scripts import FAST, SCRIPTS, make_split, read_history
+from helpers import FAST, SCRIPTS, read_history
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENT = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
@@ -60,11 +60,6 @@ report_functions.evaluate_model = evaluate_model
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
-
-
-@pytest.fixture(scope="module")
-def rgb_split(sample_rgb_dataset, tmp_path_factory) -> Path:
-    return make_split(sample_rgb_dataset, tmp_path_factory.mktemp("rgb_split"))
 
 
 def run_script(arguments: list[str], kill_at: str | None) -> subprocess.CompletedProcess:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FAST, SCRIPTS
 from script_modules import load_script
-from test_training_scripts import FAST, SCRIPTS, make_split
 
 import network_functions as nf
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, load_arrays
@@ -34,11 +34,6 @@ ours = {"network_functions", "training_functions", "model_info", "image_function
 assert not ours & set(sys.modules), ours & set(sys.modules)
 assert not any(Path(entry or ".").resolve() == Path(repo) for entry in sys.path), sys.path
 """
-
-
-@pytest.fixture(scope="module")
-def rgb_split(sample_rgb_dataset, tmp_path_factory) -> Path:
-    return make_split(sample_rgb_dataset, tmp_path_factory.mktemp("rgb_split"))
 
 
 @pytest.mark.parametrize("precision", ["off", "bf16"])

@@ -10,7 +10,7 @@ runs the blocks before it.
 from __future__ import annotations
 
 import pytest
-from conftest import README, code_blocks, runnable_blocks
+from helpers import README, code_blocks, runnable_blocks
 
 RUNNABLE = runnable_blocks(README.read_text(encoding="utf-8"))
 # Native TensorFlow/CUDA/absl start-up lines: none may reach a user (command_line.run_script).

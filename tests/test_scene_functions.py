@@ -7,13 +7,26 @@ pooling + dense stack), scenes are a few dozen pixels, so every test is fast.
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import (
+    ORIGIN,
+    expected_at_stride,
+    generated_jp2_bands,
+    raw_config,
+    read_raster,
+    run_classification,
+    safe_layout,
+    save_model,
+    smooth_scene,
+    tiny_model,
+    valid_model,
+    write_scene,
+)
 from osgeo import gdal
 from talk_reference import talk_classify
 
@@ -24,142 +37,6 @@ import scene_writers as writers
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
 
 gdal.UseExceptions()
-
-ORIGIN = (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0)
-UTM33N = 32633
-
-
-def tiny_model(bands: int, mean=None, std=None, classes: int = 10, seed: int = 0):
-    """A small position-sensitive classifier of 64x64 windows (raw pixels in when mean given)."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((64, 64, bands))
-    x = inputs
-    if mean is not None:
-        x = keras.layers.Normalization(mean=list(mean), variance=list(np.square(std)))(x)
-    x = keras.layers.AveragePooling2D(16)(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(24, activation="tanh")(x)
-    outputs = keras.layers.Dense(classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs)
-
-
-def save_model(model, folder: Path, band_names, name: str = "model.keras", json_facts=None):
-    """Save a model with a model.json beside it (as network_functions writes them)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    model.save(path)
-    facts = {
-        "class_names": list(CLASS_NAMES),
-        "band_names": list(band_names),
-        "input_size": 64,
-    }
-    facts.update(json_facts or {})
-    (folder / "model.json").write_text(json.dumps(facts))
-    return path
-
-
-def smooth_scene(rows: int, cols: int, bands: int, dtype, scale: float, seed: int = 0):
-    """A scene with structure at several scales, so labels vary across it."""
-    generator = np.random.default_rng(seed)
-    y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
-    layers = []
-    for _ in range(bands):
-        phase = generator.uniform(0, 2 * np.pi, 3)
-        layer = (
-            np.sin(x / 5.0 + phase[0])
-            + np.cos(y / 7.0 + phase[1])
-            + np.sin((x + y) / 11 + phase[2])
-        )
-        layers.append(layer + 0.3 * generator.standard_normal((rows, cols)))
-    scene = (np.stack(layers, axis=-1) + 3.5) * scale
-    return scene.astype(dtype)
-
-
-def write_scene(
-    path: Path,
-    array: np.ndarray,
-    georeferenced: bool = True,
-    nodata: float | None = None,
-    descriptions=None,
-) -> Path:
-    """Write (rows, cols, bands) as a GeoTIFF, optionally georeferenced, nodata, descriptions."""
-    from osgeo import gdal_array, osr
-
-    rows, cols, bands = array.shape
-    data_type = gdal_array.NumericTypeCodeToGDALTypeCode(array.dtype)
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), cols, rows, bands, data_type)
-    if georeferenced:
-        dataset.SetGeoTransform(ORIGIN)
-        reference = osr.SpatialReference()
-        reference.ImportFromEPSG(UTM33N)
-        dataset.SetProjection(reference.ExportToWkt())
-    for band in range(bands):
-        raster_band = dataset.GetRasterBand(band + 1)
-        raster_band.WriteArray(array[..., band])
-        if nodata is not None:
-            raster_band.SetNoDataValue(nodata)
-        if descriptions:
-            raster_band.SetDescription(descriptions[band])
-    dataset = None
-    return path
-
-
-def read_raster(path: Path) -> np.ndarray:
-    """(rows, cols) for one band, (bands, rows, cols) for several."""
-    dataset = gdal.Open(str(path))
-    array = dataset.ReadAsArray()
-    dataset = None
-    return array
-
-
-def run_classification(
-    tmp_path: Path,
-    scene_path: Path,
-    model,
-    config,
-    name="out",
-    bands=None,
-    rgb_scaling="none",
-    precision="float32",
-    method="auto",
-    probabilities="max",
-    **options,
-):
-    """Classify a file through the one entry point into the label and probability
-    GeoTIFFs; returns (labels, probabilities) as read back."""
-    dataset = scenes.open_scene(scene_path)
-    classifier = predictors.prepare_classifier(
-        dataset,
-        model,
-        config,
-        bands=bands,
-        rgb_scaling=rgb_scaling,
-        precision=precision,
-        method=method,
-    )
-    label_path = tmp_path / f"{name}_label.tif"
-    probability_path = tmp_path / f"{name}_prob.tif"
-    outputs = writers.output_writers(
-        dataset, config.class_names, label_path, probability_path, probabilities=probabilities
-    )
-    classifier.run(outputs, progress=False, **options)
-    return read_raster(label_path), read_raster(probability_path)
-
-
-def raw_config(band_names) -> scenes.ModelConfig:
-    """Configuration of a self-contained model (normalisation inside)."""
-    return scenes.ModelConfig(CLASS_NAMES, tuple(band_names), 64, None, None, "test")
-
-
-def expected_at_stride(reference: np.ndarray, stride: int) -> np.ndarray:
-    """The stride-1 result sampled at each block's centre and spread over the block."""
-    rows, cols = reference.shape
-    centre_rows = scenes.window_centres(rows, stride)
-    centre_cols = scenes.window_centres(cols, stride)
-    sampled = reference[np.ix_(centre_rows, centre_cols)]
-    return np.repeat(np.repeat(sampled, stride, 0), stride, 1)[:rows, :cols]
 
 
 @pytest.fixture(scope="module")
@@ -532,42 +409,6 @@ def test_scene_stem_strips_product_suffixes():
     assert scenes.scene_stem("b/scene.tif") == "scene"
 
 
-def safe_layout(target: Path, band_files: dict[str, Path], level: str = "L1C") -> Path:
-    """A .SAFE folder as ESA lays it out, with links to the given band images."""
-    safe = target / f"S2A_MSI{level}_20170216T102101_N0204_R065_T33UUU_20170216T102204.SAFE"
-    image_folder = safe / "GRANULE" / f"{level}_T33UUU_A008670_20170216T102204" / "IMG_DATA"
-    image_folder.mkdir(parents=True)
-    (safe / "manifest.safe").write_text("<xml/>")
-    for band, source in band_files.items():
-        (image_folder / f"T33UUU_20170216T102101_{band}.jp2").symlink_to(source)
-    return safe
-
-
-def generated_jp2_bands(folder: Path, rows: int = 96, cols: int = 60) -> dict[str, Path]:
-    """Small lossless JPEG2000 bands at 10/20/60 m written by GDAL (JP2OpenJPEG)."""
-    from osgeo import osr
-
-    resolution = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B01": 60, "B09": 60, "B10": 60}
-    generator = np.random.default_rng(5)
-    reference = osr.SpatialReference()
-    reference.ImportFromEPSG(UTM33N)
-    files = {}
-    for band in MS_BAND_NAMES:
-        metres = resolution.get(band, 20)
-        factor = metres // 10
-        values = generator.integers(1, 4000, (rows // factor, cols // factor), dtype=np.uint16)
-        memory = gdal.GetDriverByName("MEM").Create("", cols // factor, rows // factor, 1, 2)
-        memory.SetGeoTransform((ORIGIN[0], metres, 0, ORIGIN[3], 0, -metres))
-        memory.SetProjection(reference.ExportToWkt())
-        memory.GetRasterBand(1).WriteArray(values)
-        path = folder / f"{band}.jp2"
-        gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(
-            str(path), memory, options=["REVERSIBLE=YES", "QUALITY=100"]
-        )
-        files[band] = path
-    return files
-
-
 def nearest_stack(files: dict[str, Path]) -> np.ndarray:
     """The 13 bands repeated onto the 10 m grid by numpy: (13, rows, cols)."""
     arrays = [read_raster(files[band]) for band in MS_BAND_NAMES]
@@ -748,36 +589,6 @@ def test_float32_classification_of_a_model_trained_in_bfloat16(tmp_path):
 # ---------------------------------------------------------------------------
 # The whole-block (dense) pass: exact for models without zero padding
 # ---------------------------------------------------------------------------
-
-
-def valid_model(bands: int = 3, seed: int = 0):
-    """A tiny resnet-valid classifier (network_functions.resnet_valid, widths 4-8) with
-    random batch-normalisation statistics, so every layer matters."""
-    import keras
-
-    import network_functions as nf
-
-    keras.utils.set_random_seed(seed)
-    mean, std = talk_constants(bands)
-    inputs = keras.Input((64, 64, bands))
-    x = keras.layers.Normalization(mean=list(mean), variance=list(np.square(std)))(inputs)
-    x = nf.resnet_valid((64, 64, bands), widths=(4, 6, 8, 8))(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Dropout(0.2)(x))
-    model = keras.Model(inputs, outputs)
-    generator = np.random.default_rng(seed)
-    for layer in model.get_layer("resnet-valid").layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean_, variance = layer.get_weights()
-            layer.set_weights(
-                [
-                    generator.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
-                    generator.normal(0, 0.3, beta.shape).astype(np.float32),
-                    generator.normal(0, 0.5, mean_.shape).astype(np.float32),
-                    generator.uniform(0.5, 2.0, variance.shape).astype(np.float32),
-                ]
-            )
-    return model
 
 
 def assert_same_up_to_ties(dense, windows, dense_labels, window_labels):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FAST, SCRIPTS, make_split, read_history
 from script_modules import load_script
 
 import network_functions as nf
@@ -18,38 +18,11 @@ import training_functions as training
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, InputError, list_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {
-    "02": "02_train_rgb_finetuning.py",
-    "03": "03_train_rgb_from_scratch.py",
-    "04": "04_train_ms_finetuning.py",
-    "05": "05_train_ms_from_scratch.py",
-}
-# Tiny and quick: the test network, 4 images per batch, float32.
-FAST = ["--arch", "tiny", "--batch-size", "4", "--mixed-precision", "off"]
 
 
 def script_main(number: str):
     """The main() of a numbered script (file names start with digits, so no plain import)."""
     return load_script(SCRIPTS[number], f"script_{number}").main
-
-
-def make_split(source: Path, target: Path, with_test: bool = False) -> Path:
-    """train/ (first 3 per class), validation/ (next 2), test/ (last 1) as links to `source`."""
-    parts = {"train": slice(0, 3), "validation": slice(3, 5)}
-    if with_test:
-        parts["test"] = slice(5, 6)
-    for class_name in CLASS_NAMES:
-        images = list_images(source / class_name)
-        for part, chosen in parts.items():
-            (target / part / class_name).mkdir(parents=True)
-            for image in images[chosen]:
-                (target / part / class_name / image.name).symlink_to(image.resolve())
-    return target
-
-
-@pytest.fixture(scope="module")
-def rgb_split(sample_rgb_dataset, tmp_path_factory) -> Path:
-    return make_split(sample_rgb_dataset, tmp_path_factory.mktemp("rgb_split"))
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +40,6 @@ def tiny_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
     nf.build_backbone("tiny", 3).save_weights(path)
     return path
-
-
-def read_history(run: Path) -> list[dict]:
-    with (run / "history.csv").open(encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def assert_complete_run(run: Path, stages: list[str], bands: list[str], parts=("validation",)):
