@@ -23,7 +23,7 @@ from training_functions import (
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 RECIPE = "fast"  # fast: the settings below; talk: the talk's VGG16 settings (TALK_SCRATCH_RECIPE)
-ARCH = "resnet-valid"  # resnet-valid (fast); vgg16 or densenet201 (talk); vgg16-bn; tiny: tests
+ARCH = "resnet-valid"  # resnet-valid[-narrow] (fast); vgg16, densenet201 (talk); vgg16-bn; tiny
 BANDS = "all"  # bands to train on: all, or names such as B02,B03,B04,B08
 WEIGHTS = "none"  # none (random start) or a local weights file of the backbone without top
 BATCH_SIZE = 128  # images per training step

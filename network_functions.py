@@ -58,6 +58,8 @@ VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 TINY_BLOCKS = ((16, 1), (32, 1))
 # Filters of resnet-valid: stem, stage 1 (30 x 30), stage 2 (11 x 11), stage 3 (5 x 5).
 RESNET_VALID_WIDTHS = (32, 64, 128, 256)
+# resnet-valid-narrow: the same network at 3/4 of the filters (0.56x the FLOPs).
+RESNET_VALID_NARROW_WIDTHS = (24, 48, 96, 192)
 # The backbones (adding one is one entry). vgg16 and densenet201 are the talk's; the
 # talk froze VGG16's layers[:4] (input + block 1) and DenseNet201's layers[:7] (stem
 # to pool1); VGG16 was trained on Caffe-style BGR input, DenseNet on RGB.
@@ -68,7 +70,8 @@ RESNET_VALID_WIDTHS = (32, 64, 128, 256)
 # "resnet-valid" is the project's own from-scratch network for 64 x 64 patches on a
 # CPU: a stride-2 stem, residual stages with batch normalisation, and no zero padding
 # anywhere inside the window ('valid' convolutions), so that a whole scene can be
-# classified in one fully convolutional pass that equals the per-window result.
+# classified in one fully convolutional pass that equals the per-window result;
+# "resnet-valid-narrow" is its candidate at 3/4 of the filters (benchmarks/README.md).
 BACKBONES = {
     "vgg16": Backbone(
         build=lambda shape: keras_application("VGG16", shape),
@@ -106,6 +109,11 @@ BACKBONES = {
     ),
     "resnet-valid": Backbone(
         build=lambda shape: resnet_valid(shape),
+        first_conv="stem_conv",
+        frozen_through="stem_relu",
+    ),
+    "resnet-valid-narrow": Backbone(
+        build=lambda shape: resnet_valid(shape, RESNET_VALID_NARROW_WIDTHS, "resnet-valid-narrow"),
         first_conv="stem_conv",
         frozen_through="stem_relu",
     ),
@@ -429,7 +437,7 @@ def plain_cnn(shape: tuple[int, int, int], blocks: Sequence[tuple[int, int]], na
     return keras.Model(inputs, x, name=name)
 
 
-def resnet_valid(shape, widths: Sequence[int] = RESNET_VALID_WIDTHS):
+def resnet_valid(shape, widths: Sequence[int] = RESNET_VALID_WIDTHS, name: str = "resnet-valid"):
     """The project's from-scratch backbone for 64 x 64 patches, without zero padding.
 
     stem: 2x2 convolution, stride 2 (64 -> 32); stage 1: 3x3 convolution (-> 30)
@@ -464,7 +472,7 @@ def resnet_valid(shape, widths: Sequence[int] = RESNET_VALID_WIDTHS):
     x = convolution(x, widths[2], 3, "stage2")
     x = residual(x, widths[2], "res2")
     x = convolution(x, widths[3], 3, "stage3")
-    return keras.Model(inputs, x, name="resnet-valid")
+    return keras.Model(inputs, x, name=name)
 
 
 def pretrained_backbone(arch: str, weights_file: Path):

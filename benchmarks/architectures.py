@@ -27,8 +27,8 @@ from command_line import parse_settings, run_script  # noqa: E402
 # name: (widths of stem, stage 1, stage 2, stage 3) of network_functions.resnet_valid,
 # or the name of another architecture of the training scripts.
 CANDIDATES: Final = {
-    "resnet-valid": (32, 64, 128, 256),
-    "resnet-valid-narrow": (24, 48, 96, 192),
+    "resnet-valid": "resnet-valid",
+    "resnet-valid-narrow": "resnet-valid-narrow",
     "resnet-valid-wide": (48, 96, 192, 256),
     "vgg16": "vgg16",
 }
