@@ -3,6 +3,7 @@ their bands, loading the classifier, and reading row blocks with a mirrored halo
 
 Scene classification is split by what changes together (issue 12):
   scene_functions.py   scenes and models in: open, bands, block reads (this module)
+  sentinel2_products.py  .SAFE folders and .zip files as one 13-band stack
   scene_predictors.py  blocks of class probabilities out: the per-window predictor,
                        the entry point `prepare_classifier` -> SceneClassifier.run
   scene_dense.py       the whole-block (fully convolutional) pass, exact for models
@@ -33,12 +34,12 @@ from osgeo import gdal, gdal_array
 from image_functions import (
     CLASS_NAMES,
     IMAGE_SIZE,
-    MS_BAND_NAMES,
     RGB_BAND_NAMES,
     InputError,
     default_band_names,
     eurosat_rgb_from_l1c,
 )
+from sentinel2_products import is_sentinel2_product, sentinel2_stack
 
 gdal.UseExceptions()
 
@@ -61,9 +62,6 @@ CLASS_COLOURS = {
 }
 # Model file suffixes 06 accepts; .h5/.hdf5 are the talk's legacy format.
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-# Sentinel-2 band file names inside a product: T33UUU_20170216T102101_B8A.jp2 (L1C)
-# or T33UUU_20170216T102101_B02_10m.jp2 (L2A).
-SENTINEL2_BAND_FILE = re.compile(r"_(B\d\d|B8A)(?:_(\d+)m)?\.jp2$", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------
@@ -199,75 +197,6 @@ def scene_stem(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name
-
-
-def is_sentinel2_product(path: Path) -> bool:
-    """Whether `path` is a Sentinel-2 .SAFE folder or a .zip of one."""
-    return path.suffix.lower() == ".zip" or (path.is_dir() and path.suffix.upper() == ".SAFE")
-
-
-def sentinel2_band_files(path: Path) -> dict[str, str]:
-    """GDAL paths of the band images of a Sentinel-2 product, by band name ("B01".."B8A").
-
-    Reads .SAFE folders and their .zip without unpacking (/vsizip/). Only
-    GRANULE/<id>/IMG_DATA is searched; where a band exists at several
-    resolutions (L2A), the finest is taken.
-    """
-    if path.suffix.lower() == ".zip":
-        root = f"/vsizip/{path.resolve()}"
-        try:
-            entries = gdal.ReadDirRecursive(root) or []
-        except RuntimeError:
-            entries = []
-        if not entries:
-            raise InputError(f"Sentinel-2 product {path} is not a readable .zip file.")
-        candidates = [f"{root}/{entry}" for entry in entries]
-    else:
-        candidates = [str(file) for file in sorted(path.rglob("*.jp2"))]
-    granules = set()
-    files: dict[str, tuple[int, str]] = {}
-    for candidate in candidates:
-        parts = candidate.replace("\\", "/").split("/")
-        if "IMG_DATA" not in parts or "GRANULE" not in parts:
-            continue
-        match = SENTINEL2_BAND_FILE.search(parts[-1])
-        if match is None:
-            continue
-        granules.add(parts[parts.index("GRANULE") + 1])
-        band = normalise_band_name(match.group(1))
-        resolution = int(match.group(2) or 0)
-        if band not in files or resolution < files[band][0]:
-            files[band] = (resolution, candidate)
-    if not files:
-        raise InputError(
-            f"Sentinel-2 product {path} has no band images (GRANULE/<id>/IMG_DATA/*_B??.jp2)."
-        )
-    if len(granules) > 1:
-        raise InputError(
-            f"Sentinel-2 product {path} holds {len(granules)} granules "
-            f"({', '.join(sorted(granules))}); classify one granule at a time."
-        )
-    return {band: file for band, (_, file) in files.items()}
-
-
-def sentinel2_stack(path: Path) -> gdal.Dataset:
-    """A virtual 10 m stack of a Sentinel-2 product's bands in EuroSAT order.
-
-    Bands B01..B12, B8A (the order of the EuroSAT MS files), those the product
-    has; coarser bands are repeated onto the 10 m grid (nearest neighbour) by a
-    VRT held in memory, so the tile is never copied. Band descriptions are set.
-    """
-    files = sentinel2_band_files(path)
-    names = [name for name in MS_BAND_NAMES if name in files]
-    try:
-        stack = gdal.BuildVRT(
-            "", [files[name] for name in names], separate=True, resolution="highest"
-        )
-    except RuntimeError as error:
-        raise InputError(f"Sentinel-2 product {path} cannot be read: {error}.") from None
-    for number, name in enumerate(names, start=1):
-        stack.GetRasterBand(number).SetDescription(name)
-    return stack
 
 
 def open_scene(

@@ -48,6 +48,7 @@ from scene_functions import (
     window_centres,
     window_view,
 )
+from sentinel2_products import dn_offset_words
 
 # Layers that stay float32 under mixed precision (preprocessing needs the precision).
 FLOAT32_LAYERS = ("InputLayer", "Normalization", "Rescaling")
@@ -356,7 +357,8 @@ class SceneClassifier:
             f"{', '.join(names[index] for index in self.band_indices)} -> "
             f"{len(self.config.class_names)} classes, {self.precision}"
             f"{', talk normalisation' if self.config.mean is not None else ''}"
-            f"{', EuroSAT RGB scaling' if self.rgb_scaling else ''}; {method}"
+            f"{', EuroSAT RGB scaling' if self.rgb_scaling else ''}"
+            f"{dn_offset_words(self.dataset)}; {method}"
             f"{', averaged over the 8 flips and rotations' if self.tta else ''}"
         )
 

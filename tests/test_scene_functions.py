@@ -35,6 +35,7 @@ import scene_functions as scenes
 import scene_predictors as predictors
 import scene_writers as writers
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
+from sentinel2_products import sentinel2_band_files
 
 gdal.UseExceptions()
 
@@ -469,7 +470,7 @@ def test_l2a_product_takes_the_finest_resolution(tmp_path):
             (target / f"T33UUU_20170216T102101_{band}{suffix}.jp2").symlink_to(
                 files[band] if suffix == "_10m" else files["B05"]
             )
-    found = scenes.sentinel2_band_files(safe)
+    found = sentinel2_band_files(safe)
     assert sorted(found) == ["B02", "B03", "B04"]
     assert all(path.endswith("_10m.jp2") for path in found.values())
 
