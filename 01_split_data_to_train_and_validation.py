@@ -50,11 +50,11 @@ VALIDATION_FRACTION = 0.3  # share of each class for validation (talk: 0.3)
 TEST_FRACTION = 0.0  # share of each class for a test set (talk: none)
 SEED = 42  # seed of the shuffle; 42 with the defaults reproduces the talk's split
 MODE = "copy"  # copy | hardlink | symlink: how files get into TARGET
-OVERWRITE = False  # replace existing outputs: TARGET only if this script made it (split.csv)
 DOWNLOAD = None  # rgb | ms: download the official EuroSAT zip into SOURCE first
 DOWNLOAD_URL = None  # URL of the zip; None: the official Zenodo record of EuroSAT
 DOWNLOAD_CHECKSUM = None  # "md5:<hex>" or "sha256:<hex>" of the zip; None: the published md5
 PROGRESS = True  # show progress bars
+OVERWRITE = False  # replace existing outputs: TARGET only if this script made it (split.csv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, list[str]]]:

@@ -29,8 +29,8 @@ from types import ModuleType
 
 OUTPUT = None  # JSON file to write; None: band_stats.json in the folder's parent
 METHOD = "exact"  # exact | talk: mean/std over all pixels, or mean of per-image means and stds
-OVERWRITE = False  # replace existing outputs
 PROGRESS = True  # show a progress bar over the images
+OVERWRITE = False  # replace existing outputs
 
 
 def _standard_library_statistics() -> ModuleType:

@@ -116,7 +116,8 @@ def test_every_script_answers_help_at_once_with_every_setting_as_a_flag(script):
         assert "--" + name.lower().replace("_", "-") in help_text, name
     assert "--verbose" in help_text and "--no-progress" in help_text
     overwrite = [entry for entry in constants if entry[0] == "OVERWRITE"]
-    if overwrite:  # one form everywhere
+    if overwrite:  # one form everywhere: the last setting, False, "replace existing outputs..."
+        assert constants[-1][0] == "OVERWRITE", "OVERWRITE is not the last setting"
         assert overwrite[0][1] is False
         assert overwrite[0][2].startswith("replace existing outputs")
 

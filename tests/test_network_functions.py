@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import WRONG_WEIGHTS_WARNING
 
 import network_functions as nf
 import report_functions as reports
@@ -182,6 +183,7 @@ def test_adapter_variant_selects_rgb_bands_in_front_of_copied_backbone(keras_bac
     assert not any(layer.trainable for layer in model.get_layer("tiny").layers)
 
 
+@pytest.mark.filterwarnings(WRONG_WEIGHTS_WARNING)
 def test_wrong_architecture_weights_file_is_one_clear_error(keras_backend, tmp_path):
     save_backbone("tiny", tmp_path / "tiny.weights.h5")
     with pytest.raises(InputError, match=r"does not fit a vgg16 backbone without top"):

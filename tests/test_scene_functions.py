@@ -348,9 +348,10 @@ def test_not_georeferenced_scene_warns_and_classifies(rgb_case, tmp_path):
     dataset = scenes.open_scene(scene_path)
     with pytest.warns(UserWarning, match="not georeferenced"):
         scenes.warn_if_not_georeferenced(dataset, str(scene_path))
-    labels, _ = run_classification(
-        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=8
-    )
+    with pytest.warns(UserWarning, match="not georeferenced"):  # the entry point says so too
+        labels, _ = run_classification(
+            tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=8
+        )
     assert labels.shape == image.shape[:2] and np.all(labels < 10)
     assert gdal.Open(str(tmp_path / "out_label.tif")).GetProjection() == ""
 
