@@ -122,9 +122,12 @@ def main(argv: list[str] | None = None) -> None:
         name, precision = settings.one.split(":")
         print(json.dumps(time_one(name, precision, settings)))
         return
-    from network_functions import cpu_has_bfloat16, cpu_model
+    from network_functions import cpu_has_amx, cpu_has_bfloat16, cpu_model
 
-    print(f"CPU: {cpu_model()}; native bfloat16: {'yes' if cpu_has_bfloat16() else 'no'}")
+    print(
+        f"CPU: {cpu_model()}; bfloat16 instructions: {'yes' if cpu_has_bfloat16() else 'no'}, "
+        f"AMX: {'yes' if cpu_has_amx() else 'no'}"
+    )
     names = [name for name in settings.names.split(",") if name]
     precisions = [precision for precision in settings.precisions.split(",") if precision]
     print(

@@ -257,13 +257,13 @@ def main() -> None:
     sections = set(arguments.sections.split(","))
     import tensorflow as tf
 
-    from network_functions import cpu_has_bfloat16, cpu_model
+    from network_functions import cpu_has_amx, cpu_has_bfloat16, cpu_model
 
     print(
         f"TensorFlow {tf.__version__}, devices "
         f"{[device.device_type for device in tf.config.list_physical_devices()]}, "
-        f"{os.cpu_count()} CPUs visible, CPU {cpu_model()}, native bfloat16: "
-        f"{cpu_has_bfloat16()}, load average {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} CPUs visible, CPU {cpu_model()}, bfloat16 instructions: "
+        f"{cpu_has_bfloat16()}, AMX: {cpu_has_amx()}, load average {os.getloadavg()[0]:.1f}"
     )
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)

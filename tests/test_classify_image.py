@@ -282,3 +282,19 @@ def test_method_dense_is_exact_and_refused_for_windows_only_models(case, tmp_pat
         run(*arguments, "--model", case["rgb_model_path"], "--output-dir", tmp_path / "d",
             "--method", "dense")  # fmt: skip
     assert not (tmp_path / "d").exists()
+
+
+def test_tta_flag_averages_over_the_8_symmetries(case, tmp_path, capsys):
+    """--tta reaches the classifier: the banner says so, and the probabilities are
+    those of the windows turned 8 ways (whole-block pass) and differ from plain ones."""
+    valid_path = save_model(valid_model(), tmp_path / "valid_run", RGB_BAND_NAMES)
+    arguments = ["--image", case["rgb_path"], "--model", valid_path, "--stride", 3]
+    run(*arguments, "--no-quicklook", "--output-dir", tmp_path / "plain")
+    run(*arguments, "--no-quicklook", "--output-dir", tmp_path / "tta", "--tta")
+    assert "averaged over the 8 flips and rotations" in capsys.readouterr().out
+    plain = read_raster(tmp_path / "plain" / "rgb_scene_prob.tif")
+    averaged = read_raster(tmp_path / "tta" / "rgb_scene_prob.tif")
+    assert np.abs(averaged - plain).max() > 1e-3
+    windows = tmp_path / "tta_windows"
+    run(*arguments, "--no-quicklook", "--output-dir", windows, "--tta", "--method", "windows")
+    np.testing.assert_allclose(read_raster(windows / "rgb_scene_prob.tif"), averaged, atol=1e-4)
