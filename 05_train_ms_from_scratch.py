@@ -42,6 +42,7 @@ OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: ms-scratch-<arch>; the same name resumes a run
 MIXED_PRECISION = "auto"  # auto, off, bf16 or fp16 (auto: bfloat16 on AMX CPUs, GPUs >= sm80)
 SEED = 0  # seed of weights, shuffling and augmentation
+OVERWRITE = False  # replace existing outputs: train a finished run of the same name again
 
 
 def main(argv: list[str] | None = None) -> None:

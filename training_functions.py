@@ -554,12 +554,6 @@ def train_stages(
 def add_action_flags(parser: argparse.ArgumentParser) -> None:
     """Flags every training script has besides its constants: what to do, not how."""
     parser.add_argument(
-        "--overwrite",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="train again a finished run of the same name, replacing its outputs",
-    )
-    parser.add_argument(
         "--evaluate-only",
         metavar="MODEL",
         default="",
