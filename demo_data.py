@@ -9,6 +9,10 @@ small network learns it. Patches and scenes are drawn by the same texture
 generator, so a scene region of a class looks like that class's patches.
 Everything is seeded: the same seed gives the same bytes.
 
+About 620 lines: half of them are the ten class textures (one small function per
+class, dispatched by `class_field`); they change together with the spectra table
+and the scene layout, so they stay in one file.
+
 Usage: python demo_data.py --target demo [--images-per-class N] [--scene-size N] [--seed S]
 """
 
