@@ -31,7 +31,9 @@ gdal.UseExceptions()
 
 # s2cloudless' ten input bands, in the order its 10-band model takes them.
 CLOUD_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12")
-# Top-of-atmosphere reflectance = (L1C digital number + offset) / REFLECTANCE_SCALE.
+# Top-of-atmosphere reflectance = L1C digital number / REFLECTANCE_SCALE (products of
+# processing baseline 04.00+ have their -1000 offset taken off on reading, in
+# sentinel2_products).
 REFLECTANCE_SCALE = 10000.0
 # Cloud probability above which a pixel is cloud. s2cloudless' own default is 0.4;
 # on the real February T33UUU scene 0.4 also marks 26 % of the clear winter fields
@@ -80,16 +82,13 @@ def cloud_band_indices(band_names: Sequence[str], scene_label: str = "the scene"
 
 @dataclasses.dataclass(frozen=True)
 class CloudSettings:
-    """How the mask is made: probability threshold, cell side in pixels, radii in
-    pixels of the averaging and dilation disks, and the offset added to digital
-    numbers before scaling (-1000 for processing baseline 04.00 and later, whose
-    digital numbers are reflectance * 10000 + 1000)."""
+    """How the mask is made: probability threshold, cell side in pixels, and radii in
+    pixels of the averaging and dilation disks."""
 
     threshold: float = CLOUD_THRESHOLD
     cell: int = CLOUD_CELL
     average_over: int = CLOUD_AVERAGE_OVER
     dilation_size: int = CLOUD_DILATION
-    offset: float = 0.0
 
     @property
     def halo(self) -> int:
@@ -157,9 +156,9 @@ def mask_from_cell_probability(
     return detector.get_mask_from_prob(pixels[None], settings.threshold)[0].astype(bool)
 
 
-def cell_reflectance(means: np.ndarray, settings: CloudSettings) -> np.ndarray:
+def cell_reflectance(means: np.ndarray) -> np.ndarray:
     """Cell means of digital numbers -> top-of-atmosphere reflectance."""
-    return (means + settings.offset) / REFLECTANCE_SCALE
+    return means / REFLECTANCE_SCALE
 
 
 def cloud_mask_block(
@@ -173,7 +172,7 @@ def cloud_mask_block(
     block of a larger scene use `scene_cloud_mask`, which adds the halo.
     """
     means = cell_means(bands[..., cloud_band_indices(band_names)], settings.cell)
-    probability = cell_probability(cell_reflectance(means, settings))
+    probability = cell_probability(cell_reflectance(means))
     return mask_from_cell_probability(probability, bands.shape[:2], settings)
 
 
@@ -200,7 +199,7 @@ def scene_cloud_mask(
     for position, index in enumerate(band_indices):
         values = dataset.GetRasterBand(index + 1).ReadAsArray(0, top, cols, bottom - top)
         means[..., position] = cell_means(values, cell)
-    probability = cell_probability(cell_reflectance(means, settings))
+    probability = cell_probability(cell_reflectance(means))
     mask = mask_from_cell_probability(probability, (bottom - top, cols), settings)
     return mask[first_row - top : last_row - top]
 

@@ -138,6 +138,16 @@ def layer_kind(layer) -> str:
     raise NotDenseError(f"{where} is not a layer the whole-block pass knows")
 
 
+def _layer_nodes(model) -> Iterator[tuple]:
+    """(node, layer_kind) of every layer of `model`, nested models walked into."""
+    for node in _nodes(_graph(model)):
+        kind = layer_kind(node.operation)
+        if kind == "model":
+            yield from _layer_nodes(node.operation)
+        else:
+            yield node, kind
+
+
 def check_dense(model) -> None:
     """NotDenseError unless every layer of `model` (nested models included) has a dense form
     and the model maps fixed-size windows to one vector of class scores."""
@@ -147,13 +157,8 @@ def check_dense(model) -> None:
         raise NotDenseError("its input is not a fixed-size window")
     if len(model.outputs[0].shape) != 2:
         raise NotDenseError("its output is not one vector per window")
-
-    def walk(graph) -> None:
-        for node in _nodes(_graph(graph)):
-            if layer_kind(node.operation) == "model":
-                walk(node.operation)
-
-    walk(model)
+    for _ in _layer_nodes(model):  # layer_kind raises for a layer without a dense form
+        pass
 
 
 def dense_unsupported_reason(model) -> str | None:
@@ -182,31 +187,23 @@ def check_dihedral(model) -> None:
     the turned window: square kernels, pools and strides, symmetric croppings, and
     every strided layer's window steps ending on its input's last pixel (so that a
     flipped window meets the same grid, e.g. 2 x 2 steps over an even size)."""
-
-    def walk(graph) -> None:
-        for node in _nodes(_graph(graph)):
-            layer = node.operation
-            kind = layer_kind(layer)
-            if kind == "model":
-                walk(layer)
-                continue
-            config = layer.get_config()
-            where = f"its layer {layer.name}"
-            if kind == "crop":
-                (top, bottom), (left, right) = (_pair(value) for value in config["cropping"])
-                if len({top, bottom, left, right}) != 1:
-                    raise NotDenseError(f"{where} crops unevenly")
-            if kind not in ("conv", "pool"):
-                continue
-            kernel = _pair(config.get("kernel_size") or config["pool_size"])
-            strides = _pair(config["strides"] or config["pool_size"])
-            size = tuple(int(side) for side in node.input_tensors[0].shape[1:3])
-            if kernel[0] != kernel[1] or strides[0] != strides[1] or size[0] != size[1]:
-                raise NotDenseError(f"{where} is not square")
-            if (size[0] - kernel[0]) % strides[0]:
-                raise NotDenseError(f"{where}'s steps do not end on its input's last pixel")
-
-    walk(model)
+    for node, kind in _layer_nodes(model):
+        layer = node.operation
+        config = layer.get_config()
+        where = f"its layer {layer.name}"
+        if kind == "crop":
+            (top, bottom), (left, right) = (_pair(value) for value in config["cropping"])
+            if len({top, bottom, left, right}) != 1:
+                raise NotDenseError(f"{where} crops unevenly")
+        if kind not in ("conv", "pool"):
+            continue
+        kernel = _pair(config.get("kernel_size") or config["pool_size"])
+        strides = _pair(config["strides"] or config["pool_size"])
+        size = tuple(int(side) for side in node.input_tensors[0].shape[1:3])
+        if kernel[0] != kernel[1] or strides[0] != strides[1] or size[0] != size[1]:
+            raise NotDenseError(f"{where} is not square")
+        if (size[0] - kernel[0]) % strides[0]:
+            raise NotDenseError(f"{where}'s steps do not end on its input's last pixel")
 
 
 def dihedral_unsupported_reason(model) -> str | None:
@@ -383,14 +380,14 @@ class DenseNetwork:
                 if mean is not None:
                     pixels = (pixels - mean) / std
                 start = (1, 1) if self.method == "dilation" else Phases((1, 1), ((0, 0),))
-                total = 0.0
+                turned = []
                 for symmetry in range(self.symmetries):
                     self._symmetry = symmetry
                     (scores, where), *_ = self._run(self.model, [(pixels, start)], keep)
-                    total += tf.cast(scores, tf.float32)
+                    turned.append(tf.cast(scores, tf.float32))
                 self._symmetry = 0
                 self._phases[key] = where
-                return total / self.symmetries
+                return turned[0] if len(turned) == 1 else tf.add_n(turned) / len(turned)
 
             self._functions[key] = forward
         return self._functions[key]

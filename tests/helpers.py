@@ -201,6 +201,7 @@ def run_classification(
     precision="float32",
     method="auto",
     probabilities="max",
+    tta=False,
     **options,
 ):
     """Classify a file through the one entry point into the label and probability
@@ -214,6 +215,7 @@ def run_classification(
         rgb_scaling=rgb_scaling,
         precision=precision,
         method=method,
+        tta=tta,
     )
     label_path = tmp_path / f"{name}_label.tif"
     probability_path = tmp_path / f"{name}_prob.tif"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import (
     raw_config,
-    read_raster,
+    run_classification,
     smooth_scene,
     valid_model,
     write_scene,
@@ -16,7 +16,6 @@ from helpers import (
 
 import scene_functions as scenes
 import scene_predictors as predictors
-import scene_writers as writers
 from image_functions import InputError
 
 RGB = ("B04", "B03", "B02")
@@ -33,21 +32,10 @@ def tta_case(tmp_path_factory):
 
 def classify(scene_path, model, tmp_path, method: str, tta: bool, stride: int):
     """(labels, probabilities of every class) of one run through the entry point."""
-    dataset = scenes.open_scene(scene_path)
-    classifier = predictors.prepare_classifier(
-        dataset, model, raw_config(RGB), rgb_scaling="none", method=method, tta=tta
-    )
-    assert classifier.method == method
-    name = f"{method}_{tta}_{stride}"
-    outputs = writers.output_writers(
-        dataset,
-        classifier.config.class_names,
-        tmp_path / f"{name}_label.tif",
-        tmp_path / f"{name}_prob.tif",
-        probabilities="all",
-    )
-    classifier.run(outputs, stride=stride, block_rows=10, progress=False)
-    return read_raster(tmp_path / f"{name}_label.tif"), read_raster(tmp_path / f"{name}_prob.tif")
+    return run_classification(
+        tmp_path, scene_path, model, raw_config(RGB), name=f"{method}_{tta}_{stride}",
+        method=method, tta=tta, probabilities="all", stride=stride, block_rows=10,
+    )  # fmt: skip
 
 
 def turned_mean(model, image: np.ndarray, row: int, col: int) -> np.ndarray:
