@@ -15,15 +15,15 @@ from network_functions import build_classifier
 from report_functions import evaluate_saved_model
 from training_functions import (
     Stage,
-    dihedral_augmentation,
     parse_training_settings,
+    pipeline_augmentation,
     training_run,
     use_talk_recipe,
 )
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 RECIPE = "fast"  # fast: the settings below; talk: the talk's VGG16 settings (TALK_SCRATCH_RECIPE)
-ARCH = "resnet-valid"  # resnet-valid[-narrow] (fast); vgg16, densenet201 (talk); vgg16-bn; tiny
+ARCH = "resnet-valid-narrow"  # resnet-valid[-narrow]; vgg16, densenet201 (talk); vgg16-bn; tiny
 BANDS = "all"  # bands to train on: all, or names such as B02,B03,B04,B08
 WEIGHTS = "none"  # none (random start) or a local weights file of the backbone without top
 BATCH_SIZE = 128  # images per training step
@@ -37,6 +37,7 @@ MOMENTUM = 0.9  # momentum of SGD
 WEIGHT_DECAY = 0.0005  # decoupled weight decay (sgd-nesterov, adamw)
 LABEL_SMOOTHING = 0.1  # share of the target spread over all classes
 AUGMENTATION = "dihedral"  # dihedral: 8 flips/90-degree rotations; talk: +-45 degree rotations
+SHIFT = 4  # random shift by up to this many pixels, edges reflected; 0: none (talk recipe: 0)
 PATIENCE = 30  # stop after this many epochs without better validation accuracy
 OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: ms-scratch-<arch>; the same name resumes a run
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
             seed=settings.seed,
             augment=settings.augmentation == "talk",
         )
-        dihedral = settings.augmentation == "dihedral"
-        train, validation = run.datasets(augment=dihedral_augmentation if dihedral else None)
+        augment = pipeline_augmentation(settings.augmentation, settings.shift)
+        train, validation = run.datasets(augment=augment)
         # One stage: every layer learns.
         stage = Stage(
             "train",

@@ -72,6 +72,7 @@ TALK_SCRATCH_RECIPE = {
     "weight_decay": 0.0,
     "label_smoothing": 0.0,
     "augmentation": "talk",
+    "shift": 0,
     "patience": 50,
 }
 
@@ -159,6 +160,38 @@ def dihedral_augmentation(images, training: bool = True):
     variants = tf.stack(rotations + [tf.reverse(image, axis=[2]) for image in rotations], axis=1)
     choice = tf.random.uniform([tf.shape(images)[0]], 0, 8, dtype=tf.int32)
     return tf.gather(variants, choice, axis=1, batch_dims=1)
+
+
+def random_shift(images, shift: int):
+    """Each image of a batch (n, rows, cols, bands) moved by its own random offset of
+    up to `shift` pixels along each axis, the edges filled by reflection (no new
+    values, no interpolation). shift must be smaller than rows and cols."""
+    import tensorflow as tf
+
+    size = tf.shape(images)[1:3]
+    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="REFLECT")
+    offsets = tf.random.uniform([tf.shape(images)[0], 2], 0, 2 * shift + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(size[0])[tf.newaxis]
+    columns = offsets[:, 1:] + tf.range(size[1])[tf.newaxis]
+    rows_taken = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(rows_taken, columns, axis=2, batch_dims=1)
+
+
+def pipeline_augmentation(augmentation: str, shift: int):
+    """The training batches' augmentation in the input pipeline, or None: the 8
+    symmetries of the square for "dihedral", then a random shift of up to `shift`
+    pixels (reflected edges) when shift > 0. "talk" augments inside the model."""
+    if shift < 0:
+        raise InputError(f"shift must be 0 or more pixels, not {shift}.")
+    dihedral = augmentation == "dihedral"
+    if not dihedral and not shift:
+        return None
+
+    def augment(images, training: bool = True):
+        images = dihedral_augmentation(images, training) if dihedral else images
+        return random_shift(images, shift) if shift and training else images
+
+    return augment
 
 
 def learning_rate_schedule(stage: Stage, steps_per_epoch: int, epochs: int):
