@@ -28,7 +28,7 @@ from pathlib import Path
 
 from command_line import InputError, write_atomic
 from dataset_functions import SplitInfo, band_choice_note
-from image_functions import folder_dataset
+from image_functions import IMAGE_SIZE, folder_dataset
 from model_info import MODEL_INFO_FILE, ModelInfo
 from network_functions import (
     ARCHITECTURES,
@@ -181,8 +181,6 @@ def pipeline_augmentation(augmentation: str, shift: int):
     """The training batches' augmentation in the input pipeline, or None: the 8
     symmetries of the square for "dihedral", then a random shift of up to `shift`
     pixels (reflected edges) when shift > 0. "talk" augments inside the model."""
-    if shift < 0:
-        raise InputError(f"shift must be 0 or more pixels, not {shift}.")
     dihedral = augmentation == "dihedral"
     if not dihedral and not shift:
         return None
@@ -608,6 +606,8 @@ def parse_training_settings(script_file: str, argv: list[str] | None = None):
     settings = parse_settings(script_file, argv, choices=SCRIPT_CHOICES, extra=add_action_flags)
     if settings.batch_size < 1 or settings.epochs < 1 or settings.steps_per_epoch < 0:
         raise InputError("batch size and epochs must be at least 1, steps per epoch at least 0.")
+    if not 0 <= getattr(settings, "shift", 0) < IMAGE_SIZE:
+        raise InputError(f"shift must be 0 to {IMAGE_SIZE - 1} pixels, not {settings.shift}.")
     return settings
 
 

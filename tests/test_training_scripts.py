@@ -256,6 +256,7 @@ def test_rerun_resumes_after_interruption_and_refuses_finished_run(
             marks=pytest.mark.filterwarnings(WRONG_WEIGHTS_WARNING),
         ),
         ("output-is-file", "is a file"),
+        ("negative-shift", "shift must be 0 to 63 pixels, not -1"),
     ],
 )
 def test_bad_input_is_one_sentence_and_writes_nothing(rgb_split, tmp_path, case, message):
@@ -282,11 +283,83 @@ def test_bad_input_is_one_sentence_and_writes_nothing(rgb_split, tmp_path, case,
         arguments += ["--weights", str(tmp_path / "vgg16.weights.h5")]
     if case == "output-is-file":
         output.write_text("not a folder")
+    if case == "negative-shift":
+        arguments += ["--shift", "-1"]
     with pytest.raises(InputError, match=message) as raised:
         script_main("02" if case == "wrong-weights" else "03")(arguments)
     assert "\n" not in str(raised.value)
     if case != "output-is-file":
         assert not output.exists()
+
+
+def dihedral_variants(image: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square of one (rows, cols, bands) image."""
+    turns = [np.rot90(image, k, axes=(0, 1)) for k in range(4)]
+    return turns + [turn[:, ::-1] for turn in turns]
+
+
+def shifted_variants(image: np.ndarray, shift: int) -> list[tuple[int, int, np.ndarray]]:
+    """(row offset, column offset, image) for every shift of up to `shift` pixels,
+    edges reflected."""
+    size = image.shape[0]
+    padded = np.pad(image, ((shift, shift), (shift, shift), (0, 0)), mode="reflect")
+    return [
+        (dy - shift, dx - shift, padded[dy : dy + size, dx : dx + size])
+        for dy in range(2 * shift + 1)
+        for dx in range(2 * shift + 1)
+    ]
+
+
+def test_random_shift_moves_each_image_by_its_own_offset_with_reflected_edges():
+    import tensorflow as tf
+
+    tf.random.set_seed(0)
+    images = np.random.default_rng(0).normal(size=(96, 9, 9, 2)).astype(np.float32)
+    shifted = training.random_shift(tf.constant(images), 1).numpy()
+    offsets = []
+    for image, result in zip(images, shifted, strict=True):
+        found = [
+            (dy, dx)
+            for dy, dx, moved in shifted_variants(image, 1)
+            if np.array_equal(moved, result)
+        ]
+        assert found, "every result is the image moved by at most 1 pixel, edges reflected"
+        offsets.append(found[0])
+    assert set(offsets) == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    assert max(offsets.count(offset) for offset in set(offsets)) < 30  # drawn per image
+    # Reflection repeats no edge pixel: the row above row 0 is row 1.
+    moved_down = shifted_variants(images[0], 1)[1][2]
+    assert np.array_equal(moved_down[0], images[0][1]) and np.array_equal(
+        moved_down[1:], images[0][:-1]
+    )
+
+
+def test_pipeline_augmentation_is_a_symmetry_then_a_shift_and_only_in_training():
+    import tensorflow as tf
+
+    assert training.pipeline_augmentation("none", 0) is None
+    assert training.pipeline_augmentation("talk", 0) is None
+    tf.random.set_seed(1)
+    images = np.random.default_rng(1).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    augment = training.pipeline_augmentation("dihedral", 2)
+    results = augment(tf.constant(images)).numpy()
+    moved = 0
+    for image, result in zip(images, results, strict=True):
+        candidates = [
+            (dy, dx)
+            for variant in dihedral_variants(image)
+            for dy, dx, shifted in shifted_variants(variant, 2)
+            if np.array_equal(shifted, result)
+        ]
+        assert candidates
+        moved += all(offset != (0, 0) for offset in candidates)
+    assert moved > 16  # 24 of 25 offsets move the image
+    assert np.array_equal(augment(tf.constant(images), training=False).numpy(), images)
+    only_shift = training.pipeline_augmentation("none", 3)(tf.constant(images)).numpy()
+    assert all(
+        any(np.array_equal(shifted, result) for *_, shifted in shifted_variants(image, 3))
+        for image, result in zip(images, only_shift, strict=True)
+    )
 
 
 def test_script_exit_status_and_instant_help(tmp_path):
