@@ -1,12 +1,12 @@
 """Train a network from random weights on the 13 EuroSAT multispectral bands.
 
-The default is the project's fast recipe (see 03): resnet-valid, SGD with Nesterov
-momentum on a warm-up + cosine schedule, label smoothing, weight decay and the 8
-flips/rotations of the square. `--recipe talk` is the talk's 05: VGG16 built for
-13-band input, one stage with Adam and patient early stopping. Writes
-runs/<run name>/ with model.keras (takes raw digital numbers), model.json,
-history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL` writes the
-report of a saved model instead.
+The default is the project's fast recipe (see 03): resnet-valid-narrow, SGD with
+Nesterov momentum on a warm-up + cosine schedule, label smoothing, weight decay, the
+8 flips/rotations of the square and a random shift of up to 4 pixels. `--recipe
+talk` is the talk's 05: VGG16 built for 13-band input, one stage with Adam and
+patient early stopping. Writes runs/<run name>/ with model.keras (takes raw digital
+numbers), model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-only
+MODEL` writes the report of a saved model instead.
 """
 
 from command_line import run_script
