@@ -7,7 +7,7 @@ convolution whose B04, B03, B02 kernels come from ImageNet, with every other
 ImageNet weight copied. Stage 1 trains adapter or first convolution and head
 (Adam); stage 2 unfreezes everything above block 1 (SGD, small learning rate).
 WEIGHTS may also name a model.keras of 02-05 (the shipped
-models/eurosat-rgb-resnet-valid/model.keras): the 13-band network then starts
+models/eurosat-rgb-resnet-valid-narrow/model.keras): the 13-band network then starts
 from that model, its B04, B03, B02 kernels taken from the model's R, G, B ones.
 Writes runs/<run name>/ with model.keras (takes raw digital numbers),
 model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL`

@@ -50,9 +50,10 @@ OVERWRITE = False  # replace existing outputs
 
 
 # The models the project ships, trained by its own scripts (see models/*/README.md).
+MODELS_FOLDER: Final = Path(__file__).resolve().parent / "models"
 SHIPPED_MODELS: Final = {
-    "rgb": Path(__file__).resolve().parent / "models" / "eurosat-rgb-resnet-valid" / "model.keras",
-    "ms": Path(__file__).resolve().parent / "models" / "eurosat-ms-resnet-valid" / "model.keras",
+    "rgb": MODELS_FOLDER / "eurosat-rgb-resnet-valid-narrow" / "model.keras",
+    "ms": MODELS_FOLDER / "eurosat-ms-resnet-valid-narrow" / "model.keras",
 }
 
 

@@ -16,8 +16,8 @@ from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {
-    "eurosat-rgb-resnet-valid": RGB_BAND_NAMES,
-    "eurosat-ms-resnet-valid": MS_BAND_NAMES,
+    "eurosat-rgb-resnet-valid-narrow": RGB_BAND_NAMES,
+    "eurosat-ms-resnet-valid-narrow": MS_BAND_NAMES,
 }
 # Classes of farmland, grassland and forest: what a rural Central European scene in
 # winter is mostly made of (the T33UUU subset of ../shared/data/scenes).
@@ -33,7 +33,7 @@ def test_shipped_model_files_are_complete_and_documented(name):
     info = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     assert info["class_names"] == list(CLASS_NAMES)
     assert info["band_names"] == list(SHIPPED[name])
-    assert info["arch"] == "resnet-valid"
+    assert name.split("-", 2)[2] == info["arch"] == "resnet-valid-narrow"
     metrics = json.loads((folder / "report" / "metrics.json").read_text(encoding="utf-8"))
     accuracy = metrics["validation"]["overall_accuracy"]
     assert accuracy == pytest.approx(info["metrics"]["validation"]["overall_accuracy"])
@@ -102,11 +102,11 @@ def test_shipped_model_maps_a_real_scene_crop_plausibly(name, scenes_dir, tmp_pa
 def test_default_model_fits_the_scene_bands():
     classify = load_script("06_classify_image.py", "classify_default_model")
     ms, words = classify.shipped_model_for(list(MS_BAND_NAMES), None)
-    assert ms.endswith("eurosat-ms-resnet-valid/model.keras") and "13 bands" in words
+    assert ms.endswith("eurosat-ms-resnet-valid-narrow/model.keras") and "13 bands" in words
     assert Path(ms).is_file()
     unnamed = [f"band {index}" for index in range(1, 14)]  # a 13-band stack without names
     assert classify.shipped_model_for(unnamed, None)[0] == ms
     for names, bands in [(list(RGB_BAND_NAMES), None), (list(MS_BAND_NAMES), "B04,B03,B02")]:
         rgb, words = classify.shipped_model_for(names, bands)
-        assert rgb.endswith("eurosat-rgb-resnet-valid/model.keras") and "RGB" in words
+        assert rgb.endswith("eurosat-rgb-resnet-valid-narrow/model.keras") and "RGB" in words
         assert Path(rgb).is_file()

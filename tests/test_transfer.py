@@ -81,5 +81,5 @@ def test_transfer_needs_a_project_model_with_shared_bands(tmp_path):
         nf.classifier_from_model(path, MS_BAND_NAMES, CLASS_NAMES, mean, std)
     with pytest.raises(InputError, match="does not exist"):
         nf.project_model_info(tmp_path / "missing.keras")
-    assert nf.is_project_model("models/eurosat-rgb-resnet-valid/model.keras")
+    assert nf.is_project_model("models/eurosat-rgb-resnet-valid-narrow/model.keras")
     assert not nf.is_project_model("imagenet") and not nf.is_project_model(None)
