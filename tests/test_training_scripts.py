@@ -90,7 +90,10 @@ def assert_reload_predicts_identically(run: Path, split: Path, band_indices=None
     checkpoint = nf.load_model(best)
     predictions = model.predict(pixels, verbose=0)
     assert np.array_equal(predictions, model.predict(pixels, verbose=0))
-    assert np.array_equal(predictions, checkpoint.predict(pixels, verbose=0))
+    if info["mixed_precision"] == "float32":
+        assert np.array_equal(predictions, checkpoint.predict(pixels, verbose=0))
+    else:  # bfloat16: oneDNN may pick other kernels for the two graphs (8-bit mantissa)
+        np.testing.assert_allclose(predictions, checkpoint.predict(pixels, verbose=0), atol=2e-2)
     accuracy = float((predictions.argmax(axis=1) == labels).mean())
     assert accuracy == pytest.approx(info["metrics"]["validation"]["overall_accuracy"])
 
