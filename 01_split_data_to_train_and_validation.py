@@ -30,8 +30,7 @@ checksum-verified, extracted safely) into SOURCE.
 from collections.abc import Sequence
 from pathlib import Path
 
-from command_line import atomic_output, parse_settings, run_script
-from dataset_functions import (
+from cnn_sentinel.datasets import (
     SPLIT_CSV,
     check_assignment,
     check_fractions,
@@ -43,6 +42,8 @@ from dataset_functions import (
     split_files,
     write_split,
 )
+from cnn_sentinel.outputs import atomic_output
+from cnn_sentinel.settings import parse_settings, run_script
 
 SOURCE = None  # EuroSAT folder of class folders; None: data/EuroSAT_RGB (data/EuroSAT_MS for ms)
 TARGET = "split"  # folder to create with train/, validation/ (and test/) and split.csv

@@ -7,11 +7,11 @@ model.keras (takes raw pixel values), model.json, history.csv, TensorBoard logs/
 and report/. `--evaluate-only MODEL` writes the report of a saved model instead.
 """
 
-from command_line import run_script
-from dataset_functions import inspect_split
-from network_functions import build_classifier
-from report_functions import evaluate_saved_model
-from training_functions import Stage, parse_training_settings, training_run
+from cnn_sentinel.datasets import inspect_split
+from cnn_sentinel.networks import build_network
+from cnn_sentinel.reports import evaluate_saved_model
+from cnn_sentinel.settings import run_script
+from cnn_sentinel.training import Stage, parse_training_settings, training_run
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     with training_run(settings, split, recipe="rgb-finetuning") as run:
         # Raw pixels -> normalisation -> the talk's augmentation (training only)
         # -> ImageNet backbone -> new head.
-        model = build_classifier(
+        model = build_network(
             settings.arch,
             split.band_names,
             len(split.class_names),

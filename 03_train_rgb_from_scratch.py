@@ -12,11 +12,11 @@ model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL`
 writes the report of a saved model instead.
 """
 
-from command_line import run_script
-from dataset_functions import inspect_split
-from network_functions import build_classifier
-from report_functions import evaluate_saved_model
-from training_functions import (
+from cnn_sentinel.datasets import inspect_split
+from cnn_sentinel.networks import build_network
+from cnn_sentinel.reports import evaluate_saved_model
+from cnn_sentinel.settings import run_script
+from cnn_sentinel.training import (
     Stage,
     parse_training_settings,
     pipeline_augmentation,
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="rgb-scratch") as run:
         # Raw pixels -> normalisation -> [the talk's augmentation] -> random backbone -> head.
-        model = build_classifier(
+        model = build_network(
             settings.arch,
             split.band_names,
             len(split.class_names),

@@ -14,16 +14,16 @@ model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-only MODEL`
 writes the report of a saved model instead.
 """
 
-from command_line import run_script
-from dataset_functions import inspect_split
-from network_functions import (
-    build_classifier,
-    classifier_from_model,
+from cnn_sentinel.datasets import inspect_split
+from cnn_sentinel.networks import (
+    build_network,
     is_project_model,
+    network_from_model,
     project_model_info,
 )
-from report_functions import evaluate_saved_model
-from training_functions import Stage, parse_training_settings, training_run
+from cnn_sentinel.reports import evaluate_saved_model
+from cnn_sentinel.settings import run_script
+from cnn_sentinel.training import Stage, parse_training_settings, training_run
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 VARIANT = "first-conv"  # adapter (1x1 conv 13 -> 3) or first-conv (13-band first convolution)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         # Raw digital numbers -> normalisation -> the talk's augmentation (training
         # only) -> 13 bands into the ImageNet backbone (VARIANT) -> new head.
         if is_project_model(settings.weights):
-            model, _ = classifier_from_model(
+            model, _ = network_from_model(
                 settings.weights,
                 split.band_names,
                 split.class_names,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed=settings.seed,
             )
         else:
-            model = build_classifier(
+            model = build_network(
                 settings.arch,
                 split.band_names,
                 len(split.class_names),

@@ -9,11 +9,11 @@ numbers), model.json, history.csv, TensorBoard logs/ and report/. `--evaluate-on
 MODEL` writes the report of a saved model instead.
 """
 
-from command_line import run_script
-from dataset_functions import inspect_split
-from network_functions import build_classifier
-from report_functions import evaluate_saved_model
-from training_functions import (
+from cnn_sentinel.datasets import inspect_split
+from cnn_sentinel.networks import build_network
+from cnn_sentinel.reports import evaluate_saved_model
+from cnn_sentinel.settings import run_script
+from cnn_sentinel.training import (
     Stage,
     parse_training_settings,
     pipeline_augmentation,
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     with training_run(settings, split, recipe="ms-scratch") as run:
         # Raw digital numbers -> normalisation -> [the talk's augmentation] -> random
         # backbone -> head.
-        model = build_classifier(
+        model = build_network(
             settings.arch,
             split.band_names,
             len(split.class_names),

@@ -23,9 +23,10 @@ from typing import Final
 
 from osgeo import gdal
 
-from command_line import atomic_output, parse_settings, refuse_existing, run_script
-from image_functions import InputError
-from network_functions import PRECISION_MODES
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.outputs import atomic_output, refuse_existing
+from cnn_sentinel.precision import PRECISION_MODES
+from cnn_sentinel.settings import parse_settings, run_script
 
 IMAGE = None  # scene: GeoTIFF/VRT, Sentinel-2 .SAFE folder or its .zip
 MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
@@ -70,7 +71,7 @@ def parse_numbers(values: tuple | list, kind: type, what: str) -> list | None:
 
 def check_flags(settings) -> None:
     """The numeric flags and the output folder, before TensorFlow and the model load."""
-    from scene_predictors import check_run_settings
+    from cnn_sentinel.scene.predictors import check_run_settings
 
     check_run_settings(settings.stride, settings.batch_size, settings.block_rows)
     if settings.gdal_cache_mb < 1:
@@ -99,11 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
         argv,
         choices={"MIXED_PRECISION": PRECISION_MODES},
     )
-    import cloud_functions as clouds
-    import scene_functions as scenes
-    import scene_predictors
-    import scene_writers
-    from network_functions import precision_policy
+    from cnn_sentinel.precision import precision_policy
+    from cnn_sentinel.scene import clouds, predictors, writers
+    from cnn_sentinel.scene import reading as scenes
 
     if not settings.image:
         raise InputError("give the scene with --image (and a trained model with --model).")
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps.append(clouds.CloudMaskStep(scene, band_indices, cloud_settings))
 
     precision = precision_policy(settings.mixed_precision)
-    classifier = scene_predictors.prepare_classifier(
+    classification = predictors.prepare_classification(
         scene,
         settings.model,
         bands=settings.bands,
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         tta=settings.tta,
     )
     print(
-        f"{image}: {classifier.describe()} (model {settings.model}{model_words}), "
+        f"{image}: {classification.describe()} (model {settings.model}{model_words}), "
         f"stride {settings.stride}; "
         f"{masking_words}"
     )
@@ -158,32 +157,32 @@ def main(argv: list[str] | None = None) -> dict:
         temporary = [
             stack.enter_context(atomic_output(path, settings.overwrite)) for path in outputs
         ]
-        writers = scene_writers.output_writers(
+        scene_writers = writers.output_writers(
             scene,
-            classifier.config.class_names,
+            classification.config.class_names,
             *temporary[:2],
             quicklook_path=temporary[2] if settings.quicklook else None,
             probabilities=settings.probabilities,
             title=f"{stem} ({precision})",
             clouds=masking,
         )
-        summary = classifier.run(
-            writers,
+        summary = classification.run(
+            scene_writers,
             stride=settings.stride,
             batch_size=settings.batch_size,
             block_rows=settings.block_rows,
             progress=settings.progress,
             steps=steps,
         )
-    scene_writers.write_category_names(
-        label_path, clouds.category_names(classifier.config.class_names, masking)
+    writers.write_category_names(
+        label_path, clouds.category_names(classification.config.class_names, masking)
     )
     seconds = time.perf_counter() - started
 
     classified_pixels = sum(summary["pixels"].values()) + summary["cloud"]
     print(
         f"{summary['classified']} of {summary['windows']} windows classified in {seconds:.1f} s "
-        f"({summary['classified'] / max(seconds, 1e-9):.0f} patches/s, {classifier.method}); "
+        f"({summary['classified'] / max(seconds, 1e-9):.0f} patches/s, {classification.method}); "
         f"{summary['nodata']} nodata pixels."
     )
     for name, count in [*summary["pixels"].items(), (clouds.CLOUD_NAME, summary["cloud"])]:

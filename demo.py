@@ -45,7 +45,7 @@ def run_step(title: str, arguments: list[str]) -> None:
     started = time.perf_counter()
     result = subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT)
     if result.returncode != 0:
-        from image_functions import InputError
+        from cnn_sentinel.errors import InputError
 
         raise InputError(f"step '{title}' failed with exit status {result.returncode}.")
     print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -68,17 +68,17 @@ def scene_accuracy(label_path: Path, truth_path: Path) -> tuple[float, int]:
     (pixels labelled Cloud or nodata are not classified)."""
     import numpy as np
 
-    from cloud_functions import CLOUD_LABEL
+    from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA
     from image_functions import read_image
 
     labels = read_image(label_path)[..., 0]
     truth = read_image(truth_path)[..., 0]
-    classified = (labels != 255) & (labels != CLOUD_LABEL)
+    classified = (labels != LABEL_NODATA) & (labels != CLOUD_LABEL)
     return float(np.mean(labels[classified] == truth[classified])), int(classified.sum())
 
 
 def main(argv: list[str] | None = None) -> None:
-    from command_line import parse_settings
+    from cnn_sentinel.settings import parse_settings
 
     settings = parse_settings(__file__, argv)
     demo_dir = Path(settings.demo_dir).resolve()
@@ -230,6 +230,6 @@ def write_results(path: Path, metrics: dict, recipe: str, arch: str, settings, s
 
 
 if __name__ == "__main__":
-    from command_line import run_script
+    from cnn_sentinel.settings import run_script
 
     run_script(main)

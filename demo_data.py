@@ -26,12 +26,15 @@ from typing import Final
 import numpy as np
 from osgeo import gdal, osr
 
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.outputs import atomic_output, refuse_existing
+from cnn_sentinel.scene.blocks import CLASS_COLOURS
+from cnn_sentinel.settings import parse_settings, run_script
 from image_functions import (
     CLASS_NAMES,
     IMAGE_SIZE,
     MS_BAND_NAMES,
     RGB_BAND_NAMES,
-    InputError,
     eurosat_rgb_from_l1c,
 )
 
@@ -421,8 +424,6 @@ def _write_geotiff(
         band.SetDescription(name)
         band.WriteArray(bands[index])
     if class_names:
-        from scene_functions import CLASS_COLOURS
-
         colours = gdal.ColorTable()
         for index, name in enumerate(class_names):
             colours.SetColorEntry(index, (*CLASS_COLOURS[name], 255))
@@ -459,8 +460,6 @@ def write_demo_datasets(
     Each patch is drawn once and written as every kind asked for; see
     `write_demo_dataset`. Returns the target folders by kind.
     """
-    from command_line import atomic_output
-
     for kind in targets:
         _check_kind(kind)
     if images_per_class < 1:
@@ -577,8 +576,6 @@ def write_demo_scene(
     `<stem>_truth.tif.aux.xml`, as GDAL keeps them for GeoTIFF).
     Returns (scene path, truth path).
     """
-    from command_line import atomic_output
-
     _check_kind(kind)
     path = Path(path)
     truth_path = path.with_name(f"{path.stem}_truth.tif")
@@ -598,8 +595,6 @@ def write_demo_scene(
 
 
 def main() -> None:
-    from command_line import parse_settings, refuse_existing
-
     settings = parse_settings(__file__)
     target = Path(settings.target)
     datasets = {kind: target / f"eurosat_{kind}" for kind in ("rgb", "ms")}
@@ -616,6 +611,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from command_line import run_script
-
     run_script(main)

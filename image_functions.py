@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-# InputError lives in command_line; imported here for code that still takes it from here.
-from command_line import InputError, progress_bar
+from cnn_sentinel.console import progress_bar
+from cnn_sentinel.errors import InputError
 
 gdal.UseExceptions()
 # A truncated JPEG is an error, not a warning with grey pixels.

@@ -88,7 +88,9 @@ def add_folder_argument(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Compute, print and write the band statistics of a folder; returns them."""
-    from command_line import InputError, atomic_output, parse_settings
+    from cnn_sentinel.errors import InputError
+    from cnn_sentinel.outputs import atomic_output
+    from cnn_sentinel.settings import parse_settings
     from image_functions import band_statistics, check_band_stats, class_folders, list_class_images
 
     settings = parse_settings(__file__, argv, extra=add_folder_argument)
@@ -114,6 +116,6 @@ if __name__ == "__main__":
     # stand-in for the standard `statistics` in place before anything imports it.
     if "statistics" not in sys.modules:
         _standard_library_statistics()
-    from command_line import run_script
+    from cnn_sentinel.settings import run_script
 
     run_script(main)

@@ -22,7 +22,7 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from command_line import parse_settings, run_script  # noqa: E402
+from cnn_sentinel.settings import parse_settings, run_script  # noqa: E402
 
 # name: (widths of stem, stage 1, stage 2, stage 3) of network_functions.resnet_valid,
 # or the name of another architecture of the training scripts.
@@ -44,14 +44,14 @@ def build(name: str, band_count: int = 3):
     """The classifier of candidate `name` (random weights, no augmentation)."""
     import keras
 
-    import network_functions as nf
+    from cnn_sentinel import networks as nf
     from image_functions import default_band_names
 
     spec = CANDIDATES[name]
     bands = default_band_names(band_count)
     mean, std = [100.0] * band_count, [30.0] * band_count
     if isinstance(spec, str):
-        return nf.build_classifier(spec, bands, 10, mean, std, augment=False)
+        return nf.build_network(spec, bands, 10, mean, std, augment=False)
     inputs = keras.Input((64, 64, band_count))
     x = keras.layers.Normalization(mean=mean, variance=[s * s for s in std])(inputs)
     x = nf.resnet_valid((64, 64, band_count), spec)(x)
@@ -84,9 +84,9 @@ def time_one(name: str, precision: str, settings) -> dict:
     import keras
     import numpy as np
 
-    import network_functions as nf
+    from cnn_sentinel.precision import set_mixed_precision
 
-    nf.set_mixed_precision(precision)
+    set_mixed_precision(precision)
     keras.utils.set_random_seed(0)
     model = build(name)
     model.compile(
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         name, precision = settings.one.split(":")
         print(json.dumps(time_one(name, precision, settings)))
         return
-    from network_functions import cpu_has_amx, cpu_has_bfloat16, cpu_model
+    from cnn_sentinel.precision import cpu_has_amx, cpu_has_bfloat16, cpu_model
 
     print(
         f"CPU: {cpu_model()}; bfloat16 instructions: {'yes' if cpu_has_bfloat16() else 'no'}, "

@@ -45,10 +45,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from talk_reference import talk_classify  # noqa: E402
 
-import scene_dense  # noqa: E402
-import scene_functions as scenes  # noqa: E402
-import scene_predictors as predictors  # noqa: E402
-import scene_writers as writers  # noqa: E402
+from cnn_sentinel.model_info import ModelInfo  # noqa: E402
+from cnn_sentinel.scene import dense, predictors, writers  # noqa: E402
+from cnn_sentinel.scene import reading as scenes  # noqa: E402
 from image_functions import (  # noqa: E402
     CLASS_NAMES,
     MS_BAND_NAMES,
@@ -121,8 +120,8 @@ def timed(function, *args, **kwargs):
 
 def ours(dataset, model, folder: Path, name: str, batch_size: int, prefetch_depth: int = 4):
     """Classify the scene with 06's pipeline at stride 1: (best of REPEATS seconds, labels)."""
-    config = scenes.ModelConfig(CLASS_NAMES, MS_BAND_NAMES, 64, None, None, "benchmark")
-    classifier = predictors.prepare_classifier(
+    config = ModelInfo(list(CLASS_NAMES), list(MS_BAND_NAMES), 64, source="benchmark")
+    classifier = predictors.prepare_classification(
         dataset, model, config, precision=model.layers[-1].dtype_policy.name, method="windows"
     )
     predictor = classifier.predictor(batch_size, prefetch_depth)
@@ -257,7 +256,7 @@ def main() -> None:
     sections = set(arguments.sections.split(","))
     import tensorflow as tf
 
-    from network_functions import cpu_has_amx, cpu_has_bfloat16, cpu_model
+    from cnn_sentinel.precision import cpu_has_amx, cpu_has_bfloat16, cpu_model
 
     print(
         f"TensorFlow {tf.__version__}, devices "
@@ -289,10 +288,10 @@ def main() -> None:
 
 def random_resnet_valid(folder: Path) -> Path:
     """A resnet-valid RGB classifier with random weights, saved with its model.json."""
-    import network_functions as nf
+    from cnn_sentinel import networks as nf
 
     mean, std = talk_constants(3)
-    model = nf.build_classifier("resnet-valid", RGB_BAND_NAMES, len(CLASS_NAMES), mean, std)
+    model = nf.build_network("resnet-valid", RGB_BAND_NAMES, len(CLASS_NAMES), mean, std)
     folder.mkdir()
     model.save(folder / "model.keras")
     facts = {"class_names": list(CLASS_NAMES), "band_names": list(RGB_BAND_NAMES)}
@@ -329,7 +328,7 @@ class Collect:
 def classify(model_path: Path, window: list[int], method: str, stride: int, precision="float32"):
     """(seconds, probability grid) of one run through 06's entry point on a crop."""
     dataset = scenes.open_scene(real_scene(), window=window)
-    classifier = predictors.prepare_classifier(
+    classifier = predictors.prepare_classification(
         dataset, model_path, precision=precision, method=method
     )
     collect = Collect()
@@ -339,7 +338,7 @@ def classify(model_path: Path, window: list[int], method: str, stride: int, prec
 
 def phase_methods(model_path: Path) -> None:
     """Fragments (space_to_batch) against dilated kernels, one block at stride 1."""
-    model, config = scenes.load_classifier(model_path)
+    model, config = scenes.load_scene_model(model_path)
     dataset = scenes.open_scene(real_scene(), window=[600, 200, 512 + 63, 128 + 63])
     pixels = np.moveaxis(dataset.ReadAsArray(band_list=[4, 3, 2]), 0, -1)
     from image_functions import eurosat_rgb_from_l1c
@@ -349,7 +348,7 @@ def phase_methods(model_path: Path) -> None:
     print("phase: one block of 128 x 512 windows at stride 1, float32, best of 2")
     results = {}
     for method in ("fragments", "dilation"):
-        network = scene_dense.DenseNetwork(model, config, method)
+        network = dense.DenseNetwork(model, config, method)
         network.tile(pixels, rows[:2], cols[:2])  # trace
         network.tile(pixels, rows, cols)
         best = min(timed(network.tile, pixels, rows, cols)[0] for _ in range(2))
@@ -475,7 +474,7 @@ def small_scene_comparisons(model, folder: Path, arguments: argparse.Namespace) 
     padded = np.pad(image.astype(np.float32), ((32, 31), (32, 31), (0, 0)), "symmetric")
     windows = np.ascontiguousarray(scenes.window_view(padded, 64).reshape(-1, 64, 64, 13))
     bound_seconds, _ = timed(model.predict, windows, batch_size=arguments.batch_size, verbose=0)
-    config = scenes.ModelConfig(CLASS_NAMES, MS_BAND_NAMES, 64, None, None, "benchmark")
+    config = ModelInfo(list(CLASS_NAMES), list(MS_BAND_NAMES), 64, source="benchmark")
     forward = predictors.make_predictor(model, config, np.dtype(np.float32), 13)
     forward(windows[: arguments.batch_size])
     forward_seconds = min(

@@ -37,12 +37,12 @@ REPEATS = 3
 
 def save_random_model(folder: Path, arch: str, band_names) -> Path:
     """A random-weight classifier of `arch` with model.json, as 06 loads them."""
-    from command_line import write_atomic
-    from model_info import ModelInfo
-    from network_functions import build_classifier
+    from cnn_sentinel.model_info import ModelInfo
+    from cnn_sentinel.networks import build_network
+    from cnn_sentinel.outputs import write_atomic
 
     mean, std = talk_constants(len(band_names))
-    model = build_classifier(arch, band_names, len(CLASS_NAMES), mean, std, augment=False)
+    model = build_network(arch, band_names, len(CLASS_NAMES), mean, std, augment=False)
     path = folder / "model.keras"
     write_atomic(path, model.save, overwrite=True)
     ModelInfo(

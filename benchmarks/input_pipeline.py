@@ -120,9 +120,9 @@ def our_feed(images, labels, batch_size: int, augment, seed: int) -> Iterator:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the three feeds, print images/s and ratios; returns {feed: images/s}."""
-    from command_line import parse_settings
+    from cnn_sentinel.settings import parse_settings
+    from cnn_sentinel.training import pipeline_augmentation
     from image_functions import load_arrays
-    from training_functions import pipeline_augmentation
 
     settings = parse_settings(__file__, argv)
     with tempfile.TemporaryDirectory() as scratch:

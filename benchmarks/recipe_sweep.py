@@ -172,8 +172,8 @@ def augment_layer(translate, seed):
 def train(out_file, name, data=None):
     import keras
 
+    from cnn_sentinel.networks import resnet_valid
     from image_functions import normalization_layer
-    from network_functions import resnet_valid
 
     v = dict(BASE, **VARIANTS.get(name, {}))
     keras.utils.set_random_seed(v["seed"])

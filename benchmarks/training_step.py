@@ -1,6 +1,6 @@
 """Training speed of the talk networks at 64x64: images/s, float32 vs bfloat16, side by side.
 
-Builds each classifier exactly as the training scripts do (network_functions.build_classifier:
+Builds each classifier exactly as the training scripts do (network_functions.build_network:
 normalisation, augmentation, backbone, talk head), compiles it like a training stage (all
 layers trainable, SGD) and times `train_on_batch` on one fixed batch of random 13-band or RGB
 pixels after warm-up steps, so only the training step is measured, not the input pipeline.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from command_line import parse_settings, run_script  # noqa: E402
+from cnn_sentinel.settings import parse_settings, run_script  # noqa: E402
 
 ARCHS = ("vgg16", "densenet201")  # backbones to time
 PRECISIONS = ("off", "bf16")  # mixed-precision modes, as --mixed-precision of the scripts
@@ -39,14 +39,15 @@ def time_one(arch: str, precision: str, settings) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    import network_functions as nf
+    from cnn_sentinel import networks as nf
+    from cnn_sentinel.precision import set_mixed_precision
+    from cnn_sentinel.training import make_optimizer
     from image_functions import default_band_names
-    from training_functions import make_optimizer
 
-    policy = nf.set_mixed_precision(precision)
+    policy = set_mixed_precision(precision)
     keras.utils.set_random_seed(0)
     bands = default_band_names(settings.bands)
-    model = nf.build_classifier(
+    model = nf.build_network(
         arch, bands, 10, [1000.0] * len(bands), [300.0] * len(bands), augment=settings.augmentation
     )
     model.compile(

@@ -20,13 +20,21 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from command_line import InputError, clear_leftovers, progress_bar, temporary_name
+from cnn_sentinel.console import progress_bar
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.outputs import clear_leftovers, temporary_name
 from image_functions import (
+    CLASS_NAMES,
+    IMAGE_SUFFIXES,
+    MS_BAND_NAMES,
+    RGB_BAND_NAMES,
     band_statistics,
     class_folders,
     default_band_names,
+    image_shape,
     list_class_images,
     load_band_stats,
+    odd_image_error,
     read_image,
     select_bands,
 )
@@ -187,8 +195,6 @@ def extract_zip_safely(archive: Path, folder: Path, progress: bool = True) -> No
 
 def find_class_root(folder: Path) -> Path | None:
     """The shallowest folder at or below `folder` holding EuroSAT class folders."""
-    from image_functions import CLASS_NAMES
-
     level = [folder]
     while level:
         for candidate in sorted(level):
@@ -251,8 +257,6 @@ def list_source(source: Path) -> dict[str, list[str]]:
     Missing source, no class folders, an empty class folder, or anything in a
     class folder that is not a JPEG/GeoTIFF image raises InputError.
     """
-    from image_functions import IMAGE_SUFFIXES
-
     if not source.is_dir():
         raise InputError(
             f"source folder {source} does not exist; give --source or use --download rgb|ms."
@@ -343,8 +347,6 @@ def check_assignment(
 def check_images(source: Path, listing: dict[str, list[str]], progress: bool = True) -> None:
     """Read every image once: an empty, truncated or unreadable file is named now, not
     in training, and so is an image of another kind (bands, size) than most."""
-    from image_functions import odd_image_error, read_image
-
     paths = [source / name / file for name, files in listing.items() for file in files]
     shapes = {}
     for path in progress_bar(paths, desc="checking images", unit="img", disable=not progress):
@@ -569,8 +571,6 @@ def inspect_split(
 def band_choice_note(split: SplitInfo, kind: str) -> str | None:
     """A note naming the bands a script trains on when the split's images are not the
     kind it is made for (kind "rgb": 02/03, "ms": 04/05), or None when they are."""
-    from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, image_shape
-
     expected = {"rgb": len(RGB_BAND_NAMES), "ms": len(MS_BAND_NAMES)}[kind]
     first = list_class_images(split.folder / "train", split.class_names)[0][0]
     image_bands = image_shape(first)[0]

@@ -11,7 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from command_line import InputError, write_atomic
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.outputs import write_atomic
 from image_functions import CLASS_NAMES, IMAGE_SIZE, default_band_names, talk_constants
 
 MODEL_INFO_FILE = "model.json"
@@ -24,9 +25,11 @@ class ModelInfo:
     class_names: one per output unit, in output order. band_names: the input
     bands in order. input_size: window side in pixels. mean/std: per-band
     normalisation (inside the model for models of 02-05; applied in front of the
-    model for the talk's models, see for_talk_model). The rest records how the
-    model was trained. `extra` keeps keys this version does not know; `source`
-    (not saved) names the file the facts came from, for messages.
+    model for the talk's models, see for_talk_model, which set normalise_in_front).
+    The rest records how the model was trained. `extra` keeps keys this version does
+    not know. Not saved: `normalise_in_front` (whether mean/std must be applied in
+    front of the model, which a model.json model never needs) and `source` (the
+    file the facts came from, for messages).
     """
 
     class_names: list[str]
@@ -46,12 +49,14 @@ class ModelInfo:
     training_seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    normalise_in_front: bool = False
     source: str = field(default="", compare=False)
 
     def to_json(self) -> dict:
         """The model.json object (input_size as [rows, cols], unknown keys kept)."""
         data = asdict(self)
         data.pop("source")
+        data.pop("normalise_in_front")
         extra = data.pop("extra")
         if self.input_size is not None:
             data["input_size"] = [self.input_size, self.input_size]
@@ -66,7 +71,7 @@ class ModelInfo:
         """ModelInfo from a model.json object; the legacy keys "classes" and "bands"
         and an input_size given as 64, "64" or [64, 64] (None when missing) are accepted."""
         data = dict(data)
-        names = {item.name for item in fields(cls)} - {"extra", "source"}
+        names = {item.name for item in fields(cls)} - {"extra", "source", "normalise_in_front"}
         class_names = data.pop("class_names", None) or data.pop("classes", None) or []
         band_names = data.pop("band_names", None) or data.pop("bands", None) or []
         size = data.pop("input_size", None)
@@ -117,6 +122,7 @@ class ModelInfo:
             mean=[float(value) for value in mean],
             std=[float(value) for value in std],
             normalisation_source="the talk's constants, applied in front of the model",
+            normalise_in_front=True,
             recipe="talk",
             source="the talk's defaults (no model.json)",
         )

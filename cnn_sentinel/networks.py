@@ -1,27 +1,28 @@
 """Networks: one table of backbones, building, ImageNet -> multispectral transfer,
-freezing, precision and loading.
+freezing and loading.
 
 A model built here takes raw pixel values (uint8 RGB or uint16 digital numbers
 as float32, shape (batch, 64, 64, bands)) and holds its normalisation; the
 talk's augmentation is a training-only layer that the saved file leaves out
 (inference_model), so model.keras holds stock Keras layers only.
-Training lives in training_functions.py, reports in report_functions.py.
+Training lives in training.py, reports in reports.py, precision in precision.py.
 TensorFlow and Keras are imported inside functions: importing this module is cheap.
-About 700 lines: every use of the backbone table (build, the two transfers, freezing,
+About 640 lines: every use of the backbone table (build, the two transfers, freezing,
 the saved and runtime forms of a model) stays beside it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from command_line import InputError
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.precision import dtype_policy
 from image_functions import (
     IMAGE_SIZE,
     RGB_BAND_NAMES,
@@ -29,7 +30,6 @@ from image_functions import (
     custom_layers,
     normalization_layer,
 )
-from model_info import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,8 @@ BACKBONES = {
 }
 ARCHITECTURES = tuple(BACKBONES)
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/{folder}/{file}"
-# How 04 feeds 13 bands to an ImageNet backbone (see build_classifier).
+# How 04 feeds 13 bands to an ImageNet backbone (see build_network).
 VARIANTS = ("adapter", "first-conv")
-PRECISION_MODES = ("auto", "off", "bf16", "fp16")
 # Non-RGB kernels of a "first-conv" backbone start at this fraction of the RGB kernels' std.
 FIRST_CONV_OTHER_BAND_SCALE = 0.1
 ADAPTER_LAYER = "band_adapter"
@@ -134,94 +133,6 @@ def backbone_entry(arch: str) -> Backbone:
     if arch not in BACKBONES:
         raise InputError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {arch}.")
     return BACKBONES[arch]
-
-
-# ---------------------------------------------------------------------------
-# Precision and distribution
-# ---------------------------------------------------------------------------
-
-
-def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """The CPU's model name ("unknown" where /proc/cpuinfo does not say), for benchmarks."""
-    try:
-        for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return flags
-
-
-def cpu_has_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether the CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16)."""
-    return bool(cpu_flags(cpuinfo) & {"amx_bf16", "avx512_bf16"})
-
-
-def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether the CPU has AMX bfloat16 tile units, the ones that make bfloat16 fast:
-    with AVX512-BF16 alone, training measured 0.6x float32 (benchmarks/README.md)."""
-    return "amx_bf16" in cpu_flags(cpuinfo)
-
-
-def precision_policy(mode: str) -> str:
-    """Keras dtype policy for `mode` auto|off|bf16|fp16.
-
-    auto: mixed_bfloat16 on GPUs of compute capability >= 8 and on CPUs with AMX
-    (when no GPU is visible), float32 otherwise (AVX512-BF16 without AMX is slower
-    than float32).
-    """
-    policies = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-    if mode in policies:
-        return policies[mode]
-    if mode != "auto":
-        raise InputError(
-            f"mixed precision must be one of {', '.join(PRECISION_MODES)}, not {mode}."
-        )
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capabilities = [
-            tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
-            for gpu in gpus
-        ]
-        return "mixed_bfloat16" if min(capabilities) >= (8, 0) else "float32"
-    return "mixed_bfloat16" if cpu_has_amx() else "float32"
-
-
-def set_mixed_precision(mode: str) -> str:
-    """Set Keras' global dtype policy for `mode` (see precision_policy); returns its name."""
-    import keras
-
-    policy = precision_policy(mode)
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
-@contextlib.contextmanager
-def dtype_policy(policy: str) -> Iterator[str]:
-    """Use Keras' global dtype `policy` inside the block, restore the previous one after."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield policy
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 # ---------------------------------------------------------------------------
@@ -553,7 +464,7 @@ def project_model_info(model_path: str | Path) -> ModelInfo:
     return info
 
 
-def classifier_from_model(
+def network_from_model(
     model_path: str | Path,
     band_names: Sequence[str],
     class_names: Sequence[str],
@@ -565,7 +476,7 @@ def classifier_from_model(
     """A classifier for `band_names` that starts from a trained classifier of this
     project (e.g. the RGB model for a 13-band one): returns (model, arch).
 
-    The new model is build_classifier(arch of the source) with the normalisation of
+    The new model is build_network(arch of the source) with the normalisation of
     the new data; every backbone weight is copied, except that the first
     convolution is rebuilt per band: bands the source model saw (B04, B03, B02 of
     an RGB model) take the source kernels of those bands, the others start small
@@ -580,7 +491,7 @@ def classifier_from_model(
             f"which are among {', '.join(band_names)}; nothing to transfer."
         )
     source = load_model(source_path)
-    target = build_classifier(
+    target = build_network(
         info.arch, band_names, len(class_names), mean, std, seed=seed, augment=augment
     )
     first_conv = backbone_entry(info.arch).first_conv
@@ -620,7 +531,7 @@ def adapter_kernel(arch: str, band_names: Sequence[str], seed: int = 0) -> np.nd
     return kernel
 
 
-def build_classifier(
+def build_network(
     arch: str,
     band_names: Sequence[str],
     num_classes: int,

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from command_line import InputError, atomic_output, write_atomic
-from dataset_functions import inspect_split
+from cnn_sentinel.datasets import inspect_split
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.networks import load_model, with_dihedral_averaging
+from cnn_sentinel.outputs import atomic_output, write_atomic
 from image_functions import (
     default_band_names,
     folder_dataset,
     normalization_layer,
     select_bands,
 )
-from model_info import ModelInfo
-from network_functions import load_model, with_dihedral_averaging
 
 
 def classification_metrics(

@@ -26,21 +26,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from command_line import InputError, write_atomic
-from dataset_functions import SplitInfo, band_choice_note
-from image_functions import IMAGE_SIZE, folder_dataset
-from model_info import MODEL_INFO_FILE, ModelInfo
-from network_functions import (
+from cnn_sentinel.datasets import SplitInfo, band_choice_note
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.model_info import MODEL_INFO_FILE, ModelInfo
+from cnn_sentinel.networks import (
     ARCHITECTURES,
     MODEL_FILE,
-    PRECISION_MODES,
     VARIANTS,
-    dtype_policy,
     inference_model,
     load_model,
-    precision_policy,
     set_trainable,
 )
+from cnn_sentinel.outputs import write_atomic
+from cnn_sentinel.precision import PRECISION_MODES, dtype_policy, precision_policy
+from cnn_sentinel.reports import evaluate_model
+from cnn_sentinel.settings import parse_settings
+from image_functions import IMAGE_SIZE, folder_dataset
 
 # talk: flips and +-45 degree rotations inside the training model (the talk's);
 # dihedral: the 8 flips and 90-degree rotations of the square in the input pipeline
@@ -601,8 +602,6 @@ def add_action_flags(parser: argparse.ArgumentParser) -> None:
 def parse_training_settings(script_file: str, argv: list[str] | None = None):
     """A training script's settings: its constants as flags plus the action flags,
     checked before anything is read or written."""
-    from command_line import parse_settings
-
     settings = parse_settings(script_file, argv, choices=SCRIPT_CHOICES, extra=add_action_flags)
     if settings.batch_size < 1 or settings.epochs < 1 or settings.steps_per_epoch < 0:
         raise InputError("batch size and epochs must be at least 1, steps per epoch at least 0.")
@@ -663,8 +662,6 @@ class TrainingRun:
         """Save model.keras (stock layers only), evaluate it on the whole
         validation/ (and test/) set into report/, write model.json and mark the
         run finished. Returns the report's metrics."""
-        from report_functions import evaluate_model
-
         write_atomic(self.folder / MODEL_FILE, inference_model(model).save, overwrite=True)
         split, settings = self.split, self.settings
         info = ModelInfo(

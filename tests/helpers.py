@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-import scene_functions as scenes
-import scene_predictors as predictors
-import scene_writers as writers
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.scene import predictors, writers
+from cnn_sentinel.scene import reading as scenes
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, list_images, talk_constants
 
 gdal.UseExceptions()
@@ -91,7 +91,7 @@ def valid_model(bands: int = 3, seed: int = 0):
     random batch-normalisation statistics, so every layer matters."""
     import keras
 
-    import network_functions as nf
+    from cnn_sentinel import networks as nf
 
     keras.utils.set_random_seed(seed)
     mean, std = talk_constants(bands)
@@ -185,9 +185,9 @@ def read_raster(path: Path) -> np.ndarray:
     return array
 
 
-def raw_config(band_names) -> scenes.ModelConfig:
+def raw_config(band_names) -> ModelInfo:
     """Configuration of a self-contained model (normalisation inside)."""
-    return scenes.ModelConfig(CLASS_NAMES, tuple(band_names), 64, None, None, "test")
+    return ModelInfo(list(CLASS_NAMES), list(band_names), 64, source="test")
 
 
 def run_classification(
@@ -207,7 +207,7 @@ def run_classification(
     """Classify a file through the one entry point into the label and probability
     GeoTIFFs; returns (labels, probabilities) as read back."""
     dataset = scenes.open_scene(scene_path)
-    classifier = predictors.prepare_classifier(
+    classifier = predictors.prepare_classification(
         dataset,
         model,
         config,

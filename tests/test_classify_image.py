@@ -29,8 +29,9 @@ from osgeo import gdal
 from script_modules import load_script
 from talk_reference import talk_classify
 
-import quicklook_functions
-from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene import quicklooks
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "06_classify_image.py"
@@ -125,7 +126,7 @@ def test_failure_leaves_nothing_half_written(case, tmp_path, monkeypatch):
     def broken_quicklook(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(quicklook_functions.SideBySideQuicklookWriter, "finish", broken_quicklook)
+    monkeypatch.setattr(quicklooks.SideBySideQuicklookWriter, "finish", broken_quicklook)
     with pytest.raises(RuntimeError, match="disk full"):
         run("--image", case["rgb_path"], "--model", case["rgb_model_path"],
             "--output-dir", tmp_path, "--stride", 8)  # fmt: skip

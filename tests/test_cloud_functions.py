@@ -15,15 +15,15 @@ import pytest
 from osgeo import gdal
 from script_modules import load_script
 
-import cloud_functions as clouds
 import demo_data
-import quicklook_functions as quicklook
-import scene_functions as scenes
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene import blocks, clouds
+from cnn_sentinel.scene import quicklooks as quicklook
+from cnn_sentinel.scene import reading as scenes
 from image_functions import (
     CLASS_NAMES,
     MS_BAND_NAMES,
     RGB_BAND_NAMES,
-    InputError,
     eurosat_rgb_from_l1c,
     talk_constants,
 )
@@ -187,7 +187,7 @@ def test_true_colour_bands_and_scaling(tmp_path):
 
 def test_quicklook_legend_gives_the_share_of_every_label(tmp_path):
     rng = np.random.default_rng(1)
-    labels = rng.choice([0, 1, 5, 9, clouds.CLOUD_LABEL, scenes.LABEL_NODATA], size=(30, 40))
+    labels = rng.choice([0, 1, 5, 9, blocks.CLOUD_LABEL, blocks.LABEL_NODATA], size=(30, 40))
     labels = labels.astype(np.uint8)
     labels[:, :3] = 2  # a class present in only 90 pixels
     write_scene(tmp_path / "label.tif", labels[..., None], ("label",))
@@ -197,7 +197,11 @@ def test_quicklook_legend_gives_the_share_of_every_label(tmp_path):
         tmp_path / "label.tif", output, CLASS_NAMES, "test", scene, [3, 2, 1]
     )
     values, counts = np.unique(labels, return_counts=True)
-    names = {**dict(enumerate(CLASS_NAMES)), clouds.CLOUD_LABEL: "Cloud", 255: "No data"}
+    names = {
+        **dict(enumerate(CLASS_NAMES)),
+        blocks.CLOUD_LABEL: "Cloud",
+        blocks.LABEL_NODATA: "No data",
+    }
     expected = [
         f"{names[v]} {100 * c / labels.size:.1f} %" for v, c in zip(values, counts, strict=True)
     ]
@@ -236,10 +240,10 @@ def test_quicklook_labels_are_gdals_nearest_decimation_and_the_picture_its_avera
 
 def test_label_colours_reserve_cloud_and_nodata():
     colours = quicklook.label_colours(CLASS_NAMES)
-    assert tuple(colours[clouds.CLOUD_LABEL]) == clouds.CLOUD_COLOUR
-    assert tuple(colours[scenes.LABEL_NODATA]) == quicklook.NODATA_COLOUR
-    assert tuple(colours[1]) == scenes.CLASS_COLOURS["Forest"]
-    assert len(CLASS_NAMES) < clouds.CLOUD_LABEL < scenes.LABEL_NODATA
+    assert tuple(colours[blocks.CLOUD_LABEL]) == blocks.CLOUD_COLOUR
+    assert tuple(colours[blocks.LABEL_NODATA]) == quicklook.NODATA_COLOUR
+    assert tuple(colours[1]) == blocks.CLASS_COLOURS["Forest"]
+    assert len(CLASS_NAMES) < blocks.CLOUD_LABEL < blocks.LABEL_NODATA
 
 
 # ---------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def test_06_labels_clouds_of_a_13_band_scene(models, tmp_path, capsys):
     labels = helpers.read_raster(tmp_path / "on" / "cloudy_label.tif")
     probability = helpers.read_raster(tmp_path / "on" / "cloudy_prob.tif")
     plain = helpers.read_raster(tmp_path / "off" / "cloudy_label.tif")
-    np.testing.assert_array_equal(labels == clouds.CLOUD_LABEL, expected)
+    np.testing.assert_array_equal(labels == blocks.CLOUD_LABEL, expected)
     assert np.isnan(probability[expected]).all() and not np.isnan(probability[~expected]).any()
     np.testing.assert_array_equal(labels[~expected], plain[~expected])
     assert summary["cloud"] == expected.sum()
@@ -287,8 +291,8 @@ def test_06_labels_clouds_of_a_13_band_scene(models, tmp_path, capsys):
     label_dataset = gdal.Open(str(tmp_path / "on" / "cloudy_label.tif"))
     label_dataset.GetGeoTransform()  # GDAL 3.6 reads the .aux.xml on this first query
     band = label_dataset.GetRasterBand(1)
-    assert band.GetCategoryNames()[clouds.CLOUD_LABEL] == "Cloud"
-    assert band.GetColorTable().GetColorEntry(clouds.CLOUD_LABEL)[:3] == clouds.CLOUD_COLOUR
+    assert band.GetCategoryNames()[blocks.CLOUD_LABEL] == "Cloud"
+    assert band.GetColorTable().GetColorEntry(blocks.CLOUD_LABEL)[:3] == blocks.CLOUD_COLOUR
     assert (tmp_path / "on" / "cloudy_quicklook.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -297,7 +301,7 @@ def test_06_rgb_model_on_an_l1c_stack_masks_clouds_too(models, tmp_path):
     summary = run_06(scene, models["rgb"], tmp_path, "--cloud-mask", "on")
     assert summary["cloud"] >= 0 and summary["nodata"] == 0
     labels = helpers.read_raster(tmp_path / "demo_ms_label.tif")
-    assert labels.shape == (64, 64) and np.all((labels < 10) | (labels == clouds.CLOUD_LABEL))
+    assert labels.shape == (64, 64) and np.all((labels < 10) | (labels == blocks.CLOUD_LABEL))
 
 
 def test_06_scenes_without_the_bands_work_as_before(models, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""command_line.py: constants as flags (loudly), one-sentence errors, atomic outputs and
-their leftovers, quiet TensorFlow, progress bars in logs."""
+"""cnn_sentinel.settings, console and outputs: constants as flags (loudly), one-sentence
+errors, atomic outputs and their leftovers, quiet TensorFlow, progress bars in logs."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import command_line
-from command_line import InputError
+from cnn_sentinel import console, outputs, settings
+from cnn_sentinel.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Every script a user runs; each must answer --help at once, without TensorFlow.
@@ -28,7 +28,7 @@ NATIVE_NOISE = ("cuInit", "cudart_stub", "absl::InitializeLog", "cpu_feature_gua
 
 def run_python(code: str, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **environment}
-    for name in ("TF_CPP_MIN_LOG_LEVEL", command_line.QUIET_MARK_VARIABLE):
+    for name in ("TF_CPP_MIN_LOG_LEVEL", console.QUIET_MARK_VARIABLE):
         if name not in environment:
             env.pop(name, None)
     return subprocess.run(
@@ -42,7 +42,7 @@ def run_python(code: str, *arguments: str, **environment: str) -> subprocess.Com
 
 def test_import_is_light():
     result = run_python(
-        "import sys, image_functions, command_line; print('tensorflow' in sys.modules)"
+        "import sys, image_functions, cnn_sentinel.settings; print('tensorflow' in sys.modules)"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
@@ -61,22 +61,22 @@ def test_settings_from_constants(tmp_path):
         "BBOX = ()  # four numbers\n"
         "TABLE: Final = {'a': 1}\n"
     )
-    settings = command_line.parse_settings(script, ["--batch-size", "8", "--overwrite"])
-    assert settings.batch_size == 8 and settings.overwrite is True
-    assert settings.arch == "vgg16" and settings.weights is None and settings.rate == 0.5
-    assert settings.bbox == () and settings.verbose is False and settings.progress is True
-    assert not hasattr(settings, "table")
-    assert command_line.parse_settings(script, ["--arch", "densenet201"]).arch == "densenet201"
+    parsed = settings.parse_settings(script, ["--batch-size", "8", "--overwrite"])
+    assert parsed.batch_size == 8 and parsed.overwrite is True
+    assert parsed.arch == "vgg16" and parsed.weights is None and parsed.rate == 0.5
+    assert parsed.bbox == () and parsed.verbose is False and parsed.progress is True
+    assert not hasattr(parsed, "table")
+    assert settings.parse_settings(script, ["--arch", "densenet201"]).arch == "densenet201"
     with pytest.raises(SystemExit):
-        command_line.parse_settings(script, ["--arch", "resnet"])  # the comment's choices
+        settings.parse_settings(script, ["--arch", "resnet"])  # the comment's choices
     with pytest.raises(SystemExit):
-        command_line.parse_settings(script, ["--arch", "densenet201"], choices={"ARCH": ["vgg16"]})
-    assert command_line.declared_choices("copy | hardlink | symlink: how") == [
+        settings.parse_settings(script, ["--arch", "densenet201"], choices={"ARCH": ["vgg16"]})
+    assert settings.declared_choices("copy | hardlink | symlink: how") == [
         "copy",
         "hardlink",
         "symlink",
     ]
-    assert command_line.declared_choices("exact mean and std: per band") is None
+    assert settings.declared_choices("exact mean and std: per band") is None
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_a_constant_that_would_silently_not_be_a_flag_is_an_error(tmp_path, line
     script = tmp_path / "99_example.py"
     script.write_text('"""Example."""\nSEED = 0  # seed\n' + line)
     with pytest.raises(InputError, match=re.escape(problem)) as refused:
-        command_line.parse_settings(script, [])
+        settings.parse_settings(script, [])
     assert "line 3" in str(refused.value) or "not one of" in str(refused.value)
 
 
@@ -111,7 +111,7 @@ def test_every_script_answers_help_at_once_with_every_setting_as_a_flag(script):
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     help_text = result.stdout
-    constants = command_line.script_constants(REPO_ROOT / script)
+    constants = settings.script_constants(REPO_ROOT / script)
     for name, _default, _help in constants:
         assert "--" + name.lower().replace("_", "-") in help_text, name
     assert "--verbose" in help_text and "--no-progress" in help_text
@@ -127,29 +127,29 @@ def test_every_script_answers_help_at_once_with_every_setting_as_a_flag(script):
 
 def test_atomic_output(tmp_path):
     target = tmp_path / "out" / "result.txt"
-    with command_line.atomic_output(target) as temporary:
+    with outputs.atomic_output(target) as temporary:
         temporary.write_text("done")
         assert not target.exists()
     assert target.read_text() == "done"
     with pytest.raises(InputError, match="already exists"):
-        with command_line.atomic_output(target):
+        with outputs.atomic_output(target):
             pass
     with pytest.raises(RuntimeError):
-        with command_line.atomic_output(target, overwrite=True) as temporary:
+        with outputs.atomic_output(target, overwrite=True) as temporary:
             temporary.write_text("half")
             raise RuntimeError("interrupted")
     assert target.read_text() == "done"
     assert sorted(path.name for path in target.parent.iterdir()) == ["result.txt"]
     with pytest.raises(InputError, match="not a regular file"):
-        with command_line.atomic_output("/dev/null", overwrite=True):
+        with outputs.atomic_output("/dev/null", overwrite=True):
             pass
     shutil.rmtree(tmp_path / "out")
 
 
 def test_write_atomic_text_bytes_json_and_a_writer_of_a_folder(tmp_path):
-    assert command_line.write_atomic(tmp_path / "a.txt", "text").read_text() == "text"
-    assert command_line.write_atomic(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
-    command_line.write_atomic(tmp_path / "c.json", {"mean": [1.5]})
+    assert outputs.write_atomic(tmp_path / "a.txt", "text").read_text() == "text"
+    assert outputs.write_atomic(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
+    outputs.write_atomic(tmp_path / "c.json", {"mean": [1.5]})
     assert json.loads((tmp_path / "c.json").read_text()) == {"mean": [1.5]}
     assert (tmp_path / "c.json").read_text().endswith("}\n")
 
@@ -160,8 +160,8 @@ def test_write_atomic_text_bytes_json_and_a_writer_of_a_folder(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "old.txt").write_text("old")
     with pytest.raises(InputError, match="already exists"):
-        command_line.write_atomic(tmp_path / "model", make_folder)
-    command_line.write_atomic(tmp_path / "model", make_folder, overwrite=True)
+        outputs.write_atomic(tmp_path / "model", make_folder)
+    outputs.write_atomic(tmp_path / "model", make_folder, overwrite=True)
     assert [path.name for path in (tmp_path / "model").iterdir()] == ["inside.txt"]
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "a.txt",
@@ -177,10 +177,10 @@ def test_a_users_side_file_is_never_replaced_without_overwrite(tmp_path):
     own = tmp_path / "scene_label.tif.aux.xml"
     own.write_text("<PAMDataset>mine</PAMDataset>")
     with pytest.raises(InputError, match=r"output .*scene_label\.tif\.aux\.xml already exists"):
-        with command_line.atomic_output(label) as temporary:
+        with outputs.atomic_output(label) as temporary:
             temporary.write_text("raster")
     assert own.read_text() == "<PAMDataset>mine</PAMDataset>" and not label.exists()
-    with command_line.atomic_output(label, overwrite=True) as temporary:
+    with outputs.atomic_output(label, overwrite=True) as temporary:
         temporary.write_text("raster")
         Path(f"{temporary}.aux.xml").write_text("<PAMDataset>ours</PAMDataset>")
     assert label.read_text() == "raster" and "ours" in own.read_text()
@@ -191,7 +191,7 @@ def start_writer(target: Path) -> subprocess.Popen:
     code = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-        "from command_line import atomic_output\n"
+        "from cnn_sentinel.outputs import atomic_output\n"
         f"with atomic_output({str(target)!r}) as temporary:\n"
         "    temporary.write_text('half')\n"
         "    print('writing', flush=True)\n"
@@ -212,7 +212,7 @@ def test_leftovers_of_killed_processes_are_cleared_and_running_ones_named(tmp_pa
         leftover = tmp_path / f".scene_label.partial-{killed.pid}.tif"
         busy = tmp_path / f".scene_label.partial-{running.pid}.tif"
         assert leftover.read_text() == "half" and busy.exists()
-        with command_line.atomic_output(target) as temporary:
+        with outputs.atomic_output(target) as temporary:
             temporary.write_text("complete")
         messages = capsys.readouterr().err
         assert f"removed {leftover}, left behind by stopped process {killed.pid}." in messages
@@ -228,7 +228,8 @@ def test_leftovers_of_killed_processes_are_cleared_and_running_ones_named(tmp_pa
 TENSORFLOW_SCRIPT = (
     "import sys\n"
     f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-    "from command_line import InputError, run_script\n"
+    "from cnn_sentinel.errors import InputError\n"
+    "from cnn_sentinel.settings import run_script\n"
     "def main():\n"
     "    import tensorflow as tf\n"
     "    print('devices', len(tf.config.list_physical_devices()), flush=True)\n"
@@ -245,15 +246,13 @@ def test_no_tensorflow_log_lines_reach_the_user_unless_asked():
     verbose = run_python(TENSORFLOW_SCRIPT, "--verbose")
     assert verbose.returncode == 2
     native = [
-        line
-        for line in verbose.stderr.splitlines()
-        if command_line.NATIVE_LOG_LINE.match(line.encode())
+        line for line in verbose.stderr.splitlines() if console.NATIVE_LOG_LINE.match(line.encode())
     ]
     assert native, verbose.stderr  # TensorFlow always logs something natively at start-up
     assert verbose.stderr.endswith("a line of ours\nerror: the end.\n")
     own_level = run_python(TENSORFLOW_SCRIPT, TF_CPP_MIN_LOG_LEVEL="0")
     assert any(
-        command_line.NATIVE_LOG_LINE.match(line.encode()) for line in own_level.stderr.splitlines()
+        console.NATIVE_LOG_LINE.match(line.encode()) for line in own_level.stderr.splitlines()
     )
 
 
@@ -261,7 +260,7 @@ def test_progress_bars_redraw_every_few_seconds_in_a_log():
     code = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-        "from command_line import progress_bar\n"
+        "from cnn_sentinel.console import progress_bar\n"
         "for _ in progress_bar(range(30), desc='work'):\n"
         "    time.sleep(0.05)\n"
     )
@@ -276,5 +275,5 @@ def test_progress_bars_redraw_every_few_seconds_in_a_log():
 def test_no_progress_on_a_script_without_a_progress_constant(tmp_path):
     script = tmp_path / "99_example.py"
     script.write_text('"""Example."""\nSEED = 0  # seed\n')
-    assert command_line.parse_settings(script, ["--no-progress"]).progress is False
-    assert command_line.parse_settings(script, []).progress is True
+    assert settings.parse_settings(script, ["--no-progress"]).progress is False
+    assert settings.parse_settings(script, []).progress is True

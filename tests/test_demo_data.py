@@ -9,11 +9,11 @@ import pytest
 from osgeo import gdal, osr
 
 import demo_data
+from cnn_sentinel.errors import InputError
 from image_functions import (
     CLASS_NAMES,
     MS_BAND_NAMES,
     RGB_BAND_NAMES,
-    InputError,
     eurosat_rgb_from_l1c,
     list_class_images,
     list_images,

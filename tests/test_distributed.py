@@ -24,9 +24,9 @@ import runpy, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import training_functions
+from cnn_sentinel import training
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-training_functions.choose_strategy = lambda: strategy
+training.choose_strategy = lambda: strategy
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -40,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 if sys.argv[1] == "worked-around":
-    import training_functions
-    training_functions.work_around_keras_20585()
+    from cnn_sentinel import training
+    training.work_around_keras_20585()
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 with strategy.scope():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
@@ -129,7 +129,7 @@ def test_multi_worker_mirrored_strategy_two_local_workers(ms_split, tmp_path):
 @pytest.mark.slow
 def test_keras_still_needs_the_multi_worker_workaround(tmp_path):
     """When this fails, a Keras release fixed keras-team/keras#20585: delete
-    training_functions.work_around_keras_20585 and KERAS_20585_CHECKED_UP_TO."""
+    cnn_sentinel.training.work_around_keras_20585 and KERAS_20585_CHECKED_UP_TO."""
     import keras
 
     results = run_local_workers([sys.executable, "-c", PLAIN_MULTI_WORKER_FIT, "plain"], tmp_path)

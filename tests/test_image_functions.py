@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import image_functions as imf
-from image_functions import InputError
+from cnn_sentinel.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,7 +180,7 @@ def test_augmentation_survives_saving(tmp_path):
     outputs = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, outputs)
     model.save(tmp_path / "model.keras")
-    from network_functions import load_model
+    from cnn_sentinel.networks import load_model
 
     loaded = load_model(tmp_path / "model.keras")
     images = np.random.default_rng(1).random((2, 16, 16, 3)).astype(np.float32)

@@ -1,5 +1,6 @@
 """docs/interfaces.md, the newcomer's map, names only what the code has: the first name of
-every bullet under a `## <module>.py` heading must exist in that module."""
+every bullet under a `## <module path>.py` heading (`## cnn_sentinel/scene/reading.py`) must
+exist in that module."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ BULLET = re.compile(r"^- `([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def documented_names() -> dict[str, list[str]]:
-    """{module: [first name of each bullet]} for the sections headed `## <module>.py`."""
+    """{module: [first name of each bullet]} for the sections headed `## <path>.py`."""
     names: dict[str, list[str]] = {}
     module = None
     for line in DOC.read_text(encoding="utf-8").splitlines():
-        heading = re.match(r"^## ([a-z_]+)\.py\b", line)
+        heading = re.match(r"^## ([a-z_/]+)\.py\b", line)
         if line.startswith("## "):
-            module = heading.group(1) if heading else None
+            module = heading.group(1).replace("/", ".") if heading else None
             if module:
                 names[module] = []
         elif module and (match := BULLET.match(line)):

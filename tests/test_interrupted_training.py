@@ -20,15 +20,15 @@ EPOCHS = 3
 # outside, no clean-up runs) at the moment named by KILL_AT.
 KILLING_RUN = """
 import os, runpy, signal, sys
-import report_functions, training_functions
+from cnn_sentinel import training
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 moment = os.environ["KILL_AT"]
-original_callback = training_functions.progress_callback
-original_history = training_functions.write_history_csv
-original_evaluate = report_functions.evaluate_model
+original_callback = training.progress_callback
+original_history = training.write_history_csv
+original_evaluate = training.evaluate_model
 
 def progress_callback(run_folder, state, stage):
     callback = original_callback(run_folder, state, stage)
@@ -43,20 +43,20 @@ def write_history_csv(path, rows):
         die()  # epoch 2's checkpoint is written, state.json still says epoch 1
     original_history(path, rows)
     if moment == "between-epochs" and len(rows) == 2:
-        original_write = training_functions.write_atomic
+        original_write = training.write_atomic
         def write_then_die(path, content, overwrite=False):
             original_write(path, content, overwrite)
             die()  # epoch 2's checkpoint, history and state are written
-        training_functions.write_atomic = write_then_die
+        training.write_atomic = write_then_die
 
 def evaluate_model(*args, **kwargs):
     if moment == "report":
         die()  # model.keras is saved, the report and model.json are not
     return original_evaluate(*args, **kwargs)
 
-training_functions.progress_callback = progress_callback
-training_functions.write_history_csv = write_history_csv
-report_functions.evaluate_model = evaluate_model
+training.progress_callback = progress_callback
+training.write_history_csv = write_history_csv
+training.evaluate_model = evaluate_model
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -1,5 +1,5 @@
 """A model.keras written by the training scripts is a plain Keras file, and model.json is
-read and written in one place (model_info.ModelInfo)."""
+read and written in one place (cnn_sentinel.model_info.ModelInfo)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import pytest
 from helpers import FAST, SCRIPTS
 from script_modules import load_script
 
-import network_functions as nf
-from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, load_arrays
-from model_info import ModelInfo
+from cnn_sentinel import networks as nf
+from cnn_sentinel import precision
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.model_info import ModelInfo
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, load_arrays
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +32,7 @@ import keras
 model_path, pixels_path, output_path, repo = sys.argv[1:]
 model = keras.saving.load_model(model_path)
 np.save(output_path, model.predict(np.load(pixels_path), verbose=0))
-ours = {"network_functions", "training_functions", "model_info", "image_functions"}
+ours = {"cnn_sentinel", "image_functions"}
 assert not ours & set(sys.modules), ours & set(sys.modules)
 assert not any(Path(entry or ".").resolve() == Path(repo) for entry in sys.path), sys.path
 """
@@ -77,8 +79,8 @@ def test_saved_model_opens_with_plain_keras_and_predicts_like_the_project(
 def test_inference_model_drops_training_layers_and_unfuses(keras_backend):
     import keras
 
-    with nf.dtype_policy("mixed_bfloat16"):
-        model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [50.0] * 3)
+    with precision.dtype_policy("mixed_bfloat16"):
+        model = nf.build_network("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [50.0] * 3)
     assert "augmentation" in [layer.name for layer in model.layers]
     fused = nf.fused_batch_normalization_class()
     assert any(isinstance(layer, fused) for layer in model.get_layer("tiny").layers)
@@ -148,7 +150,7 @@ def test_dihedral_averaging_is_the_mean_over_the_8_symmetries(keras_backend):
     import keras
 
     keras.utils.set_random_seed(2)
-    model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [50.0] * 3)
+    model = nf.build_network("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [50.0] * 3)
     averaged = nf.with_dihedral_averaging(model)
     pixels = np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
     symmetries = [np.rot90(pixels, k, axes=(1, 2)) for k in range(4)]

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 from helpers import WRONG_WEIGHTS_WARNING
 
-import network_functions as nf
-import report_functions as reports
-from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, InputError
-from training_functions import Stage, choose_strategy, compile_for_stage, is_chief, make_optimizer
+from cnn_sentinel import networks as nf
+from cnn_sentinel import precision, reports
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.training import (
+    Stage,
+    choose_strategy,
+    compile_for_stage,
+    is_chief,
+    make_optimizer,
+)
+from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES
 
 MEAN3, STD3 = [100.0, 100.0, 100.0], [30.0, 30.0, 30.0]
 MEAN13, STD13 = [1000.0] * 13, [300.0] * 13
@@ -53,7 +60,7 @@ def layer_names(model) -> list[str]:
 
 
 def test_vgg16_head_and_talk_freezing(keras_backend):
-    model = nf.build_classifier("vgg16", RGB_BAND_NAMES, 10, MEAN3, STD3)
+    model = nf.build_network("vgg16", RGB_BAND_NAMES, 10, MEAN3, STD3)
     assert layer_names(model)[-4:] == ["average_pool", "head_dense1", "head_dense2", "predictions"]
     assert [model.get_layer(f"head_dense{i}").units for i in (1, 2)] == [2048, 2048]
     assert model.output_shape == (None, 10)
@@ -71,7 +78,7 @@ def test_vgg16_head_and_talk_freezing(keras_backend):
 
 
 def test_densenet201_head_and_talk_freezing(keras_backend):
-    model = nf.build_classifier("densenet201", RGB_BAND_NAMES, 7, MEAN3, STD3)
+    model = nf.build_network("densenet201", RGB_BAND_NAMES, 7, MEAN3, STD3)
     assert layer_names(model)[-2:] == ["average_pool", "predictions"]
     assert model.output_shape == (None, 7)
     backbone = model.get_layer("densenet201")
@@ -84,7 +91,7 @@ def test_densenet201_head_and_talk_freezing(keras_backend):
 
 
 def test_batch_normalised_vgg16_keeps_the_layout_and_names(keras_backend):
-    model = nf.build_classifier("vgg16-bn", MS_BAND_NAMES, 10, MEAN13, STD13)
+    model = nf.build_network("vgg16-bn", MS_BAND_NAMES, 10, MEAN13, STD13)
     backbone = model.get_layer("vgg16-bn")
     reference = keras_backend.applications.VGG16(
         include_top=False, weights=None, input_shape=(64, 64, 13)
@@ -103,8 +110,8 @@ def test_batch_normalised_vgg16_keeps_the_layout_and_names(keras_backend):
 
 
 def test_model_owns_preprocessing_and_float32_softmax(keras_backend):
-    with nf.dtype_policy("mixed_bfloat16"):
-        model = nf.build_classifier("tiny", MS_BAND_NAMES, 10, MEAN13, STD13)
+    with precision.dtype_policy("mixed_bfloat16"):
+        model = nf.build_network("tiny", MS_BAND_NAMES, 10, MEAN13, STD13)
     assert keras_backend.mixed_precision.global_policy().name == "float32"
     assert model.get_layer("normalization").dtype_policy.name == "float32"
     assert model.get_layer("augmentation").dtype_policy.name == "float32"
@@ -121,7 +128,7 @@ def test_model_owns_preprocessing_and_float32_softmax(keras_backend):
 @pytest.mark.parametrize("suffix", [".weights.h5", ".h5"])
 def test_rgb_weights_file_is_transferred_exactly(keras_backend, tmp_path, suffix):
     source = save_backbone("tiny", tmp_path / f"backbone{suffix}")
-    model = nf.build_classifier(
+    model = nf.build_network(
         "tiny", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / f"backbone{suffix}"
     )
     assert_same_weights(source.get_weights(), model.get_layer("tiny").get_weights())
@@ -131,8 +138,8 @@ def test_float32_weights_file_loads_exactly_under_mixed_precision(keras_backend,
     # The file is saved from stock BatchNormalization layers; under mixed precision the
     # backbone uses fused ones, which must receive the same values.
     source = save_backbone("tiny", tmp_path / "backbone.weights.h5")
-    with nf.dtype_policy("mixed_bfloat16"):
-        model = nf.build_classifier(
+    with precision.dtype_policy("mixed_bfloat16"):
+        model = nf.build_network(
             "tiny", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / "backbone.weights.h5"
         )
     backbone = model.get_layer("tiny")
@@ -142,7 +149,7 @@ def test_float32_weights_file_loads_exactly_under_mixed_precision(keras_backend,
 
 def test_first_conv_variant_maps_rgb_kernels_and_copies_the_rest(keras_backend, tmp_path):
     source = save_backbone("vgg16", tmp_path / "vgg16.weights.h5")
-    model = nf.build_classifier(
+    model = nf.build_network(
         "vgg16", MS_BAND_NAMES, 10, MEAN13, STD13,
         weights=tmp_path / "vgg16.weights.h5", variant="first-conv",
     )  # fmt: skip
@@ -167,7 +174,7 @@ def test_first_conv_variant_maps_rgb_kernels_and_copies_the_rest(keras_backend, 
 
 def test_adapter_variant_selects_rgb_bands_in_front_of_copied_backbone(keras_backend, tmp_path):
     source = save_backbone("tiny", tmp_path / "tiny.weights.h5")
-    model = nf.build_classifier(
+    model = nf.build_network(
         "tiny", MS_BAND_NAMES, 10, MEAN13, STD13,
         weights=tmp_path / "tiny.weights.h5", variant="adapter",
     )  # fmt: skip
@@ -187,17 +194,17 @@ def test_adapter_variant_selects_rgb_bands_in_front_of_copied_backbone(keras_bac
 def test_wrong_architecture_weights_file_is_one_clear_error(keras_backend, tmp_path):
     save_backbone("tiny", tmp_path / "tiny.weights.h5")
     with pytest.raises(InputError, match=r"does not fit a vgg16 backbone without top"):
-        nf.build_classifier(
+        nf.build_network(
             "vgg16", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / "tiny.weights.h5"
         )
     with pytest.raises(InputError, match="does not exist"):
-        nf.build_classifier("tiny", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / "no.h5")
+        nf.build_network("tiny", RGB_BAND_NAMES, 10, MEAN3, STD3, weights=tmp_path / "no.h5")
 
 
 def test_pretrained_weights_need_a_variant_for_13_bands(keras_backend, tmp_path):
     save_backbone("tiny", tmp_path / "tiny.weights.h5")
     with pytest.raises(InputError, match="use variant adapter or first-conv"):
-        nf.build_classifier(
+        nf.build_network(
             "tiny", MS_BAND_NAMES, 10, MEAN13, STD13, weights=tmp_path / "tiny.weights.h5"
         )
 
@@ -228,33 +235,33 @@ def test_cpu_bfloat16_detection_reads_cpu_flags(tmp_path):
     with_amx.write_text("processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile\n")
     plain = tmp_path / "plain"
     plain.write_text("processor : 0\nflags : fpu sse avx2\n")
-    assert nf.cpu_has_bfloat16(with_amx)
-    assert not nf.cpu_has_bfloat16(plain)
-    assert not nf.cpu_has_bfloat16(tmp_path / "missing")
+    assert precision.cpu_has_bfloat16(with_amx)
+    assert not precision.cpu_has_bfloat16(plain)
+    assert not precision.cpu_has_bfloat16(tmp_path / "missing")
     avx512_only = tmp_path / "avx512"
     avx512_only.write_text("processor : 0\nflags : fpu avx512f avx512_bf16\n")
-    assert nf.cpu_has_bfloat16(avx512_only)
-    assert nf.cpu_has_amx(with_amx)
-    assert not nf.cpu_has_amx(avx512_only)  # bfloat16 instructions, but slower than float32
+    assert precision.cpu_has_bfloat16(avx512_only)
+    assert precision.cpu_has_amx(with_amx)
+    assert not precision.cpu_has_amx(avx512_only)  # bfloat16 instructions, but slower than float32
 
 
 def test_precision_modes(keras_backend, monkeypatch):
-    assert nf.precision_policy("off") == "float32"
-    assert nf.precision_policy("bf16") == "mixed_bfloat16"
-    assert nf.precision_policy("fp16") == "mixed_float16"
+    assert precision.precision_policy("off") == "float32"
+    assert precision.precision_policy("bf16") == "mixed_bfloat16"
+    assert precision.precision_policy("fp16") == "mixed_float16"
     monkeypatch.setattr(nf, "cpu_has_amx", lambda: True)
-    assert nf.precision_policy("auto") == "mixed_bfloat16"
+    assert precision.precision_policy("auto") == "mixed_bfloat16"
     monkeypatch.setattr(nf, "cpu_has_amx", lambda: False)
-    assert nf.precision_policy("auto") == "float32"
+    assert precision.precision_policy("auto") == "float32"
     with pytest.raises(InputError):
-        nf.precision_policy("int8")
-    assert nf.set_mixed_precision("bf16") == "mixed_bfloat16"
+        precision.precision_policy("int8")
+    assert precision.set_mixed_precision("bf16") == "mixed_bfloat16"
     assert keras_backend.mixed_precision.global_policy().name == "mixed_bfloat16"
 
 
 def test_fp16_compiles_with_loss_scaling(keras_backend):
-    with nf.dtype_policy("mixed_float16"):
-        model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, MEAN3, STD3)
+    with precision.dtype_policy("mixed_float16"):
+        model = nf.build_network("tiny", RGB_BAND_NAMES, 10, MEAN3, STD3)
         compile_for_stage(model, Stage("s", "all", "sgd", 0.01, 1), "tiny")
     assert type(model.optimizer).__name__ == "LossScaleOptimizer"
 
@@ -300,7 +307,7 @@ def test_mixed_precision_backbones_use_fused_batch_normalization(keras_backend):
 
     keras.utils.set_random_seed(0)
     stock = nf.build_backbone("tiny", 3)
-    with nf.dtype_policy("mixed_bfloat16"):
+    with precision.dtype_policy("mixed_bfloat16"):
         fused = nf.with_fused_batch_normalization(stock)
         built = nf.build_backbone("tiny", 3)
     fused_class = nf.fused_batch_normalization_class()

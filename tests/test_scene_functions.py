@@ -30,12 +30,12 @@ from helpers import (
 from osgeo import gdal
 from talk_reference import talk_classify
 
-import quicklook_functions
-import scene_functions as scenes
-import scene_predictors as predictors
-import scene_writers as writers
-from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError, talk_constants
-from sentinel2_products import sentinel2_band_files
+from cnn_sentinel import precision
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene import blocks, predictors, quicklooks, writers
+from cnn_sentinel.scene import reading as scenes
+from cnn_sentinel.scene.products import sentinel2_band_files
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 gdal.UseExceptions()
 
@@ -143,10 +143,11 @@ def test_legacy_h5_model_gets_the_talk_constants(tmp_path):
     model = tiny_model(13)  # normalisation outside the model, as the talk trained it
     model_path = tmp_path / "talk_model.h5"
     model.save(model_path)
-    loaded, config = scenes.load_classifier(model_path)
+    loaded, config = scenes.load_scene_model(model_path)
     mean, std = talk_constants(13)
-    assert config.class_names == CLASS_NAMES
-    assert config.band_names == MS_BAND_NAMES
+    assert tuple(config.class_names) == CLASS_NAMES
+    assert tuple(config.band_names) == MS_BAND_NAMES
+    assert config.normalise_in_front
     np.testing.assert_array_equal(config.mean, mean)
     talk_labels, talk_probabilities = talk_classify(image, loaded, mean, std)
     labels, probabilities = run_classification(tmp_path, scene_path, loaded, config, stride=1)
@@ -163,18 +164,18 @@ def test_model_json_gives_classes_bands_and_no_outside_normalisation(tmp_path):
         ["B4", "B3", "B2"],
         json_facts={"class_names": names, "extra": {"ignored": True}},
     )
-    _, config = scenes.load_classifier(path)
-    assert config.class_names == tuple(names)
-    assert config.band_names == RGB_BAND_NAMES
-    assert config.mean is None and config.input_size == 64
+    _, config = scenes.load_scene_model(path)
+    assert config.class_names == names
+    assert tuple(config.band_names) == RGB_BAND_NAMES
+    assert not config.normalise_in_front and config.input_size == 64
 
 
 def test_keras_model_without_json_but_with_normalisation_gets_raw_pixels(tmp_path):
     mean, std = talk_constants(3)
     path = tmp_path / "alone.keras"
     tiny_model(3, mean, std).save(path)
-    _, config = scenes.load_classifier(path)
-    assert config.mean is None and config.class_names == CLASS_NAMES
+    _, config = scenes.load_scene_model(path)
+    assert not config.normalise_in_front and tuple(config.class_names) == CLASS_NAMES
 
 
 @pytest.mark.parametrize(
@@ -189,20 +190,20 @@ def test_model_json_that_contradicts_the_model_is_refused(tmp_path, facts, messa
     mean, std = talk_constants(3)
     path = save_model(tiny_model(3, mean, std), tmp_path, RGB_BAND_NAMES, json_facts=facts)
     with pytest.raises(InputError, match=message):
-        scenes.load_classifier(path)
+        scenes.load_scene_model(path)
 
 
 def test_files_that_are_not_models_are_refused(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        scenes.load_classifier(tmp_path / "missing.keras")
+        scenes.load_scene_model(tmp_path / "missing.keras")
     text = tmp_path / "model.txt"
     text.write_text("x")
     with pytest.raises(InputError, match="not a Keras model file"):
-        scenes.load_classifier(text)
+        scenes.load_scene_model(text)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
     with pytest.raises(InputError, match="cannot be loaded"):
-        scenes.load_classifier(broken)
+        scenes.load_scene_model(broken)
 
 
 def test_bfloat16_copy_keeps_weights_and_mostly_the_labels(rgb_case, tmp_path):
@@ -281,7 +282,7 @@ def test_nodata_windows_are_skipped_and_marked(rgb_case, tmp_path):
         tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=1
     )
     holes = np.isnan(floats[..., 0]) | (floats[..., 0] == 7) | (floats[..., 0] == 0)
-    assert np.all(labels[holes] == scenes.LABEL_NODATA)
+    assert np.all(labels[holes] == blocks.LABEL_NODATA)
     assert np.all(np.isnan(probabilities[holes]))
     # Elsewhere: the talk's answer on the scene with NaN read as 0.
     talk_labels, talk_probabilities = talk_classify(np.nan_to_num(floats), model)
@@ -297,8 +298,8 @@ def test_stride_block_with_nodata_centre_is_nodata(rgb_case, tmp_path):
     labels, _ = run_classification(
         tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=4
     )
-    assert np.all(labels[:4, :4] == scenes.LABEL_NODATA)
-    assert np.all(labels[4:, 4:] != scenes.LABEL_NODATA)
+    assert np.all(labels[:4, :4] == blocks.LABEL_NODATA)
+    assert np.all(labels[4:, 4:] != blocks.LABEL_NODATA)
 
 
 # ---------------------------------------------------------------------------
@@ -329,11 +330,11 @@ def test_outputs_carry_georeferencing_colours_names_and_nodata(rgb_case, tmp_pat
         assert output.GetRasterBand(1).GetBlockSize() == [256, 256]  # tiled
     band = label.GetRasterBand(1)
     assert band.DataType == gdal.GDT_Byte
-    assert band.GetNoDataValue() == scenes.LABEL_NODATA
+    assert band.GetNoDataValue() == blocks.LABEL_NODATA
     assert band.GetCategoryNames() == list(CLASS_NAMES)
     colours = band.GetRasterColorTable()
-    assert colours.GetColorEntry(1)[:3] == scenes.CLASS_COLOURS["Forest"]
-    assert colours.GetColorEntry(scenes.LABEL_NODATA)[3] == 0
+    assert colours.GetColorEntry(1)[:3] == blocks.CLASS_COLOURS["Forest"]
+    assert colours.GetColorEntry(blocks.LABEL_NODATA)[3] == 0
     assert probability.RasterCount == len(CLASS_NAMES)
     descriptions = [probability.GetRasterBand(number).GetDescription() for number in range(1, 11)]
     assert descriptions == list(CLASS_NAMES)
@@ -359,11 +360,9 @@ def test_not_georeferenced_scene_warns_and_classifies(rgb_case, tmp_path):
 def test_quicklook_decimates_like_gdal_and_is_a_png(rgb_case, tmp_path):
     _, scene_path, _, model, _ = rgb_case
     dataset = scenes.open_scene(scene_path)
-    classifier = predictors.prepare_classifier(dataset, model, raw_config(RGB_BAND_NAMES))
+    classifier = predictors.prepare_classification(dataset, model, raw_config(RGB_BAND_NAMES))
     label_path, png = tmp_path / "out_label.tif", tmp_path / "look.png"
-    quicklook = quicklook_functions.SideBySideQuicklookWriter(
-        dataset, png, CLASS_NAMES, "test", max_side=17
-    )
+    quicklook = quicklooks.SideBySideQuicklookWriter(dataset, png, CLASS_NAMES, "test", max_side=17)
     label = writers.LabelWriter(dataset, label_path, CLASS_NAMES)
     classifier.run([label, quicklook], stride=3, block_rows=7, progress=False)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -510,9 +509,9 @@ def test_real_ravaen_scene_selects_bands_by_description_and_honours_nan(scenes_d
     pixels = np.moveaxis(dataset.ReadAsArray(), 0, -1)[..., indices]
     missing = np.isnan(pixels).any(axis=-1)
     assert missing.any()
-    assert np.all(labels[missing] == scenes.LABEL_NODATA)
+    assert np.all(labels[missing] == blocks.LABEL_NODATA)
     assert np.all(np.isnan(probabilities[missing]))
-    assert np.mean(labels[~missing] != scenes.LABEL_NODATA) > 0.9
+    assert np.mean(labels[~missing] != blocks.LABEL_NODATA) > 0.9
 
 
 def test_real_landsat_scene_with_nodata_0(scenes_dir, tmp_path):
@@ -525,7 +524,7 @@ def test_real_landsat_scene_with_nodata_0(scenes_dir, tmp_path):
         tmp_path, path, model, raw_config(RGB_BAND_NAMES), stride=32, block_rows=128
     )
     pixels = np.moveaxis(read_raster(path), 0, -1)
-    assert np.all(labels[(pixels == 0).any(axis=-1)] == scenes.LABEL_NODATA)
+    assert np.all(labels[(pixels == 0).any(axis=-1)] == blocks.LABEL_NODATA)
     assert np.mean(labels[(pixels != 0).all(axis=-1)] < 10) > 0.8
     output = gdal.Open(str(tmp_path / "out_label.tif"))
     assert output.GetGeoTransform() == gdal.Open(str(path)).GetGeoTransform()
@@ -552,7 +551,7 @@ def test_rgb_model_on_l1c_values_sees_them_scaled_like_eurosat_jpegs(rgb_case, t
 def test_models_with_our_custom_layers_load_and_convert(tmp_path):
     import keras
 
-    from network_functions import fused_batch_normalization_class
+    from cnn_sentinel.networks import fused_batch_normalization_class
 
     mean, std = talk_constants(3)
     inputs = keras.Input((64, 64, 3))
@@ -562,8 +561,8 @@ def test_models_with_our_custom_layers_load_and_convert(tmp_path):
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(10, activation="softmax")(x)
     path = save_model(keras.Model(inputs, outputs), tmp_path, RGB_BAND_NAMES)
-    model, config = scenes.load_classifier(path)
-    assert config.band_names == RGB_BAND_NAMES
+    model, config = scenes.load_scene_model(path)
+    assert tuple(config.band_names) == RGB_BAND_NAMES
     assert predictors.with_precision(model, "mixed_bfloat16").layers[-1].dtype_policy.name == (
         "mixed_bfloat16"
     )
@@ -572,10 +571,10 @@ def test_models_with_our_custom_layers_load_and_convert(tmp_path):
 def test_float32_classification_of_a_model_trained_in_bfloat16(tmp_path):
     """A model saved under mixed_bfloat16 keeps that policy; --mixed-precision off must
     still compute in float32 (the exact talk answer), and bf16 must differ only slightly."""
-    import network_functions as nf
+    from cnn_sentinel import networks as nf
 
-    with nf.dtype_policy("mixed_bfloat16"):
-        model = nf.build_classifier("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [30.0] * 3)
+    with precision.dtype_policy("mixed_bfloat16"):
+        model = nf.build_network("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [30.0] * 3)
     model.save(tmp_path / "model.keras")
     loaded = nf.load_model(tmp_path / "model.keras")
     assert predictors._has_mixed_layers(loaded)
@@ -624,10 +623,10 @@ def test_dense_pass_equals_one_pass_per_window(valid_case, tmp_path, stride, blo
             probabilities="all", stride=stride, block_rows=block_rows,
         )  # fmt: skip
     (dense_labels, dense), (window_labels, windows) = results["dense"], results["windows"]
-    assert len(np.unique(window_labels[window_labels != scenes.LABEL_NODATA])) > 1
+    assert len(np.unique(window_labels[window_labels != blocks.LABEL_NODATA])) > 1
     assert_same_up_to_ties(dense, windows, dense_labels, window_labels)
     holes = np.all(image == 0, axis=-1)
-    assert np.all(dense_labels[holes] == scenes.LABEL_NODATA)
+    assert np.all(dense_labels[holes] == blocks.LABEL_NODATA)
 
 
 def test_dense_pass_at_stride_1_is_the_talk_answer(valid_case, tmp_path):
@@ -643,7 +642,7 @@ def test_dense_pass_at_stride_1_is_the_talk_answer(valid_case, tmp_path):
 
 def test_dense_tiles_and_phase_methods_agree(valid_case):
     """Column tiles of the block and dilated kernels give the fragments' numbers."""
-    from scene_dense import DenseNetwork
+    from cnn_sentinel.scene.dense import DenseNetwork
 
     _, _, image, model = valid_case
     config = raw_config(RGB_BAND_NAMES)
@@ -660,10 +659,10 @@ def test_dense_tiles_and_phase_methods_agree(valid_case):
 def test_auto_picks_dense_only_where_it_is_exact(valid_case, rgb_case):
     dataset = scenes.open_scene(valid_case[1])
     config = raw_config(RGB_BAND_NAMES)
-    valid = predictors.prepare_classifier(dataset, valid_case[3], config)
+    valid = predictors.prepare_classification(dataset, valid_case[3], config)
     assert valid.method == "dense" and valid.dense_reason is None
     assert "whole-block pass" in valid.describe()
-    flatten = predictors.prepare_classifier(dataset, rgb_case[3], config)
+    flatten = predictors.prepare_classification(dataset, rgb_case[3], config)
     assert flatten.method == "windows"
     assert "Flatten" in flatten.dense_reason
 
@@ -677,14 +676,18 @@ def test_dense_refused_with_one_sentence_for_zero_padding(valid_case):
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
     dataset = scenes.open_scene(valid_case[1])
     with pytest.raises(InputError, match="block1_conv1 \\(Conv2D\\) pads with zeros") as error:
-        predictors.prepare_classifier(dataset, model, raw_config(RGB_BAND_NAMES), method="dense")
+        predictors.prepare_classification(
+            dataset, model, raw_config(RGB_BAND_NAMES), method="dense"
+        )
     assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
 
 
 def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
     """A per-block step (a mask) runs before the writers; a writer sees block pixels."""
     dataset = scenes.open_scene(valid_case[1])
-    classifier = predictors.prepare_classifier(dataset, valid_case[3], raw_config(RGB_BAND_NAMES))
+    classifier = predictors.prepare_classification(
+        dataset, valid_case[3], raw_config(RGB_BAND_NAMES)
+    )
 
     def mask_left_half(block):
         block.probabilities[:, : block.probabilities.shape[1] // 2] = np.nan
@@ -708,8 +711,8 @@ def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
     label = writers.LabelWriter(dataset, tmp_path / "masked.tif", CLASS_NAMES)
     summary = classifier.run([label, sums], stride=2, block_rows=10, steps=[mask_left_half])
     labels = read_raster(tmp_path / "masked.tif")
-    assert np.all(labels[:, :24] == scenes.LABEL_NODATA)
-    assert np.all(labels[3:9, 30:] != scenes.LABEL_NODATA)
+    assert np.all(labels[:, :24] == blocks.LABEL_NODATA)
+    assert np.all(labels[3:9, 30:] != blocks.LABEL_NODATA)
     assert sums.rows == 45 and summary["nodata"] >= 45 * 24
 
 
@@ -717,7 +720,9 @@ def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
     """The reading thread, done early and blocked on a full queue, must not hang the
     run when a writer fails (it once did: the end marker was put without a timeout)."""
     dataset = scenes.open_scene(valid_case[1])
-    classifier = predictors.prepare_classifier(dataset, valid_case[3], raw_config(RGB_BAND_NAMES))
+    classifier = predictors.prepare_classification(
+        dataset, valid_case[3], raw_config(RGB_BAND_NAMES)
+    )
 
     class Failing:
         def write(self, block):

@@ -14,9 +14,9 @@ from helpers import (
     write_scene,
 )
 
-import scene_functions as scenes
-import scene_predictors as predictors
-from image_functions import InputError
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene import blocks, predictors
+from cnn_sentinel.scene import reading as scenes
 
 RGB = ("B04", "B03", "B02")
 
@@ -68,7 +68,7 @@ def test_tta_whole_block_pass_equals_turned_windows(tta_case, tmp_path, stride):
         np.testing.assert_allclose(dense[:, row, col], expected, atol=1e-4)
     holes = np.all(image == 0, axis=-1)
     if stride == 1:
-        assert np.all(dense_labels[holes] == scenes.LABEL_NODATA)
+        assert np.all(dense_labels[holes] == blocks.LABEL_NODATA)
 
 
 def test_tta_dense_refused_where_turning_kernels_is_not_exact(tta_case):
@@ -84,16 +84,16 @@ def test_tta_dense_refused_where_turning_kernels_is_not_exact(tta_case):
     dataset = scenes.open_scene(tta_case[0])
     config = raw_config(RGB)
     with pytest.raises(InputError, match="--method dense --tta: its layer odd_steps") as error:
-        predictors.prepare_classifier(dataset, model, config, method="dense", tta=True)
+        predictors.prepare_classification(dataset, model, config, method="dense", tta=True)
     assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
-    fallback = predictors.prepare_classifier(dataset, model, config, tta=True)
+    fallback = predictors.prepare_classification(dataset, model, config, tta=True)
     assert fallback.method == "windows" and fallback.tta
     assert "averaged over the 8 flips and rotations" in fallback.describe()
-    assert predictors.prepare_classifier(dataset, model, config).method == "dense"
+    assert predictors.prepare_classification(dataset, model, config).method == "dense"
 
 
 def test_turned_kernels_cover_the_whole_group():
-    from scene_dense import dihedral_kernel
+    from cnn_sentinel.scene.dense import dihedral_kernel
 
     kernel = np.arange(9 * 2, dtype=np.float32).reshape(3, 3, 2, 1)
     turned = {np.asarray(dihedral_kernel(kernel, k)).tobytes() for k in range(8)}

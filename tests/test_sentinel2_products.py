@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from helpers import generated_jp2_bands, safe_layout
 
-import scene_functions as scenes
-from image_functions import MS_BAND_NAMES, InputError
-from sentinel2_products import SENTINEL2_BAND_IDS, dn_offset_words, sentinel2_offsets
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene import reading as scenes
+from cnn_sentinel.scene.products import SENTINEL2_BAND_IDS, dn_offset_words, sentinel2_offsets
+from image_functions import MS_BAND_NAMES
 
 L1C_NAMESPACE = "https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-1C.xsd"
 

@@ -58,7 +58,7 @@ def test_shipped_model_opens_with_plain_keras(name, tmp_path):
         "probabilities = model.predict(pixels, verbose=0)\n"
         "assert probabilities.shape == (2, 10), probabilities.shape\n"
         "assert abs(float(probabilities.sum()) - 2.0) < 1e-4\n"
-        "assert 'network_functions' not in sys.modules\n"
+        "assert 'cnn_sentinel' not in sys.modules\n"
         "print('ok')\n"
     )
     result = subprocess.run(

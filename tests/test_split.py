@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 from script_modules import load_script
 
-import dataset_functions as datasets
-from image_functions import CLASS_NAMES, InputError
+from cnn_sentinel import datasets
+from cnn_sentinel.errors import InputError
+from image_functions import CLASS_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "01_split_data_to_train_and_validation.py"
@@ -508,7 +509,7 @@ def test_a_killed_runs_leftover_folder_is_cleared_by_the_next_run(tmp_path):
         [sys.executable, "-c",
          "import sys, time\n"
          f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-         "from command_line import atomic_output\n"
+         "from cnn_sentinel.outputs import atomic_output\n"
          f"with atomic_output({str(target)!r}) as folder:\n"
          "    (folder / 'train').mkdir(parents=True)\n"
          "    print('writing', flush=True)\n"

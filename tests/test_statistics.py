@@ -15,7 +15,8 @@ import pytest
 from osgeo import gdal
 from script_modules import load_script
 
-from image_functions import CLASS_NAMES, MS_BAND_NAMES, InputError, list_class_images
+from cnn_sentinel.errors import InputError
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, list_class_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "statistics.py"

@@ -13,9 +13,10 @@ import pytest
 from helpers import FAST, SCRIPTS, WRONG_WEIGHTS_WARNING, make_split, read_history
 from script_modules import load_script
 
-import network_functions as nf
-import training_functions as training
-from image_functions import CLASS_NAMES, MS_BAND_NAMES, InputError, list_images
+from cnn_sentinel import networks as nf
+from cnn_sentinel import training
+from cnn_sentinel.errors import InputError
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, list_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

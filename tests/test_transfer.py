@@ -1,14 +1,15 @@
 """04 starts a 13-band network from a trained model of this project (the shipped RGB
-model): network_functions.classifier_from_model."""
+model): network_functions.network_from_model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import network_functions as nf
-from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, InputError
-from model_info import ModelInfo
+from cnn_sentinel import networks as nf
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.model_info import ModelInfo
+from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES
 
 RGB_MEAN, RGB_STD = [90.0, 100.0, 110.0], [20.0, 15.0, 12.0]
 
@@ -18,7 +19,7 @@ def save_rgb_model(folder, arch="resnet-valid", seed=3):
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = nf.build_classifier(arch, RGB_BAND_NAMES, 10, RGB_MEAN, RGB_STD, augment=False)
+    model = nf.build_network(arch, RGB_BAND_NAMES, 10, RGB_MEAN, RGB_STD, augment=False)
     path = folder / "model.keras"
     model.save(path)
     ModelInfo(
@@ -44,7 +45,7 @@ def ms_statistics():
 def test_ms_network_from_rgb_model_sees_what_the_rgb_model_saw(tmp_path, arch):
     source, path = save_rgb_model(tmp_path, arch)
     mean, std = ms_statistics()
-    target, got_arch = nf.classifier_from_model(
+    target, got_arch = nf.network_from_model(
         path, MS_BAND_NAMES, CLASS_NAMES, mean, std, augment=False
     )
     assert got_arch == arch
@@ -73,12 +74,12 @@ def test_transfer_needs_a_project_model_with_shared_bands(tmp_path):
     _, path = save_rgb_model(tmp_path)
     mean, std = ms_statistics()
     with pytest.raises(InputError, match="none of which"):
-        nf.classifier_from_model(path, ["B08", "B11"], CLASS_NAMES, mean[:2], std[:2])
+        nf.network_from_model(path, ["B08", "B11"], CLASS_NAMES, mean[:2], std[:2])
     (tmp_path / "model.json").unlink()
     with pytest.raises(InputError, match="no model.json"):
         nf.project_model_info(path)
     with pytest.raises(InputError, match="no model.json"):
-        nf.classifier_from_model(path, MS_BAND_NAMES, CLASS_NAMES, mean, std)
+        nf.network_from_model(path, MS_BAND_NAMES, CLASS_NAMES, mean, std)
     with pytest.raises(InputError, match="does not exist"):
         nf.project_model_info(tmp_path / "missing.keras")
     assert nf.is_project_model("models/eurosat-rgb-resnet-valid-narrow/model.keras")

@@ -25,7 +25,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from osgeo import gdal
 
-from command_line import InputError
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene.blocks import CLOUD_LABEL, CLOUD_NAME, prefetch
 
 gdal.UseExceptions()
 
@@ -49,10 +50,6 @@ CLOUD_DILATION = 2
 # evaluations than every pixel; the mask agrees with the every-pixel mask on 99.1 %
 # of the real T33UUU scene, 99.6 % at 4, which costs 4x more).
 CLOUD_CELL = 8
-# Label value of cloudy pixels in label rasters (class indices below it, nodata 255).
-CLOUD_LABEL = 254
-CLOUD_NAME = "Cloud"
-CLOUD_COLOUR = (255, 255, 255)
 # Rows of the cloud mask 06 computes at a time, ahead of the classification.
 CLOUD_CHUNK_ROWS = 256
 # 06's --cloud-mask: auto (on when the scene has the bands), on, off.
@@ -270,8 +267,6 @@ class CloudMaskStep:
 
     def rows(self, first_row: int, last_row: int) -> np.ndarray:
         """Rows first_row..last_row-1 of the scene's cloud mask; rows are asked for in order."""
-        from scene_predictors import prefetch
-
         if self.chunks is None:
             self.chunks = prefetch(self.chunk_masks(), self.depth)
         while not self.ready or self.ready[-1][0] + len(self.ready[-1][1]) < last_row:

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scene_functions import ModelConfig, ReadBlock
-from scene_predictors import PredictedBlock, prefetch
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.scene.blocks import PredictedBlock, ReadBlock, prefetch
 
 # Output pixels of one dense tile (rows x cols of window starts); memory grows with it.
 DENSE_TILE_PIXELS = 256 * 512
@@ -236,7 +236,7 @@ class DenseNetwork:
     scores over the 8 flips and rotations of each window (check_dihedral says when).
     """
 
-    def __init__(self, model, config: ModelConfig, method: str = "fragments", symmetries: int = 1):
+    def __init__(self, model, config: ModelInfo, method: str = "fragments", symmetries: int = 1):
         check_dense(model)
         if symmetries not in (1, 8):
             raise ValueError("symmetries must be 1 or 8")
@@ -368,8 +368,8 @@ class DenseNetwork:
             import tensorflow as tf
 
             config = self.config
-            mean = None if config.mean is None else tf.constant(config.mean, tf.float32)
-            std = None if config.std is None else tf.constant(config.std, tf.float32)
+            mean = tf.constant(config.mean, tf.float32) if config.normalise_in_front else None
+            std = tf.constant(config.std, tf.float32) if config.normalise_in_front else None
 
             @tf.function(
                 autograph=False,
@@ -432,7 +432,7 @@ class DensePredictor:
     symmetries 8: averaged over the 8 flips and rotations (test-time augmentation)."""
 
     model: object
-    config: ModelConfig
+    config: ModelInfo
     prefetch_depth: int = 4
     tile_pixels: int = DENSE_TILE_PIXELS
     phase_method: str = "fragments"

@@ -1,7 +1,7 @@
 """Predictors: row blocks of a scene in, blocks of class probabilities out; and the
 one entry point that 06 and the tests use.
 
-    classifier = prepare_classifier(dataset, model_path_or_model, bands=..., method=...)
+    classifier = prepare_classification(dataset, model_path_or_model, bands=..., method=...)
     summary = classifier.run(writers, stride=..., block_rows=...)
 
 `run` streams the scene:  read_blocks -> predictor -> block steps -> writers.
@@ -20,26 +20,28 @@ one entry point that 06 and the tests use.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from osgeo import gdal
 
-from cloud_functions import CLOUD_LABEL
-from command_line import progress_bar
-from image_functions import InputError
-from scene_functions import (
-    LABEL_NODATA,
-    ModelConfig,
-    ReadBlock,
+from cnn_sentinel.console import progress_bar
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.networks import custom_objects, with_dihedral_averaging
+from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA, PredictedBlock, ReadBlock, prefetch
+from cnn_sentinel.scene.dense import (
+    DensePredictor,
+    dense_unsupported_reason,
+    dihedral_unsupported_reason,
+)
+from cnn_sentinel.scene.products import dn_offset_words
+from cnn_sentinel.scene.reading import (
     choose_scene_bands,
-    load_classifier,
+    load_scene_model,
     read_blocks,
     rgb_scaling_needed,
     scene_band_names,
@@ -48,7 +50,6 @@ from scene_functions import (
     window_centres,
     window_view,
 )
-from sentinel2_products import dn_offset_words
 
 # Layers that stay float32 under mixed precision (preprocessing needs the precision).
 FLOAT32_LAYERS = ("InputLayer", "Normalization", "Rescaling")
@@ -102,8 +103,6 @@ def with_precision(model, policy: str):
             for value in node:
                 set_policy(value)
 
-    from network_functions import custom_objects
-
     set_policy(serialized)
     with keras.saving.custom_object_scope(custom_objects()):
         mixed = keras.saving.deserialize_keras_object(serialized)
@@ -112,7 +111,7 @@ def with_precision(model, policy: str):
 
 
 def make_predictor(
-    model, config: ModelConfig, input_dtype: np.dtype, window_bands: int
+    model, config: ModelInfo, input_dtype: np.dtype, window_bands: int
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A fast batch predictor: (n, size, size, bands) raw pixels -> (n, classes) float32.
 
@@ -123,8 +122,8 @@ def make_predictor(
     import tensorflow as tf
 
     size = config.input_size
-    mean = None if config.mean is None else tf.constant(config.mean, tf.float32)
-    std = None if config.std is None else tf.constant(config.std, tf.float32)
+    mean = tf.constant(config.mean, tf.float32) if config.normalise_in_front else None
+    std = tf.constant(config.std, tf.float32) if config.normalise_in_front else None
 
     @tf.function(
         autograph=False,
@@ -142,58 +141,6 @@ def make_predictor(
 # ---------------------------------------------------------------------------
 # Predicted blocks and predictors
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class PredictedBlock:
-    """The predictions of one row block.
-
-    source: the ReadBlock they were computed from (pixels, nodata, centres).
-    probabilities: (grid rows, grid cols, classes) float32, one row per centre row
-    and one column per centre column; NaN where the window was not classified.
-    cloud: None, or (rows, cols) bool of the output pixels under cloud (set by a
-    cloud mask step): they get CLOUD_LABEL and no probability.
-    """
-
-    source: ReadBlock
-    probabilities: np.ndarray
-    cloud: np.ndarray | None = None
-
-    @property
-    def first_row(self) -> int:
-        return self.source.first_row
-
-    @property
-    def classified(self) -> np.ndarray:
-        """(grid rows, grid cols) bool: windows that were classified."""
-        return ~np.isnan(self.probabilities[..., 0])
-
-    @cached_property
-    def grid_labels(self) -> np.ndarray:
-        """(grid rows, grid cols) uint8 class index, LABEL_NODATA where not classified."""
-        labels = np.argmax(np.nan_to_num(self.probabilities), axis=-1).astype(np.uint8)
-        labels[~self.classified] = LABEL_NODATA
-        return labels
-
-    @cached_property
-    def labels(self) -> np.ndarray:
-        """(rows, cols) uint8 labels of the block's output pixels (CLOUD_LABEL under cloud)."""
-        labels = self.spread(self.grid_labels, LABEL_NODATA)
-        if self.cloud is not None:
-            labels[self.cloud & ~self.source.nodata] = CLOUD_LABEL
-        return labels
-
-    def spread(self, values: np.ndarray, fill: float) -> np.ndarray:
-        """(grid rows, grid cols) -> the block's output pixels (rows, cols), each value
-        over its stride x stride cell, `fill` on nodata pixels and under cloud."""
-        stride, nodata = self.source.stride, self.source.nodata
-        if stride > 1:
-            values = np.repeat(np.repeat(values, stride, axis=0), stride, axis=1)
-        values = np.ascontiguousarray(values[: nodata.shape[0], : nodata.shape[1]])
-        values[nodata] = fill
-        if self.cloud is not None:
-            values[self.cloud] = fill
-        return values
 
 
 class Predictor(Protocol):
@@ -259,50 +206,6 @@ class WindowPredictor:
             yield PredictedBlock(block, grid.reshape(*block.centre_nodata.shape, -1))
 
 
-def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Run `iterator` in a background thread, `depth` items ahead of the consumer.
-
-    Reading and cutting windows (GDAL, numpy) then overlaps with inference
-    (TensorFlow), both of which release the GIL.
-    """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    finished = object()
-    stop = threading.Event()
-
-    def offer(item: object) -> bool:
-        """Put `item` in the queue unless the consumer has stopped; whether it went in."""
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                if not offer(item):
-                    return
-            offer(finished)
-        except BaseException as error:  # handed to the consumer, raised there
-            offer(error)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is finished:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 # ---------------------------------------------------------------------------
 # The entry point
 # ---------------------------------------------------------------------------
@@ -319,8 +222,8 @@ class Writer(Protocol):
 
 
 @dataclass
-class SceneClassifier:
-    """A scene and a model ready to classify together (made by `prepare_classifier`).
+class SceneClassification:
+    """A scene and a model ready to classify together (made by `prepare_classification`).
 
     band_indices: 0-based scene bands feeding the model in its order. rgb_scaling:
     whether L1C values are scaled like EuroSAT's JPEGs. precision: the Keras dtype
@@ -332,7 +235,7 @@ class SceneClassifier:
 
     dataset: gdal.Dataset
     model: object
-    config: ModelConfig
+    config: ModelInfo
     band_indices: list[int]
     rgb_scaling: bool
     precision: str
@@ -356,7 +259,7 @@ class SceneClassifier:
             f"{self.dataset.RasterXSize}x{self.dataset.RasterYSize} px, bands "
             f"{', '.join(names[index] for index in self.band_indices)} -> "
             f"{len(self.config.class_names)} classes, {self.precision}"
-            f"{', talk normalisation' if self.config.mean is not None else ''}"
+            f"{', talk normalisation' if self.config.normalise_in_front else ''}"
             f"{', EuroSAT RGB scaling' if self.rgb_scaling else ''}"
             f"{dn_offset_words(self.dataset)}; {method}"
             f"{', averaged over the 8 flips and rotations' if self.tta else ''}"
@@ -365,8 +268,6 @@ class SceneClassifier:
     def predictor(self, batch_size: int = 256, prefetch_depth: int = 4) -> Predictor:
         """The predictor of `method` (windows: batches of `batch_size`)."""
         if self.method == "dense":
-            from scene_dense import DensePredictor
-
             return DensePredictor(
                 self.model,
                 self.config,
@@ -375,8 +276,6 @@ class SceneClassifier:
             )
         model = self.model
         if self.tta:
-            from network_functions import with_dihedral_averaging
-
             model = with_dihedral_averaging(model)
         forward = make_predictor(model, self.config, self.input_dtype, len(self.band_indices))
         return WindowPredictor(forward, len(self.config.class_names), batch_size, prefetch_depth)
@@ -452,19 +351,19 @@ def check_run_settings(stride: int, batch_size: int, block_rows: int) -> None:
         raise InputError(f"block rows must be at least 1, not {block_rows}.")
 
 
-def prepare_classifier(
+def prepare_classification(
     dataset: gdal.Dataset,
     model: str | Path | object,
-    config: ModelConfig | None = None,
+    config: ModelInfo | None = None,
     bands: str | None = None,
     rgb_scaling: str = "auto",
     precision: str = "float32",
     method: str = "auto",
     scene_label: str = "scene",
     tta: bool = False,
-) -> SceneClassifier:
+) -> SceneClassification:
     """Everything between an open scene and a run: load the model (a path; or a Keras
-    model with its ModelConfig), choose the scene's bands (`bands` as 06's --bands),
+    model with its ModelInfo), choose the scene's bands (`bands` as 06's --bands),
     decide the RGB scaling (auto|eurosat|none), set the precision (a Keras dtype
     policy) and the method (auto|windows|dense; auto takes dense when it is exact,
     with `tta` also for the 8 turned networks). Warns when the scene is not
@@ -476,17 +375,15 @@ def prepare_classifier(
     model_label = "the model"
     if isinstance(model, (str, Path)):
         model_label = f"model {model}"
-        model, config = load_classifier(model)
+        model, config = load_scene_model(model)
     elif config is None:
-        raise InputError("a model given as an object needs its ModelConfig.")
+        raise InputError("a model given as an object needs its ModelInfo.")
     band_indices = choose_scene_bands(
         scene_band_names(dataset), config.band_names, bands, scene_label
     )
     warn_if_not_georeferenced(dataset, scene_label)
     scaling = rgb_scaling_needed(rgb_scaling, config.band_names, dataset)
     model = with_precision(model, precision)
-    from scene_dense import dense_unsupported_reason, dihedral_unsupported_reason
-
     reason = (dihedral_unsupported_reason if tta else dense_unsupported_reason)(model)
     if method == "dense" and reason is not None:
         what = "--method dense --tta" if tta else "--method dense"
@@ -495,6 +392,6 @@ def prepare_classifier(
             "use --method windows."
         )
     chosen = "dense" if method == "dense" or (method == "auto" and reason is None) else "windows"
-    return SceneClassifier(
+    return SceneClassification(
         dataset, model, config, band_indices, scaling, precision, chosen, reason, tta
     )

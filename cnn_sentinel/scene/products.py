@@ -14,7 +14,8 @@ from pathlib import Path
 
 from osgeo import gdal
 
-from image_functions import MS_BAND_NAMES, InputError
+from cnn_sentinel.errors import InputError
+from image_functions import MS_BAND_NAMES
 
 # Sentinel-2 band file names inside a product: T33UUU_20170216T102101_B8A.jp2 (L1C)
 # or T33UUU_20170216T102101_B02_10m.jp2 (L2A).

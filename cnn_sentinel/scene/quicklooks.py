@@ -15,9 +15,14 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-from cloud_functions import CLOUD_COLOUR, CLOUD_LABEL, CLOUD_NAME
+from cnn_sentinel.scene.blocks import (
+    CLOUD_COLOUR,
+    CLOUD_LABEL,
+    CLOUD_NAME,
+    LABEL_NODATA,
+    class_colour,
+)
 from image_functions import RGB_BAND_NAMES, eurosat_rgb_from_l1c
-from scene_functions import LABEL_NODATA, class_colour
 
 gdal.UseExceptions()
 

@@ -5,7 +5,7 @@ Scene classification is split by what changes together (issue 12):
   scene_functions.py   scenes and models in: open, bands, block reads (this module)
   sentinel2_products.py  .SAFE folders and .zip files as one 13-band stack
   scene_predictors.py  blocks of class probabilities out: the per-window predictor,
-                       the entry point `prepare_classifier` -> SceneClassifier.run
+                       the entry point `prepare_classification` -> SceneClassification.run
   scene_dense.py       the whole-block (fully convolutional) pass, exact for models
                        without zero padding inside the window
   scene_writers.py     outputs: label and probability GeoTIFFs, the quicklook PNG
@@ -21,45 +21,31 @@ imported inside the functions that need them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, gdal_array
 
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.networks import load_model
+from cnn_sentinel.scene.blocks import ReadBlock
+from cnn_sentinel.scene.products import is_sentinel2_product, sentinel2_stack
 from image_functions import (
     CLASS_NAMES,
     IMAGE_SIZE,
     RGB_BAND_NAMES,
-    InputError,
     default_band_names,
     eurosat_rgb_from_l1c,
 )
-from sentinel2_products import is_sentinel2_product, sentinel2_stack
 
 gdal.UseExceptions()
 
-# Label value of pixels that were not classified (nodata in the scene).
-LABEL_NODATA = 255
-# Probability value of pixels that were not classified.
-PROBABILITY_NODATA = float("nan")
-# Colours (R, G, B) of the EuroSAT classes in label rasters and quicklooks.
-CLASS_COLOURS = {
-    "AnnualCrop": (230, 200, 90),
-    "Forest": (30, 110, 40),
-    "HerbaceousVegetation": (150, 200, 90),
-    "Highway": (120, 120, 120),
-    "Industrial": (200, 60, 60),
-    "Pasture": (180, 230, 120),
-    "PermanentCrop": (200, 140, 60),
-    "Residential": (240, 120, 160),
-    "River": (70, 140, 230),
-    "SeaLake": (20, 50, 150),
-}
 # Model file suffixes 06 accepts; .h5/.hdf5 are the talk's legacy format.
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -67,24 +53,6 @@ MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 # ---------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What 06 needs to know about a classifier.
-
-    class_names: one per output unit. band_names: the model's input bands in
-    order. input_size: window side in pixels. mean/std: normalisation applied
-    before the model (legacy models only; None when the model holds its own).
-    source: where the facts came from, for messages.
-    """
-
-    class_names: tuple[str, ...]
-    band_names: tuple[str, ...]
-    input_size: int
-    mean: np.ndarray | None
-    std: np.ndarray | None
-    source: str
 
 
 def normalise_band_name(name: str) -> str:
@@ -117,10 +85,10 @@ def _has_normalization_layer(model) -> bool:
     return False
 
 
-def load_classifier(model_path: str | Path):
-    """Load a Keras classifier and its configuration.
+def load_scene_model(model_path: str | Path):
+    """Load a Keras model for classifying scenes, and what it says about itself.
 
-    Returns (model, ModelConfig). The configuration comes from `model.json`
+    Returns (model, ModelInfo). The facts come from `model.json`
     beside the model ("class_names", "band_names", "input_size"; missing keys
     fall back to what the model itself says). A model without model.json (the
     talk's .h5/.hdf5) gets the talk's class list and, unless it holds its own
@@ -134,9 +102,6 @@ def load_classifier(model_path: str | Path):
         raise InputError(
             f"model {model_path} is not a Keras model file ({', '.join(MODEL_SUFFIXES)})."
         )
-    from model_info import ModelInfo
-    from network_functions import load_model
-
     model = load_model(model_path)
     input_shape = tuple(model.inputs[0].shape)
     output_units = int(model.outputs[0].shape[-1])
@@ -170,19 +135,15 @@ def load_classifier(model_path: str | Path):
             f"model {model_path} takes {model_size}x{model_size} windows but {source} says "
             f"input_size {input_size}."
         )
-    mean = std = None
+    facts = {
+        "class_names": [str(name) for name in class_names],
+        "band_names": [normalise_band_name(str(name)) for name in band_names],
+        "input_size": int(input_size),
+        "source": source,
+    }
     if info is None and not _has_normalization_layer(model):
-        talk = ModelInfo.for_talk_model(model_bands)
-        mean, std = np.array(talk.mean), np.array(talk.std)
-    config = ModelConfig(
-        class_names=tuple(str(name) for name in class_names),
-        band_names=tuple(normalise_band_name(str(name)) for name in band_names),
-        input_size=int(input_size),
-        mean=mean,
-        std=std,
-        source=source,
-    )
-    return model, config
+        info = ModelInfo.for_talk_model(model_bands)
+    return model, ModelInfo(**facts) if info is None else dataclasses.replace(info, **facts)
 
 
 # ---------------------------------------------------------------------------
@@ -424,36 +385,6 @@ def window_view(block: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class ReadBlock:
-    """One row block of a scene, read with the halo its windows need.
-
-    Output rows first_row..last_row-1, all columns. pixels: scene rows top..top+len-1
-    and columns -size/2..cols+size/2-1, mirrored past the scene's edges, NaN set to 0
-    and scaled like EuroSAT's JPEGs when asked: the window of centre (r, c) is
-    pixels[r - size/2 - top :][:size, c : c + size]. centre_rows, centre_cols: scene
-    rows/cols of the window centres of the block's stride x stride cells;
-    centre_nodata (len(centre_rows), len(centre_cols)): centres with no data, whose
-    windows are not classified; nodata (rows, cols): the output pixels with no data.
-    """
-
-    first_row: int
-    last_row: int
-    top: int
-    size: int
-    stride: int
-    pixels: np.ndarray
-    centre_rows: np.ndarray
-    centre_cols: np.ndarray
-    centre_nodata: np.ndarray
-    nodata: np.ndarray
-
-    @property
-    def window_rows(self) -> np.ndarray:
-        """Row of `pixels` where the window of each centre row starts."""
-        return self.centre_rows - self.size // 2 - self.top
-
-
 def read_blocks(
     dataset: gdal.Dataset,
     band_indices: Sequence[int],
@@ -499,16 +430,6 @@ def read_blocks(
             centre_nodata=pixel_nodata[np.ix_(centre_rows - top, centre_cols + before)],
             nodata=pixel_nodata[first_row - top : last_row - top, before : before + cols],
         )
-
-
-def class_colour(name: str, index: int) -> tuple[int, int, int]:
-    """RGB colour of a class: the EuroSAT colour by name, else one from matplotlib's tab20."""
-    if name in CLASS_COLOURS:
-        return CLASS_COLOURS[name]
-    from matplotlib import colormaps
-
-    red, green, blue, _ = colormaps["tab20"](index % 20)
-    return round(red * 255), round(green * 255), round(blue * 255)
 
 
 def warn_if_not_georeferenced(dataset: gdal.Dataset, scene_label: str) -> None:

@@ -17,10 +17,16 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
-from cloud_functions import CLOUD_COLOUR, CLOUD_LABEL
-from quicklook_functions import SideBySideQuicklookWriter, true_colour_bands
-from scene_functions import LABEL_NODATA, PROBABILITY_NODATA, class_colour, scene_band_names
-from scene_predictors import PredictedBlock
+from cnn_sentinel.scene.blocks import (
+    CLOUD_COLOUR,
+    CLOUD_LABEL,
+    LABEL_NODATA,
+    PROBABILITY_NODATA,
+    PredictedBlock,
+    class_colour,
+)
+from cnn_sentinel.scene.quicklooks import SideBySideQuicklookWriter, true_colour_bands
+from cnn_sentinel.scene.reading import scene_band_names
 
 gdal.UseExceptions()
 

@@ -1,0 +1,1 @@
+"""cnn-sentinel's helper modules: datasets, networks, training, reports and scenes."""

@@ -1,0 +1,1 @@
+"""Scenes: reading them block by block, predicting, clouds, and writing the outputs."""
