@@ -3,7 +3,7 @@
 For each candidate backbone (built as the training scripts build it, with the
 classifier head) this prints the parameters, the multiply-adds per patch counted
 from the layers (2 FLOPs each), the FLOPs per pixel of a whole-scene pass at
-stride 1 (every layer computed once per input pixel, see scene_functions), and
+stride 1 (every layer computed once per input pixel, see cnn_sentinel/scene/reading.py), and
 images/s of a training step and of inference, float32 and bfloat16, each in its
 own process. The CPU and whether it has native bfloat16 are printed first.
 Accuracy needs training: see benchmarks/README.md (## architectures) for the
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnn_sentinel.settings import parse_settings, run_script  # noqa: E402
 
-# name: (widths of stem, stage 1, stage 2, stage 3) of network_functions.resnet_valid,
+# name: (widths of stem, stage 1, stage 2, stage 3) of cnn_sentinel.networks.resnet_valid,
 # or the name of another architecture of the training scripts.
 CANDIDATES: Final = {
     "resnet-valid": "resnet-valid",

@@ -121,10 +121,10 @@ def timed(function, *args, **kwargs):
 def ours(dataset, model, folder: Path, name: str, batch_size: int, prefetch_depth: int = 4):
     """Classify the scene with 06's pipeline at stride 1: (best of REPEATS seconds, labels)."""
     config = ModelInfo(list(CLASS_NAMES), list(MS_BAND_NAMES), 64, source="benchmark")
-    classifier = predictors.prepare_classification(
+    classification = predictors.prepare_classification(
         dataset, model, config, precision=model.layers[-1].dtype_policy.name, method="windows"
     )
-    predictor = classifier.predictor(batch_size, prefetch_depth)
+    predictor = classification.predictor(batch_size, prefetch_depth)
     predictor.forward(np.zeros((batch_size, 64, 64, 13), np.uint16))  # trace once, as a run would
     label_path, probability_path = folder / f"{name}_label.tif", folder / f"{name}_prob.tif"
     best = math.inf
@@ -133,7 +133,12 @@ def ours(dataset, model, folder: Path, name: str, batch_size: int, prefetch_dept
             path.unlink(missing_ok=True)
         outputs = writers.output_writers(dataset, CLASS_NAMES, label_path, probability_path)
         seconds, _ = timed(
-            classifier.run, outputs, stride=1, block_rows=64, progress=False, predictor=predictor
+            classification.run,
+            outputs,
+            stride=1,
+            block_rows=64,
+            progress=False,
+            predictor=predictor,
         )
         best = min(best, seconds)
     return best, gdal.Open(str(label_path)).ReadAsArray()
@@ -328,11 +333,11 @@ class Collect:
 def classify(model_path: Path, window: list[int], method: str, stride: int, precision="float32"):
     """(seconds, probability grid) of one run through 06's entry point on a crop."""
     dataset = scenes.open_scene(real_scene(), window=window)
-    classifier = predictors.prepare_classification(
+    classification = predictors.prepare_classification(
         dataset, model_path, precision=precision, method=method
     )
     collect = Collect()
-    seconds, _ = timed(classifier.run, [collect], stride=stride, progress=False)
+    seconds, _ = timed(classification.run, [collect], stride=stride, progress=False)
     return seconds, collect.result()
 
 

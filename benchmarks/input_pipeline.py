@@ -17,7 +17,7 @@ Three feeds of 13-band 64x64 training batches, timed side by side in one run:
 - keras stock: the same feed with Keras' RandomFlip + RandomRotation layers
   (three passes per batch), what `augmentation_layers` used before.
 - fast: the same feed with 03/05's default augmentation in the pipeline
-  (`training_functions.pipeline_augmentation("dihedral", 4)`: one of the 8
+  (`cnn_sentinel.training.pipeline_augmentation("dihedral", 4)`: one of the 8
   symmetries of the square, then a shift of up to 4 pixels with reflected edges).
 
 The feeds take turns (ROUNDS rounds of SECONDS / ROUNDS each), so a change in

@@ -1,6 +1,6 @@
 """Training speed of the talk networks at 64x64: images/s, float32 vs bfloat16, side by side.
 
-Builds each classifier exactly as the training scripts do (network_functions.build_network:
+Builds each classifier exactly as the training scripts do (cnn_sentinel.networks.build_network:
 normalisation, augmentation, backbone, talk head), compiles it like a training stage (all
 layers trainable, SGD) and times `train_on_batch` on one fixed batch of random 13-band or RGB
 pixels after warm-up steps, so only the training step is measured, not the input pipeline.

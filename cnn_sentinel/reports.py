@@ -154,7 +154,7 @@ def evaluate_model(
     is given. Bands and classes come from `info` or the model's model.json; a model
     without one is taken as a talk model (EuroSAT classes, all bands, talk
     normalisation). `tta`: average the predictions over the 8 flips and 90-degree
-    rotations of each image (network_functions.with_dihedral_averaging). Returns the
+    rotations of each image (networks.with_dihedral_averaging). Returns the
     metrics per part.
     """
     from sklearn.metrics import classification_report

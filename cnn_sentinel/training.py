@@ -49,7 +49,7 @@ from image_functions import IMAGE_SIZE, folder_dataset
 AUGMENTATIONS = ("talk", "dihedral", "none")
 OPTIMIZERS = ("adam", "sgd", "sgd-nesterov", "adamw", "adadelta")
 SCHEDULES = ("constant", "cosine")
-# Flag choices of the training scripts' constants (command_line.parse_settings).
+# Flag choices of the training scripts' constants (settings.parse_settings).
 SCRIPT_CHOICES = {
     "ARCH": ARCHITECTURES,
     "MIXED_PRECISION": PRECISION_MODES,

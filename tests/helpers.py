@@ -87,7 +87,7 @@ def tiny_model(bands: int, mean=None, std=None, classes: int = 10, seed: int = 0
 
 
 def valid_model(bands: int = 3, seed: int = 0):
-    """A tiny resnet-valid classifier (network_functions.resnet_valid, widths 4-8) with
+    """A tiny resnet-valid classifier (cnn_sentinel.networks.resnet_valid, widths 4-8) with
     random batch-normalisation statistics, so every layer matters."""
     import keras
 
@@ -117,7 +117,7 @@ def valid_model(bands: int = 3, seed: int = 0):
 
 
 def save_model(model, folder: Path, band_names, name: str = "model.keras", json_facts=None):
-    """Save a model with a model.json beside it (as network_functions writes them)."""
+    """Save a model with a model.json beside it (as cnn_sentinel.networks writes them)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     model.save(path)
@@ -207,7 +207,7 @@ def run_classification(
     """Classify a file through the one entry point into the label and probability
     GeoTIFFs; returns (labels, probabilities) as read back."""
     dataset = scenes.open_scene(scene_path)
-    classifier = predictors.prepare_classification(
+    classification = predictors.prepare_classification(
         dataset,
         model,
         config,
@@ -222,7 +222,7 @@ def run_classification(
     outputs = writers.output_writers(
         dataset, config.class_names, label_path, probability_path, probabilities=probabilities
     )
-    classifier.run(outputs, progress=False, **options)
+    classification.run(outputs, progress=False, **options)
     return read_raster(label_path), read_raster(probability_path)
 
 

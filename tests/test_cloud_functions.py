@@ -1,4 +1,4 @@
-"""Tests of cloud_functions (the s2cloudless mask, block by block) and quicklook_functions.
+"""Tests of cnn_sentinel.scene.clouds (the s2cloudless mask, block by block) and quicklooks.
 
 Generated scenes are the demo scene with a soft diagonal cloud band blended in,
 a few dozen pixels, so the s2cloudless model runs in a fraction of a second.

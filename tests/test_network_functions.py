@@ -1,5 +1,5 @@
-"""Tests of network_functions (heads, freezing, weight transfer, precision), of the
-optimisers and strategy of training_functions, and of report_functions' metrics."""
+"""Tests of cnn_sentinel.networks (heads, freezing, weight transfer) and precision, of the
+optimisers and strategy of training.py, and of the metrics of reports.py."""
 
 from __future__ import annotations
 
@@ -249,9 +249,9 @@ def test_precision_modes(keras_backend, monkeypatch):
     assert precision.precision_policy("off") == "float32"
     assert precision.precision_policy("bf16") == "mixed_bfloat16"
     assert precision.precision_policy("fp16") == "mixed_float16"
-    monkeypatch.setattr(nf, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
     assert precision.precision_policy("auto") == "mixed_bfloat16"
-    monkeypatch.setattr(nf, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
     assert precision.precision_policy("auto") == "float32"
     with pytest.raises(InputError):
         precision.precision_policy("int8")

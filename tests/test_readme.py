@@ -13,7 +13,7 @@ import pytest
 from helpers import README, code_blocks, runnable_blocks
 
 RUNNABLE = runnable_blocks(README.read_text(encoding="utf-8"))
-# Native TensorFlow/CUDA/absl start-up lines: none may reach a user (command_line.run_script).
+# Native TensorFlow/CUDA/absl start-up lines: none may reach a user (settings.run_script).
 NATIVE_NOISE = (
     "cuInit",
     "cudart_stub",

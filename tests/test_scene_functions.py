@@ -1,5 +1,5 @@
-"""Tests of scene_functions: the talk's window geometry exactly, streaming, nodata,
-band handling, GeoTIFF outputs, legacy models and Sentinel-2 products.
+"""Tests of cnn_sentinel.scene (reading, predictors, writers): the talk's window geometry
+exactly, streaming, nodata, band handling, GeoTIFF outputs, legacy models and Sentinel-2 products.
 
 Models here are tiny Keras networks built in the test (a position-sensitive
 pooling + dense stack), scenes are a few dozen pixels, so every test is fast.
@@ -360,11 +360,11 @@ def test_not_georeferenced_scene_warns_and_classifies(rgb_case, tmp_path):
 def test_quicklook_decimates_like_gdal_and_is_a_png(rgb_case, tmp_path):
     _, scene_path, _, model, _ = rgb_case
     dataset = scenes.open_scene(scene_path)
-    classifier = predictors.prepare_classification(dataset, model, raw_config(RGB_BAND_NAMES))
+    classification = predictors.prepare_classification(dataset, model, raw_config(RGB_BAND_NAMES))
     label_path, png = tmp_path / "out_label.tif", tmp_path / "look.png"
     quicklook = quicklooks.SideBySideQuicklookWriter(dataset, png, CLASS_NAMES, "test", max_side=17)
     label = writers.LabelWriter(dataset, label_path, CLASS_NAMES)
-    classifier.run([label, quicklook], stride=3, block_rows=7, progress=False)
+    classification.run([label, quicklook], stride=3, block_rows=7, progress=False)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     decimated = gdal.Open(str(label_path)).ReadAsArray(
         buf_xsize=17, buf_ysize=14, resample_alg=gdal.GRIORA_NearestNeighbour
@@ -685,7 +685,7 @@ def test_dense_refused_with_one_sentence_for_zero_padding(valid_case):
 def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
     """A per-block step (a mask) runs before the writers; a writer sees block pixels."""
     dataset = scenes.open_scene(valid_case[1])
-    classifier = predictors.prepare_classification(
+    classification = predictors.prepare_classification(
         dataset, valid_case[3], raw_config(RGB_BAND_NAMES)
     )
 
@@ -709,7 +709,7 @@ def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
 
     sums = PixelSums()
     label = writers.LabelWriter(dataset, tmp_path / "masked.tif", CLASS_NAMES)
-    summary = classifier.run([label, sums], stride=2, block_rows=10, steps=[mask_left_half])
+    summary = classification.run([label, sums], stride=2, block_rows=10, steps=[mask_left_half])
     labels = read_raster(tmp_path / "masked.tif")
     assert np.all(labels[:, :24] == blocks.LABEL_NODATA)
     assert np.all(labels[3:9, 30:] != blocks.LABEL_NODATA)
@@ -720,7 +720,7 @@ def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
     """The reading thread, done early and blocked on a full queue, must not hang the
     run when a writer fails (it once did: the end marker was put without a timeout)."""
     dataset = scenes.open_scene(valid_case[1])
-    classifier = predictors.prepare_classification(
+    classification = predictors.prepare_classification(
         dataset, valid_case[3], raw_config(RGB_BAND_NAMES)
     )
 
@@ -736,5 +736,5 @@ def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
 
     failing = Failing()
     with pytest.raises(OSError, match="disk full"):
-        classifier.run([failing], stride=8, block_rows=24, progress=False, prefetch_depth=1)
+        classification.run([failing], stride=8, block_rows=24, progress=False, prefetch_depth=1)
     assert failing.closed

@@ -1,5 +1,5 @@
 """04 starts a 13-band network from a trained model of this project (the shipped RGB
-model): network_functions.network_from_model."""
+model): cnn_sentinel.networks.network_from_model."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ gdal.UseExceptions()
 CLOUD_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12")
 # Top-of-atmosphere reflectance = L1C digital number / REFLECTANCE_SCALE (products of
 # processing baseline 04.00+ have their -1000 offset taken off on reading, in
-# sentinel2_products).
+# products.py).
 REFLECTANCE_SCALE = 10000.0
 # Cloud probability above which a pixel is cloud. s2cloudless' own default is 0.4;
 # on the real February T33UUU scene 0.4 also marks 26 % of the clear winter fields
@@ -237,7 +237,7 @@ def category_names(class_names: Sequence[str], clouds: bool) -> list[str]:
 
 class CloudMaskStep:
     """06's block step: marks the output pixels of each predicted block that are under
-    cloud (`scene_predictors.PredictedBlock.cloud`), from the whole-scene mask.
+    cloud (`blocks.PredictedBlock.cloud`), from the whole-scene mask.
 
     The mask is computed in chunks of `chunk_rows` rows, top to bottom, in a
     background thread up to `depth` chunks ahead of the blocks asking for them,

@@ -1,20 +1,20 @@
 """Predictors: row blocks of a scene in, blocks of class probabilities out; and the
 one entry point that 06 and the tests use.
 
-    classifier = prepare_classification(dataset, model_path_or_model, bands=..., method=...)
-    summary = classifier.run(writers, stride=..., block_rows=...)
+    classification = prepare_classification(dataset, model_path_or_model, bands=..., method=...)
+    summary = classification.run(writers, stride=..., block_rows=...)
 
 `run` streams the scene:  read_blocks -> predictor -> block steps -> writers.
-- A predictor turns each ReadBlock (scene_functions) into a PredictedBlock: the
+- A predictor turns each ReadBlock (blocks.py) into a PredictedBlock: the
   class probabilities of the windows centred on the block's stride x stride cells
   (NaN where the centre is nodata). WindowPredictor makes one forward pass per
-  window (any model); scene_dense.DensePredictor computes the whole block in one
+  window (any model); dense.DensePredictor computes the whole block in one
   fully convolutional pass (models without zero padding inside the window), with
   the same numbers.
 - Block steps are functions PredictedBlock -> PredictedBlock run in order before
-  the writers (cloud_functions.CloudMaskStep marks the pixels under cloud); a step
+  the writers (clouds.CloudMaskStep marks the pixels under cloud); a step
   sees the block's pixels through `block.source.pixels`.
-- Writers (scene_writers) take every PredictedBlock in order; `finish()` completes
+- Writers (writers.py) take every PredictedBlock in order; `finish()` completes
   the output, `close()` releases it (also after an error).
 """
 
@@ -75,7 +75,7 @@ def _has_mixed_layers(model) -> bool:
 def with_precision(model, policy: str):
     """A copy of `model` computing under a Keras dtype policy ("mixed_bfloat16", ...).
 
-    network_functions.precision_policy turns the scripts' auto|off|bf16|fp16
+    precision.precision_policy turns the scripts' auto|off|bf16|fp16
     into the policy. Weights stay float32; preprocessing layers stay float32
     because uint16 digital numbers lose their precision in 16 bits.
     """
@@ -212,7 +212,7 @@ class WindowPredictor:
 
 
 class Writer(Protocol):
-    """An output fed block by block (see scene_writers)."""
+    """An output fed block by block (see writers.py)."""
 
     def write(self, block: PredictedBlock) -> None: ...
 

@@ -2,7 +2,7 @@
 into one virtual 13-band 10 m scene in EuroSAT order, with the digital numbers of
 processing baseline 04.00 and later shifted back to EuroSAT's (pre-2022) scale.
 
-scene_functions.open_scene calls `sentinel2_stack` for products; nothing is unpacked
+reading.open_scene calls `sentinel2_stack` for products; nothing is unpacked
 or copied (GDAL reads the JPEG2000 bands through /vsizip/ and an in-memory VRT).
 """
 

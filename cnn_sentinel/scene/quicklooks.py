@@ -168,7 +168,7 @@ class SideBySideQuicklookWriter:
         self.counts += np.bincount(labels.ravel(), minlength=256)
 
     def write(self, block) -> None:
-        """A PredictedBlock of scene_predictors (its first_row and labels)."""
+        """A PredictedBlock (blocks.py: its first_row and labels)."""
         self.add_rows(block.first_row, block.labels)
 
     def finish(self) -> None:

@@ -1,14 +1,16 @@
 """Large rasters in: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip), choosing
-their bands, loading the classifier, and reading row blocks with a mirrored halo.
+their bands, loading the model, and reading row blocks with a mirrored halo.
 
-Scene classification is split by what changes together (issue 12):
-  scene_functions.py   scenes and models in: open, bands, block reads (this module)
-  sentinel2_products.py  .SAFE folders and .zip files as one 13-band stack
-  scene_predictors.py  blocks of class probabilities out: the per-window predictor,
-                       the entry point `prepare_classification` -> SceneClassification.run
-  scene_dense.py       the whole-block (fully convolutional) pass, exact for models
-                       without zero padding inside the window
-  scene_writers.py     outputs: label and probability GeoTIFFs, the quicklook PNG
+Scene classification (cnn_sentinel/scene/) is split by what changes together:
+  blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch, label values, colours
+  reading.py      scenes and models in: open, bands, block reads (this module)
+  products.py     .SAFE folders and .zip files as one 13-band stack
+  predictors.py   blocks of class probabilities out: the per-window predictor,
+                  the entry point `prepare_classification` -> SceneClassification.run
+  dense.py        the whole-block (fully convolutional) pass, exact for models
+                  without zero padding inside the window
+  clouds.py       the s2cloudless cloud mask, a block step
+  writers.py      outputs: label and probability GeoTIFFs; quicklooks.py the PNG
 A new output format is one writer; a new way to compute probabilities is one predictor.
 
 The window of pixel (r, c) covers rows r-32..r+31 and cols c-32..c+31 (for the

@@ -5,7 +5,7 @@ completes its output at the end (`finish`) and releases it, also after an error
 (`close`). A new output format is one more class with these three methods;
 `output_writers` makes the standard set of 06. A writer that also needs the
 scene's pixels finds the block's pixels, with their halo, in `block.source.pixels`;
-the quicklook (quicklook_functions.SideBySideQuicklookWriter) reads its
+the quicklook (quicklooks.SideBySideQuicklookWriter) reads its
 decimated true colour from the scene at the end.
 """
 
