@@ -14,7 +14,7 @@ sample fixture as their own argument carry the marker `real_data` (added here),
 so `pytest -m real_data` reruns just them on real data; `.ci/run` runs both.
 
 Plain helpers that several test modules use (tiny models, generated scenes, splits,
-the README's code blocks) live in helpers.py; test modules never import each other.
+the docs' code blocks) live in helpers.py; test modules never import each other.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from image_functions import CLASS_NAMES, list_images  # noqa: E402
 
 # Plain helpers shared by the test modules live in helpers.py; its asserts read like ours.
 pytest.register_assert_rewrite("helpers")
-from helpers import README, make_split, runnable_blocks  # noqa: E402
+from helpers import TUTORIAL, make_split, runnable_blocks  # noqa: E402
 
 SAMPLES_PER_CLASS = 6
 SAMPLES_VARIABLE = "EUROSAT_SAMPLES"
@@ -155,7 +155,7 @@ def rgb_split(sample_rgb_dataset, tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------------------
-# The README's runnable blocks: the one end-to-end chain of the suite
+# The tutorial's runnable blocks (docs/tutorial.md): the one end-to-end chain of the suite
 # (demo data -> 01 -> statistics.py -> 05 and 03 -> 06), run once per session.
 # test_readme checks every block; test_demo reuses the chain's data and model.
 # ---------------------------------------------------------------------------
@@ -164,7 +164,7 @@ BLOCK_TIMEOUT_S = 300
 
 
 class ReadmeChain:
-    """The README's runnable blocks, run in order in one folder, each at most once.
+    """The tutorial's runnable blocks, run in order in one folder, each at most once.
 
     The folder holds links to the repository's scripts; `python` on PATH is the
     interpreter running the tests. `run_through(index)` runs the blocks up to
@@ -173,7 +173,7 @@ class ReadmeChain:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.blocks = runnable_blocks(README.read_text(encoding="utf-8"))
+        self.blocks = runnable_blocks(TUTORIAL.read_text(encoding="utf-8"))
         self.results: list[subprocess.CompletedProcess] = []
         for script in REPO_ROOT.glob("*.py"):
             (folder / script.name).symlink_to(script)
@@ -187,7 +187,7 @@ class ReadmeChain:
         while len(self.results) <= index:
             if self.results and self.results[-1].returncode != 0:
                 pytest.fail(
-                    f"README block {len(self.results) - 1} failed, so block {index} cannot run"
+                    f"tutorial block {len(self.results) - 1} failed, so block {index} cannot run"
                 )
             body = self.blocks[len(self.results)].replace(".venv/bin/python", sys.executable)
             self.results.append(
@@ -209,5 +209,5 @@ class ReadmeChain:
 
 @pytest.fixture(scope="session")
 def readme_chain(tmp_path_factory) -> ReadmeChain:
-    """The README's runnable blocks (see ReadmeChain), shared by the whole session."""
+    """The tutorial's runnable blocks (see ReadmeChain), shared by the whole session."""
     return ReadmeChain(tmp_path_factory.mktemp("readme"))

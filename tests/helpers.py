@@ -1,5 +1,5 @@
 """Plain helpers that several test modules share: tiny models, generated scenes and rasters,
-the one scene-classification entry point, tiny training splits, the README's code blocks.
+the one scene-classification entry point, tiny training splits, the docs' code blocks.
 
 Fixtures live in conftest.py; these are ordinary functions and constants, imported by name
 (`from helpers import tiny_model`), because pytest advises against importing conftest.py and
@@ -272,10 +272,12 @@ def generated_jp2_bands(folder: Path, rows: int = 96, cols: int = 60) -> dict[st
 
 
 # ---------------------------------------------------------------------------
-# The README's fenced code blocks (test_readme checks them, conftest runs them)
+# The docs' fenced code blocks: the README's first block (test_readme checks it) and
+# the tutorial's runnable blocks (conftest runs them, test_readme checks each)
 # ---------------------------------------------------------------------------
 
 README = REPO_ROOT / "README.md"
+TUTORIAL = REPO_ROOT / "docs" / "tutorial.md"
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 RUNNABLE_MARK = "# runnable"
 
