@@ -1,0 +1,1 @@
+"""cnn-sentinel: EuroSAT land-use classification of Sentinel-2 scenes."""
