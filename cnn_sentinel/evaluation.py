@@ -61,6 +61,8 @@ NO_REFERENCE = -1
 CONFLICT = -2
 # Points interpolated along each edge when the map's bounds are taken to another CRS.
 BOUNDS_DENSIFY = 21
+# Map classes shown per reference class on the console (the largest; the JSON has all).
+CALLED_SHOWN = 4
 # Colours of the reference outlines in the picture, one per reference class in turn.
 OUTLINE_COLOURS = "tab10"
 
@@ -457,56 +459,48 @@ def format_report(report: dict) -> str:
     """The console table: a row per reference class, then the two agreements."""
     lines = [f"{'reference class':22s} {'pixels':>8s} {'agreement':>9s}  called"]
     for name, entry in report["classes"].items():
-        called = ", ".join(f"{other} {share:.2f}" for other, share in entry["called"].items())
+        called = ", ".join(
+            f"{other} {share:.2f}"
+            for other, share in list(entry["called"].items())[:CALLED_SHOWN]
+            if share >= 0.005
+        )
         lines.append(
             f"{name:22s} {entry['pixels']:8d} {_number(entry['agreement']):>9s}  {called or '-'}"
         )
     for name, pixels in report["not_assessed"].items():
         lines.append(f"{name:22s} {pixels:8d} {'-':>9s}  not assessed")
-    left_out = report["left_out"]
-    lines.append(
-        "left out: "
-        + ", ".join(f"{count} {what.replace('_', ' ')}" for what, count in left_out.items())
-        + " pixels"
-    )
+    left_out = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in report["left_out"].items())
+    lines.append(f"left out: {left_out} pixels")
     lines.append(f"area-weighted agreement {_number(report['area_weighted_agreement'])}")
     lines.append(f"class-balanced agreement {_number(report['class_balanced_agreement'])}")
     return "\n".join(lines)
 
 
-def scene_rgb_bands(scene: gdal.Dataset, path: str | Path, spec: str | None) -> list[int]:
-    """1-based red, green, blue bands of a scene: `spec` ("3,2,1"), else B04, B03, B02 by
-    band name, else the bands of a 3-band image."""
-    if spec:
-        try:
-            bands = [int(item) for item in str(spec).replace(",", " ").split()]
-        except ValueError:
-            bands = []
-        if len(bands) != 3 or not all(1 <= band <= scene.RasterCount for band in bands):
-            raise InputError(
-                f"scene bands {spec} must be three band numbers of {path} (1-{scene.RasterCount})."
-            )
-        return bands
-    indices = true_colour_bands(scene_band_names(scene))
-    if indices is not None:
-        return [index + 1 for index in indices]
-    if scene.RasterCount == 3:
-        return [1, 2, 3]
-    raise InputError(
-        f"scene {path} has no bands named B04, B03, B02; give red, green, blue with "
-        "--scene-bands (e.g. 3,2,1)."
-    )
-
-
 def open_scene(path: str | Path, spec: str | None) -> tuple[gdal.Dataset, list[int]]:
-    """The scene to show beside the map, and its red, green, blue bands."""
+    """The scene to show beside the map, and its 1-based red, green, blue bands: `spec`
+    ("3,2,1"), else B04, B03, B02 by band name, else the bands of a 3-band image."""
     if not Path(path).exists():
         raise InputError(f"scene {path} does not exist.")
     try:
         scene = gdal.Open(str(path))
     except RuntimeError:
         raise InputError(f"scene {path} is not a raster GDAL can read.") from None
-    return scene, scene_rgb_bands(scene, path, spec)
+    count = scene.RasterCount
+    if spec:
+        items = str(spec).replace(",", " ").split()
+        bands = [int(item) for item in items if item.isdigit()]
+        if len(bands) != 3 or len(items) != 3 or not all(1 <= band <= count for band in bands):
+            raise InputError(
+                f"scene bands {spec} must be three band numbers of {path} (1-{count})."
+            )
+        return scene, bands
+    indices = true_colour_bands(scene_band_names(scene))
+    if indices is not None or count == 3:
+        return scene, [1, 2, 3] if indices is None else [index + 1 for index in indices]
+    raise InputError(
+        f"scene {path} has no bands named B04, B03, B02; give red, green, blue with "
+        "--scene-bands (e.g. 3,2,1)."
+    )
 
 
 def scene_picture(
