@@ -3,14 +3,15 @@
 A reference (polygons or points in any OGR vector and CRS, or a class raster)
 is laid onto the label map's grid: polygons are rasterised at pixel centres
 (GDAL's default, not all-touched), a point takes the pixel under it, a raster is
-resampled by nearest neighbour. A pixel inside polygons of two different
-reference classes is left out and counted as conflicting. A compatibility
-table says which EuroSAT classes agree with each reference class; a class with
-an empty list is not assessed. Cloud (CLOUD_LABEL) and nodata pixels of the map
-are left out and counted. Per reference class: its pixels, its agreement (the
-producer's accuracy: the share of its pixels the map gives a compatible class)
-and what the map called it; over all classes the area-weighted agreement and
-the class-balanced one (the unweighted mean over the classes with pixels).
+resampled by nearest neighbour; a layer without a CRS is taken to be in the
+map's. A pixel inside polygons of two different reference classes is left out
+and counted as conflicting. A compatibility table says which EuroSAT classes
+agree with each reference class; a class with an empty list is not assessed.
+Cloud (CLOUD_LABEL) and nodata pixels of the map are left out and counted. Per
+reference class: its pixels, its agreement (the producer's accuracy: the share
+of its pixels the map gives a compatible class) and what the map called it;
+over all classes the area-weighted agreement and the class-balanced one (the
+unweighted mean over the classes with pixels).
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def _layer_features(
     for feature in layer:
         geometry = feature.GetGeometryRef()
         value = layer.GetName() if source == LAYER_NAME else feature.GetField(source)
-        if geometry is None or value is None:
+        if geometry is None or value is None or not str(value).strip():
             continue
         geometry = geometry.Clone()
         if to_map is not None:
