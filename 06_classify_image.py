@@ -75,9 +75,13 @@ def parse_numbers(values: tuple | list, kind: type, what: str) -> list | None:
 
 def check_flags(settings) -> None:
     """The numeric flags and the output folder, before TensorFlow and the model load."""
+    from cnn_sentinel.scene.adaptation import check_adapt_settings
     from cnn_sentinel.scene.predictors import check_run_settings
+    from cnn_sentinel.scene.reading import check_reflectance_scale
 
     check_run_settings(settings.stride, settings.batch_size, settings.block_rows)
+    check_adapt_settings(settings.adapt, settings.adapt_blend, settings.adapt_windows)
+    check_reflectance_scale(settings.reflectance_scale)
     if settings.gdal_cache_mb < 1:
         raise InputError(f"GDAL cache must be at least 1 MB, not {settings.gdal_cache_mb}.")
     if settings.output_dir and Path(settings.output_dir).exists():

@@ -528,6 +528,16 @@ def reflectance_factor(
                 stacklevel=2,
             )
         return 1.0, ""
+    scale = check_reflectance_scale(setting)
+    factor = EUROSAT_REFLECTANCE_SCALE / scale
+    words = "" if factor == 1.0 else f", reflectance x {scale:g} scaled by {factor:g}"
+    return factor, words
+
+
+def check_reflectance_scale(setting: str | float) -> float | None:
+    """The scale as a number (None for auto); InputError for anything else."""
+    if str(setting).lower() == "auto":
+        return None
     try:
         scale = float(setting)
     except ValueError:
@@ -536,9 +546,7 @@ def reflectance_factor(
         ) from None
     if not scale > 0:
         raise InputError(f"reflectance scale must be positive, not {setting}.")
-    factor = EUROSAT_REFLECTANCE_SCALE / scale
-    words = "" if factor == 1.0 else f", reflectance x {scale:g} scaled by {factor:g}"
-    return factor, words
+    return scale
 
 
 def _median_sample(dataset: gdal.Dataset, band_index: int, side: int = 256) -> float | None:
