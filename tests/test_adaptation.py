@@ -21,7 +21,7 @@ from osgeo import gdal
 from script_modules import load_script
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import adaptation, blocks
+from cnn_sentinel.scene import adaptation, blocks, radiometry
 from cnn_sentinel.scene import reading as scenes
 from image_functions import RGB_BAND_NAMES
 
@@ -174,16 +174,16 @@ def test_auto_scale_warns_on_values_of_another_scale(tmp_path):
     dark = write_scene(tmp_path / "x1000.tif", np.full((40, 40, 3), 60, np.uint16))
     dataset = scenes.open_scene(dark)
     with pytest.warns(UserWarning, match="--reflectance-scale 1000"):
-        assert scenes.reflectance_factor("auto", dataset, [0, 1, 2], "x1000.tif") == (1.0, "")
+        assert radiometry.reflectance_factor("auto", dataset, [0, 1, 2], "x1000.tif") == (1.0, "")
     floats = write_scene(tmp_path / "unit.tif", np.full((40, 40, 3), 0.06, np.float32))
     with pytest.warns(UserWarning, match=r"--reflectance-scale 1\."):
-        scenes.reflectance_factor("auto", scenes.open_scene(floats), [0], "unit.tif")
+        radiometry.reflectance_factor("auto", scenes.open_scene(floats), [0], "unit.tif")
     bright = write_scene(tmp_path / "x10000.tif", np.full((40, 40, 3), 900, np.uint16))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        scenes.reflectance_factor("auto", scenes.open_scene(bright), [0], "x10000.tif")
+        radiometry.reflectance_factor("auto", scenes.open_scene(bright), [0], "x10000.tif")
         byte = write_scene(tmp_path / "rgb.tif", np.full((40, 40, 3), 60, np.uint8))
-        scenes.reflectance_factor("auto", scenes.open_scene(byte), [0], "rgb.tif")
-    factor, words = scenes.reflectance_factor("1000", dataset, [0], "x1000.tif")
+        radiometry.reflectance_factor("auto", scenes.open_scene(byte), [0], "rgb.tif")
+    factor, words = radiometry.reflectance_factor("1000", dataset, [0], "x1000.tif")
     assert factor == 10.0 and "reflectance x 1000" in words
     assert blocks.LABEL_NODATA == 255
