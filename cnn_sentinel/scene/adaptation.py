@@ -19,6 +19,7 @@ the user's file stays as it is, and the statistics are a small record
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -102,30 +103,37 @@ def batch_normalization_layers(model) -> list[tuple[list, object]]:
     return found
 
 
-def _input_statistics(chain: Sequence, layer, windows: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per-channel mean and variance of what `layer` receives for `windows`, through the
-    nested models of `chain`; batch by batch, so memory holds one batch of features."""
+def _input_statistics(chain: Sequence, layers: Sequence, windows: np.ndarray) -> list:
+    """Per-channel (mean, variance) of what each of `layers` (all inside the last model
+    of `chain`) receives for `windows`, through the nested models of `chain`; one pass,
+    batch by batch, so memory holds one batch of features."""
     import keras
 
     parts = []
-    for outer, inner in zip(chain, [*chain[1:], layer], strict=True):
-        tensor = inner.input if inner is layer else inner._inbound_nodes[0].input_tensors[0]
-        if isinstance(tensor, (list, tuple)):
-            tensor = tensor[0]
+    for outer, inner in zip(chain[:-1], chain[1:], strict=True):
+        tensor = inner._inbound_nodes[0].input_tensors[0]
         parts.append(keras.Model(outer.input, tensor))
-    count, total, squares = 0, 0.0, 0.0
+    parts.append(keras.Model(chain[-1].input, [layer.input for layer in layers]))
+    count, totals, squares = 0, [0.0] * len(layers), [0.0] * len(layers)
     for start in range(0, len(windows), PREDICT_BATCH):
         # Called eagerly batch by batch: `predict` would trace a new function per layer.
         values = windows[start : start + PREDICT_BATCH].astype(np.float32)
         for part in parts:
             values = part(values, training=False)
-        values = np.asarray(values, np.float64)
-        axes = tuple(range(values.ndim - 1))
-        count += values.size // values.shape[-1]
-        total = total + values.sum(axis=axes)
-        squares = squares + np.square(values).sum(axis=axes)
-    mean = total / count
-    return mean, np.maximum(squares / count - np.square(mean), 0.0)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        count += len(windows[start : start + PREDICT_BATCH])
+        for number, value in enumerate(values):
+            value = np.asarray(value, np.float64)
+            axes = tuple(range(value.ndim - 1))
+            totals[number] = totals[number] + value.sum(axis=axes) / math.prod(value.shape[1:-1])
+            squares[number] = squares[number] + np.square(value).sum(axis=axes) / math.prod(
+                value.shape[1:-1]
+            )
+    means = [total / count for total in totals]
+    return [
+        (mean, np.maximum(square / count - np.square(mean), 0.0))
+        for mean, square in zip(means, squares, strict=True)
+    ]
 
 
 def _layer_key(chain: Sequence, layer) -> str:
@@ -184,12 +192,16 @@ def scene_shift(model, windows: np.ndarray) -> float:
     """How far `windows` are from the model's training data, as its batch-normalisation
     layers see them (as trained): the mean over layers and channels of |scene mean -
     training mean| / training standard deviation."""
-    shifts = []
+    groups: dict[tuple, list] = {}  # layers by the nested model that holds them
     for chain, layer in batch_normalization_layers(model):
-        mean, _ = _input_statistics(chain, layer, windows)
-        trained_mean = np.asarray(layer.moving_mean, np.float64)
-        trained_std = np.sqrt(np.asarray(layer.moving_variance, np.float64) + layer.epsilon)
-        shifts.append(np.mean(np.abs(mean - trained_mean) / trained_std))
+        groups.setdefault(tuple(chain), []).append(layer)
+    shifts = []
+    for chain, layers in groups.items():
+        statistics = _input_statistics(chain, layers, windows)
+        for layer, (mean, _) in zip(layers, statistics, strict=True):
+            trained_mean = np.asarray(layer.moving_mean, np.float64)
+            trained_std = np.sqrt(np.asarray(layer.moving_variance, np.float64) + layer.epsilon)
+            shifts.append(np.mean(np.abs(mean - trained_mean) / trained_std))
     return float(np.mean(shifts))
 
 
@@ -217,7 +229,7 @@ def estimate(model, windows: np.ndarray, blend: float, seed: int = 0) -> Adaptat
     `model` (in memory) and returns them."""
     adaptation = Adaptation(windows=len(windows), blend=blend, seed=seed)
     for chain, layer in batch_normalization_layers(model):
-        scene_mean, scene_variance = _input_statistics(chain, layer, windows)
+        ((scene_mean, scene_variance),) = _input_statistics(chain, [layer], windows)
         mean = blend * scene_mean + (1 - blend) * np.asarray(layer.moving_mean)
         variance = blend * scene_variance + (1 - blend) * np.asarray(layer.moving_variance)
         layer.moving_mean.assign(mean.astype(np.float32))
