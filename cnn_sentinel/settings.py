@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import io
 import re
 import sys
@@ -179,7 +180,34 @@ def parse_settings(
         )
     if extra is not None:
         extra(parser)
-    return parser.parse_args(argv)
+    settings = parser.parse_args(argv)
+    setattr(settings, GIVEN_ATTRIBUTE, _flags_given(parser, argv))
+    return settings
+
+
+# Where parse_settings keeps the names of the settings given as flags (see flags_given);
+# private, so settings_values leaves it out of what a run records.
+GIVEN_ATTRIBUTE = "_flags_given"
+
+
+def _flags_given(parser: argparse.ArgumentParser, argv: list[str] | None) -> frozenset[str]:
+    """The attribute names of the flags present in `argv`, whatever their value: the
+    same parser with every default suppressed sets only those."""
+    bare = copy.deepcopy(parser)
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(bare.parse_args(argv)))
+
+
+def flags_given(settings: argparse.Namespace) -> frozenset[str]:
+    """Names (lower case) of the settings the user passed as flags, even when a flag's
+    value equals the default: `--batch-size 128` counts where BATCH_SIZE = 128."""
+    return getattr(settings, GIVEN_ATTRIBUTE, frozenset())
+
+
+def settings_values(settings: argparse.Namespace) -> dict:
+    """The settings as a plain dict (what model.json records), private entries left out."""
+    return {name: value for name, value in vars(settings).items() if not name.startswith("_")}
 
 
 def run_script(main: Callable[[], object]) -> None:

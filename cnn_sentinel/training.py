@@ -40,7 +40,7 @@ from cnn_sentinel.networks import (
 from cnn_sentinel.outputs import write_atomic
 from cnn_sentinel.precision import PRECISION_MODES, dtype_policy, precision_policy
 from cnn_sentinel.reports import evaluate_model
-from cnn_sentinel.settings import parse_settings
+from cnn_sentinel.settings import flags_given, parse_settings, settings_values
 from image_functions import IMAGE_SIZE, folder_dataset
 
 # talk: flips and +-45 degree rotations inside the training model (the talk's);
@@ -78,12 +78,13 @@ TALK_SCRATCH_RECIPE = {
 }
 
 
-def use_talk_recipe(settings: argparse.Namespace, script_constants: dict) -> None:
-    """03/05 `--recipe talk`: every setting of TALK_SCRATCH_RECIPE that still has the
-    script's default (`script_constants`, the script's globals) takes the talk's value;
-    settings given as flags keep theirs."""
+def use_talk_recipe(settings: argparse.Namespace) -> None:
+    """03/05 `--recipe talk`: every setting of TALK_SCRATCH_RECIPE takes the talk's value,
+    except those the user passed as flags, whatever their value (`--batch-size 128`
+    keeps 128 even where 128 is the script's default)."""
+    given = flags_given(settings)
     for key, value in TALK_SCRATCH_RECIPE.items():
-        if getattr(settings, key) == script_constants[key.upper()]:
+        if key not in given:
             setattr(settings, key, value)
 
 
@@ -675,7 +676,7 @@ class TrainingRun:
             recipe=self.recipe,
             mixed_precision=self.policy,
             replicas=self.strategy.num_replicas_in_sync,
-            settings=dict(vars(settings)),
+            settings=settings_values(settings),
             stages=[asdict(stage) for stage in self.stages],
             epochs_trained=self.state["epoch"],
             training_seconds=round(self.state.get("training_seconds", 0.0), 1),

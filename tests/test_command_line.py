@@ -66,6 +66,12 @@ def test_settings_from_constants(tmp_path):
     assert parsed.arch == "vgg16" and parsed.weights is None and parsed.rate == 0.5
     assert parsed.bbox == () and parsed.verbose is False and parsed.progress is True
     assert not hasattr(parsed, "table")
+    # Flags given are told from defaults by presence, not by value (64 is the default).
+    given = settings.parse_settings(script, ["--batch-size", "64", "--no-overwrite"])
+    assert settings.flags_given(given) == {"batch_size", "overwrite"}
+    assert settings.flags_given(settings.parse_settings(script, [])) == frozenset()
+    assert "_flags_given" not in settings.settings_values(given)
+    assert settings.settings_values(given)["batch_size"] == 64
     assert settings.parse_settings(script, ["--arch", "densenet201"]).arch == "densenet201"
     with pytest.raises(SystemExit):
         settings.parse_settings(script, ["--arch", "resnet"])  # the comment's choices

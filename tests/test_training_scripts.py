@@ -125,16 +125,18 @@ def test_03_rgb_from_scratch_talk_epochs_and_bf16(rgb_split, tmp_path):
 
 
 def test_recipe_talk_takes_the_talks_settings_except_flags_given(rgb_split, tmp_path):
+    # --batch-size 128 and --learning-rate 0.1 equal the script's defaults: given, so kept.
     script_main("03")(
         ["--data", str(rgb_split), "--recipe", "talk", "--epochs", "1", "--steps-per-epoch", "2",
          "--arch", "tiny", "--output", str(tmp_path), "--run-name", "talk",
-         "--mixed-precision", "off"]
+         "--mixed-precision", "off", "--batch-size", "128", "--learning-rate", "0.1"]
     )  # fmt: skip
     settings = json.loads((tmp_path / "talk" / "model.json").read_text())["settings"]
-    # Given as flags: kept. Not given: the talk's (Adam 0.001, batch 64, rotations in the model).
+    assert "_flags_given" not in settings
+    # Given as flags: kept. Not given: the talk's (Adam, rotations in the model, patience 50).
     assert (settings["arch"], settings["epochs"]) == ("tiny", 1)
-    assert (settings["optimizer"], settings["learning_rate"]) == ("adam", 0.001)
-    assert (settings["batch_size"], settings["augmentation"]) == (64, "talk")
+    assert (settings["optimizer"], settings["learning_rate"]) == ("adam", 0.1)
+    assert (settings["batch_size"], settings["augmentation"]) == (128, "talk")
     assert (settings["schedule"], settings["label_smoothing"], settings["patience"]) == (
         "constant",
         0.0,
