@@ -1,13 +1,15 @@
-"""Output-file safety: refuse existing outputs, write atomically, clear leftovers.
+"""Output-file safety: refuse existing outputs, write atomically, clear leftovers, lock.
 
 `atomic_output` and `write_atomic` write an output under a temporary name and
 rename it when complete, so nothing is ever half-written; leftovers of killed
-runs are cleared by the next run.
+runs are cleared by the next run. `exclusive_lock` keeps a second process out of
+outputs that one is writing; the kernel releases it when its process dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -172,3 +174,44 @@ def write_atomic(
         else:
             content(temporary)
     return path
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | Path, what: str, advice: str) -> Iterator[None]:
+    """Hold an exclusive lock (fcntl.flock on `lock_path`) while the block runs.
+
+    Another process holding it is an InputError: "<what> is in use by running process
+    <pid>; <advice>." The kernel drops the lock of a process that dies, even by
+    kill -9, so it never stays stuck; the file is removed on release (one left by a
+    killed process is empty of meaning and simply locked again).
+    """
+    lock_path = Path(lock_path)
+    while True:
+        try:
+            handle = lock_path.open("a+", encoding="utf-8")
+        except OSError as error:
+            raise InputError(f"cannot create lock file {lock_path}: {error.strerror}.") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise InputError(f"{what} is in use by running {holder}; {advice}.") from None
+        # The previous holder may have removed the file between our open and our lock.
+        try:
+            current = os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        handle.close()

@@ -37,7 +37,7 @@ from cnn_sentinel.networks import (
     load_model,
     set_trainable,
 )
-from cnn_sentinel.outputs import write_atomic
+from cnn_sentinel.outputs import exclusive_lock, write_atomic
 from cnn_sentinel.precision import PRECISION_MODES, dtype_policy, precision_policy
 from cnn_sentinel.reports import evaluate_model
 from cnn_sentinel.settings import flags_given, parse_settings, settings_values
@@ -354,15 +354,40 @@ def write_history_csv(path: Path, rows: list[dict]) -> None:
     write_atomic(path, write, overwrite=True)
 
 
+# Settings a resumed run may change: they do not change what is trained (RECIPE fast/talk
+# only sets others, which are compared themselves).
+FREE_ON_RESUME = frozenset(
+    {"progress", "verbose", "output", "run_name", "overwrite", "evaluate_only", "tta", "recipe"}
+)
+
+
 def run_identity(settings: argparse.Namespace, recipe: str, variant: str | None) -> dict:
-    """The settings a resumed run must share with the run it continues."""
-    return {
-        "recipe": recipe,
-        "variant": variant,
-        "arch": settings.arch,
-        "bands": settings.bands,
-        "data": str(Path(settings.data).resolve()),
+    """The settings a resumed run must share with the run it continues: every setting
+    that changes what is trained (all but FREE_ON_RESUME), as JSON values."""
+    identity = {
+        name: value
+        for name, value in settings_values(settings).items()
+        if name not in FREE_ON_RESUME
     }
+    identity.update(recipe=recipe, variant=variant, data=str(Path(settings.data).resolve()))
+    return json.loads(json.dumps(identity))
+
+
+def _shown(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def identity_differences(saved: dict, identity: dict) -> list[str]:
+    """'--learning-rate 0.1, not 0.5' for each setting that differs between a saved
+    run's identity and this one's; settings one of them lacks (runs saved by older
+    versions recorded five) are not compared."""
+    differences = []
+    for name in saved:
+        if name in identity and saved[name] != identity[name]:
+            # recipe and variant are the script's own, not flags of the training scripts.
+            label = name if name in ("recipe", "variant") else "--" + name.replace("_", "-")
+            differences.append(f"{label} {_shown(saved[name])}, not {_shown(identity[name])}")
+    return differences
 
 
 def new_state(identity: dict) -> dict:
@@ -406,10 +431,12 @@ def open_run_folder(run_folder: Path, identity: dict, overwrite: bool) -> dict:
         state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     except ValueError as error:
         raise InputError(f"run state {state_path} cannot be read ({error}).") from None
-    if state and state.get("identity") != identity and not overwrite:
+    differences = identity_differences(state.get("identity") or {}, identity) if state else []
+    if differences and not overwrite:
         raise InputError(
-            f"run folder {run_folder} holds a run with other settings ({state.get('identity')}); "
-            "choose another --run-name or pass --overwrite."
+            f"run folder {run_folder} holds a run started with other settings "
+            f"({'; '.join(differences)}); repeat them to resume it, choose another --run-name "
+            "or pass --overwrite."
         )
     if state.get("finished") and (run_folder / MODEL_FILE).is_file() and not overwrite:
         raise InputError(
@@ -706,6 +733,11 @@ class TrainingRun:
         return metrics
 
 
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
 @contextlib.contextmanager
 def training_run(
     settings: argparse.Namespace, split: SplitInfo, recipe: str, variant: str | None = None
@@ -727,22 +759,32 @@ def training_run(
     name = settings.run_name or "-".join(part for part in (recipe, variant, settings.arch) if part)
     run_folder = Path(settings.output) / name
     check_writable(run_folder)
-    identity = run_identity(settings, recipe, variant)
-    state = open_run_folder(run_folder, identity, settings.overwrite)
     strategy = choose_strategy()
     writer = is_chief(strategy)
-    # Workers other than the chief write into a scratch folder (Keras' multi-worker rule).
-    folder = run_folder if writer else Path(tempfile.mkdtemp(prefix="worker-run-"))
-    if writer and state["epoch"] == 0 and run_folder.is_dir():
-        clear_run_folder(run_folder)
-    try:
+    with contextlib.ExitStack() as stack:
+        if writer:  # one process trains a run folder at a time; locked before reading its state
+            if not run_folder.parent.exists():  # made for the lock; removed again if left empty
+                run_folder.parent.mkdir(parents=True)
+                stack.callback(_remove_if_empty, run_folder.parent)
+            stack.enter_context(
+                exclusive_lock(
+                    run_folder.parent / f".{name}.lock",
+                    f"run folder {run_folder}",
+                    "wait for that run to end or choose another --run-name",
+                )
+            )
+        identity = run_identity(settings, recipe, variant)
+        state = open_run_folder(run_folder, identity, settings.overwrite)
+        # Workers other than the chief write into a scratch folder (Keras' multi-worker rule).
+        folder = run_folder if writer else Path(tempfile.mkdtemp(prefix="worker-run-"))
+        if not writer:
+            stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        if writer and state["epoch"] == 0 and run_folder.is_dir():
+            clear_run_folder(run_folder)
         with dtype_policy(precision_policy(settings.mixed_precision)) as policy:
             keras.utils.set_random_seed(settings.seed)
             with strategy.scope():
                 yield TrainingRun(settings, split, recipe, variant, folder, state, strategy, policy)
-    finally:
-        if not writer:
-            shutil.rmtree(folder, ignore_errors=True)
     if state["finished"]:
         accuracy = state["validation_accuracy"]
         print(f"validation accuracy {accuracy:.4f}; model and report in {run_folder}")
