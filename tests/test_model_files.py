@@ -136,6 +136,24 @@ def test_model_info_round_trip_and_legacy_keys(tmp_path):
         ModelInfo.load(tmp_path / "bad.h5")
 
 
+@pytest.mark.parametrize(
+    ("name", "cut", "reason"),
+    [
+        ("model.keras", 100_000, "not a complete .keras zip archive"),
+        ("model.keras", 0, "not a complete .keras zip archive"),
+        ("model.h5", 0, "not an HDF5 file"),
+    ],
+)
+def test_a_damaged_model_file_is_named_damaged_not_missing(tmp_path, name, cut, reason):
+    shipped = REPO_ROOT / "models" / "eurosat-rgb-resnet-valid-narrow" / "model.keras"
+    damaged = tmp_path / name
+    damaged.write_bytes(shipped.read_bytes()[:cut] if cut else b"<html>not a model</html>")
+    with pytest.raises(InputError) as raised:
+        nf.load_model(damaged)
+    assert str(raised.value).startswith(f"model {damaged} is damaged or not a Keras model")
+    assert reason in str(raised.value) and "not found" not in str(raised.value)
+
+
 def test_talk_model_facts():
     rgb = ModelInfo.for_talk_model(3)
     assert rgb.class_names == list(CLASS_NAMES) and rgb.band_names == list(RGB_BAND_NAMES)
