@@ -202,7 +202,7 @@ def test_files_that_are_not_models_are_refused(tmp_path):
         scenes.load_scene_model(text)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="cannot be loaded"):
+    with pytest.raises(InputError, match="is damaged or not a Keras model"):
         scenes.load_scene_model(broken)
 
 
