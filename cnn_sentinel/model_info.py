@@ -16,6 +16,8 @@ from cnn_sentinel.outputs import write_atomic
 from image_functions import CLASS_NAMES, IMAGE_SIZE, default_band_names, talk_constants
 
 MODEL_INFO_FILE = "model.json"
+# The folder of a run that holds its per-epoch checkpoints (cnn_sentinel.training).
+CHECKPOINTS_FOLDER = "checkpoints"
 
 
 @dataclass
@@ -93,11 +95,15 @@ class ModelInfo:
 
     @classmethod
     def load(cls, model_path: str | Path) -> ModelInfo | None:
-        """The facts beside a model file: `<stem>.json`, else model.json in its folder;
-        None when there is neither (e.g. a talk .hdf5). InputError for a file that
-        is not a JSON object."""
+        """The facts beside a model file: `<stem>.json`, else model.json in its folder,
+        else, for a training checkpoint (`<run>/checkpoints/epoch-NNN.keras`), the run's
+        model.json; None when there is none (e.g. a talk .hdf5). InputError for a file
+        that is not a JSON object."""
         model_path = Path(model_path)
-        for path in (model_path.with_suffix(".json"), model_path.with_name(MODEL_INFO_FILE)):
+        candidates = [model_path.with_suffix(".json"), model_path.with_name(MODEL_INFO_FILE)]
+        if model_path.parent.name == CHECKPOINTS_FOLDER:
+            candidates.append(model_path.parent.parent / MODEL_INFO_FILE)
+        for path in candidates:
             if path.is_file():
                 try:
                     data = json.loads(path.read_text(encoding="utf-8"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cnn_sentinel.datasets import SplitInfo, band_choice_note
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.model_info import MODEL_INFO_FILE, ModelInfo
+from cnn_sentinel.model_info import CHECKPOINTS_FOLDER, MODEL_INFO_FILE, ModelInfo
 from cnn_sentinel.networks import (
     ARCHITECTURES,
     MODEL_FILE,
@@ -94,7 +94,7 @@ KERAS_20585_CHECKED_UP_TO = (3, 15)
 MONITOR = "val_categorical_accuracy"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = CHECKPOINTS_FOLDER
 
 
 # ---------------------------------------------------------------------------
@@ -411,7 +411,8 @@ def holds_only_an_empty_start(run_folder: Path) -> bool:
         if ".partial-" in child.name or child.name == "logs":
             continue
         if child.name != CHECKPOINTS or any(
-            ".partial-" not in entry.name for entry in child.iterdir()
+            ".partial-" not in entry.name and entry.name != MODEL_INFO_FILE
+            for entry in child.iterdir()
         ):
             return False
     return True
@@ -488,8 +489,10 @@ def checkpoint_path(run_folder: Path, state: dict, which: str) -> Path:
 
 
 def remove_stale_checkpoints(run_folder: Path, state: dict) -> None:
-    """Delete checkpoints that `state` no longer names (and partial files)."""
+    """Delete checkpoints that `state` no longer names (and partial files); the
+    checkpoints' model.json stays."""
     keep = {checkpoint_path(run_folder, state, which).name for which in ("last", "best")}
+    keep.add(MODEL_INFO_FILE)
     for path in (run_folder / CHECKPOINTS).iterdir():
         if path.name not in keep:
             path.unlink(missing_ok=True)
@@ -671,8 +674,12 @@ class TrainingRun:
 
     def fit(self, model, stages: Sequence[Stage], train_data, validation_data):
         """Train through `stages` (resuming where an earlier run stopped); returns
-        the model with the weights of the last stage's best epoch."""
+        the model with the weights of the last stage's best epoch. checkpoints/ gets
+        a model.json of its own, so a checkpoint used as a model (06 --model) knows
+        its classes and bands before the run has finished."""
         self.stages = list(stages)
+        (self.folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        self.model_info().save(self.folder / CHECKPOINTS / MODEL_INFO_FILE)
         return train_stages(
             model,
             stages,
@@ -686,28 +693,33 @@ class TrainingRun:
             steps_per_epoch=self.settings.steps_per_epoch,
         )
 
+    def model_info(self) -> ModelInfo:
+        """What the run's models say about themselves (model.json), before metrics."""
+        split = self.split
+        return ModelInfo(
+            class_names=split.class_names,
+            band_names=split.band_names,
+            mean=split.mean,
+            std=split.std,
+            normalisation_source=split.normalisation_source,
+            arch=self.settings.arch,
+            variant=self.variant,
+            recipe=self.recipe,
+            mixed_precision=self.policy,
+            replicas=self.strategy.num_replicas_in_sync,
+            settings=settings_values(self.settings),
+            stages=[asdict(stage) for stage in self.stages],
+        )
+
     def report(self, model) -> dict:
         """Save model.keras (stock layers only), evaluate it on the whole
         validation/ (and test/) set into report/, write model.json and mark the
         run finished. Returns the report's metrics."""
         write_atomic(self.folder / MODEL_FILE, inference_model(model).save, overwrite=True)
         split, settings = self.split, self.settings
-        info = ModelInfo(
-            class_names=split.class_names,
-            band_names=split.band_names,
-            mean=split.mean,
-            std=split.std,
-            normalisation_source=split.normalisation_source,
-            arch=settings.arch,
-            variant=self.variant,
-            recipe=self.recipe,
-            mixed_precision=self.policy,
-            replicas=self.strategy.num_replicas_in_sync,
-            settings=settings_values(settings),
-            stages=[asdict(stage) for stage in self.stages],
-            epochs_trained=self.state["epoch"],
-            training_seconds=round(self.state.get("training_seconds", 0.0), 1),
-        )
+        info = self.model_info()
+        info.epochs_trained = self.state["epoch"]
+        info.training_seconds = round(self.state.get("training_seconds", 0.0), 1)
         metrics = evaluate_model(
             self.folder / MODEL_FILE,
             split.folder,

@@ -124,6 +124,7 @@ def test_killed_run_resumes_and_ends_with_the_best_epoch(rgb_split, tmp_path, ki
     assert {path.name for path in (run / "checkpoints").iterdir()} == {
         state["last_checkpoint"],
         state["best_checkpoint"],
+        "model.json",
     }
     assert not [path for path in run.rglob("*") if ".partial-" in path.name]
     again = run_script(arguments, None)

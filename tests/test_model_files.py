@@ -131,6 +131,14 @@ def test_model_info_round_trip_and_legacy_keys(tmp_path):
     assert legacy.class_names == ["x", "y", "z"] and legacy.band_names == ["B08"]
     assert legacy.input_size == 32
     assert ModelInfo.load(tmp_path / "nothing" / "model.keras") is None
+    # A checkpoint of a run (run/checkpoints/epoch-NNN.keras) finds the run's model.json.
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ModelInfo(class_names=["Glacier", "Quarry"], band_names=["B08"]).save(
+        tmp_path / "run" / "model.json"
+    )
+    checkpoint = ModelInfo.load(tmp_path / "run" / "checkpoints" / "epoch-003.keras")
+    assert checkpoint.class_names == ["Glacier", "Quarry"]
+    assert checkpoint.source == str(tmp_path / "run" / "model.json")
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="is not a JSON object"):
         ModelInfo.load(tmp_path / "bad.h5")

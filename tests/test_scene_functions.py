@@ -193,6 +193,19 @@ def test_model_json_that_contradicts_the_model_is_refused(tmp_path, facts, messa
         scenes.load_scene_model(path)
 
 
+def test_a_keras_model_without_model_json_says_loudly_which_classes_it_assumes(
+    tmp_path, capsys
+):
+    tiny_model(3, mean=[0.0] * 3, std=[1.0] * 3, classes=4).save(tmp_path / "epoch-002.keras")
+    _model, info = scenes.load_scene_model(tmp_path / "epoch-002.keras")
+    assert info.class_names == ["class0", "class1", "class2", "class3"]
+    assert (
+        f"note: no model.json found for {tmp_path / 'epoch-002.keras'} (beside it, or in its "
+        "run folder for a checkpoint), so its 4 classes are ASSUMED to be class0, class1, "
+        "class2, class3" in capsys.readouterr().err
+    )
+
+
 def test_files_that_are_not_models_are_refused(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         scenes.load_scene_model(tmp_path / "missing.keras")

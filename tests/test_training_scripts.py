@@ -16,6 +16,7 @@ from script_modules import load_script
 from cnn_sentinel import networks as nf
 from cnn_sentinel import training
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene import reading as scenes
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, list_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -224,8 +225,13 @@ def test_rerun_resumes_after_interruption_and_refuses_finished_run(
     state = json.loads((run / "state.json").read_text())
     assert state["last_checkpoint"] == "epoch-002.keras" and state["epoch"] == 2
     checkpoints = {path.name for path in (run / "checkpoints").iterdir()}
-    assert checkpoints == {state["last_checkpoint"], state["best_checkpoint"]}
+    assert checkpoints == {state["last_checkpoint"], state["best_checkpoint"], "model.json"}
     nf.load_model(run / "checkpoints" / state["last_checkpoint"])  # the last good checkpoint
+    # A checkpoint used as a model (06 --model) knows its run's classes and bands.
+    _model, info = scenes.load_scene_model(run / "checkpoints" / state["last_checkpoint"])
+    assert info.class_names == sorted(path.name for path in (rgb_split / "train").iterdir())
+    assert info.band_names == ["B04", "B03", "B02"] and info.arch == "tiny"
+    assert info.source == str(run / "checkpoints" / "model.json")
     # Runs saved before the checkpoints were named by epoch resume too (state.json
     # without checkpoint names; checkpoints/last.keras and <stage>-best.keras).
     checkpoints = run / "checkpoints"

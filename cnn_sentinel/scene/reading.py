@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -118,6 +119,13 @@ def load_scene_model(model_path: str | Path):
             if output_units == len(CLASS_NAMES)
             else [f"class{index}" for index in range(output_units)]
         )
+        if model_path.suffix.lower() == ".keras":  # the talk's models are .h5/.hdf5
+            print(
+                f"note: no model.json found for {model_path} (beside it, or in its run folder "
+                f"for a checkpoint), so its {output_units} classes are ASSUMED to be "
+                f"{', '.join(class_names)}; copy the run's model.json beside it if they are not.",
+                file=sys.stderr,
+            )
     band_names = (info.band_names if info is not None else []) or default_band_names(model_bands)
     input_size = (info.input_size if info is not None else None) or model_size or IMAGE_SIZE
     source = info.source if info is not None else f"{model_path} (no model.json)"
