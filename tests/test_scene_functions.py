@@ -193,9 +193,7 @@ def test_model_json_that_contradicts_the_model_is_refused(tmp_path, facts, messa
         scenes.load_scene_model(path)
 
 
-def test_a_keras_model_without_model_json_says_loudly_which_classes_it_assumes(
-    tmp_path, capsys
-):
+def test_a_keras_model_without_model_json_says_loudly_which_classes_it_assumes(tmp_path, capsys):
     tiny_model(3, mean=[0.0] * 3, std=[1.0] * 3, classes=4).save(tmp_path / "epoch-002.keras")
     _model, info = scenes.load_scene_model(tmp_path / "epoch-002.keras")
     assert info.class_names == ["class0", "class1", "class2", "class3"]
