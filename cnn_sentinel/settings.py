@@ -22,6 +22,7 @@ import io
 import re
 import sys
 import tokenize
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -210,8 +211,16 @@ def settings_values(settings: argparse.Namespace) -> dict:
     return {name: value for name, value in vars(settings).items() if not name.startswith("_")}
 
 
+def user_warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as a script's user sees it: "warning: <message>", without the file,
+    line number and source line of the code that raised it (warnings.formatwarning)."""
+    return f"warning: {message}\n"
+
+
 def run_script(main: Callable[[], object]) -> None:
-    """Run a script's `main()`; bad input ends in one sentence and exit status 2."""
+    """Run a script's `main()`; bad input ends in one sentence and exit status 2.
+    Warnings print as one "warning: ..." line, without internal paths."""
+    warnings.formatwarning = user_warning_line
     log_filter = quiet_native_logs(sys.argv[1:])
     try:
         main()

@@ -8,7 +8,7 @@ precision, seed), builds its model, names its stages and calls `run.fit` and
 loses a finished epoch: every epoch ends with a checkpoint and then state.json,
 written atomically and in that order, and the same command resumes from there.
 TensorFlow and Keras are imported inside functions: importing this module is cheap.
-About 700 lines: the crash safety of the run folder stays beside the fit loop that
+About 800 lines: the crash safety of the run folder stays beside the fit loop that
 relies on it.
 """
 

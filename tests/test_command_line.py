@@ -283,3 +283,26 @@ def test_no_progress_on_a_script_without_a_progress_constant(tmp_path):
     script.write_text('"""Example."""\nSEED = 0  # seed\n')
     assert settings.parse_settings(script, ["--no-progress"]).progress is False
     assert settings.parse_settings(script, []).progress is True
+
+
+def test_a_warning_reaches_the_user_as_one_line_without_internal_paths(tmp_path):
+    """A scene without georeference: the warning names the scene, not our source."""
+    program = (
+        "from osgeo import gdal\n"
+        "from cnn_sentinel.scene.reading import warn_if_not_georeferenced\n"
+        "from cnn_sentinel.settings import run_script\n"
+        "scene = gdal.GetDriverByName('MEM').Create('', 4, 4, 1)\n"
+        "run_script(lambda: warn_if_not_georeferenced(scene, 'plain.tif'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "warning: scene plain.tif is not georeferenced; its outputs will not be either.\n"
+    )
