@@ -4,6 +4,7 @@
 rename it when complete, so nothing is ever half-written; leftovers of killed
 runs are cleared by the next run. `exclusive_lock` keeps a second process out of
 outputs that one is writing; the kernel releases it when its process dies.
+`interrupt_on_sigterm` makes SIGTERM (batch systems, Dask) end a script as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -215,3 +218,19 @@ def exclusive_lock(lock_path: str | Path, what: str, advice: str) -> Iterator[No
     finally:
         lock_path.unlink(missing_ok=True)
         handle.close()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: handled as Ctrl-C is (outputs being written are removed)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def interrupt_on_sigterm() -> None:
+    """From now on SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread,
+    so the `finally` clauses of atomic_output remove the temporaries and the script
+    ends as after Ctrl-C. Only the main thread can set a handler; elsewhere a no-op."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)

@@ -20,6 +20,7 @@ import ast
 import copy
 import io
 import re
+import signal
 import sys
 import tokenize
 import warnings
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from cnn_sentinel.console import quiet_native_logs
 from cnn_sentinel.errors import EXIT_INPUT_ERROR, InputError
+from cnn_sentinel.outputs import Terminated, interrupt_on_sigterm
 
 # "copy | hardlink | symlink: how files get into TARGET" declares three choices.
 CHOICES_COMMENT = re.compile(r"^\s*([\w.+-]+(?:\s*\|\s*[\w.+-]+)+)\s*:")
@@ -219,20 +221,23 @@ def user_warning_line(message, category, filename, lineno, line=None) -> str:
 
 def run_script(main: Callable[[], object]) -> None:
     """Run a script's `main()`; bad input ends in one sentence and exit status 2.
+    Ctrl-C and SIGTERM end it alike: one line, temporaries removed, exit 130 or 143.
     Warnings print as one "warning: ..." line, without internal paths."""
     warnings.formatwarning = user_warning_line
+    interrupt_on_sigterm()
     log_filter = quiet_native_logs(sys.argv[1:])
     try:
         main()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (outputs.Terminated)
         print(
             "interrupted: outputs already completed are kept, nothing half-written.",
             file=sys.stderr,
         )
-        sys.exit(130)
+        # 128 + the signal's number, as a shell reports a process the signal ended.
+        sys.exit(128 + (signal.SIGTERM if isinstance(interruption, Terminated) else signal.SIGINT))
     finally:
         if log_filter is not None:
             log_filter.close()
