@@ -10,6 +10,7 @@ outputs that one is writing; the kernel releases it when its process dies.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -105,8 +106,48 @@ def clear_leftovers(path: Path) -> list[Path]:
     return removed
 
 
+def size_words(size: float) -> str:
+    """A byte count for people: "850 MB", "2.3 GB"."""
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{max(size / 2**20, 0.1):.1f} MB"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an error says the disk is full: OSError ENOSPC (or EDQUOT, a quota),
+    or the words of GDAL's RuntimeError or HDF5's OSError for it."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # GDAL (RuntimeError) and HDF5 (OSError without errno) say it in words.
+    return any(words in str(error) for words in ("No space left on device", "quota exceeded"))
+
+
+def disk_full_error(path: Path, space_needed: int | None = None) -> InputError:
+    """The one sentence for a full disk while writing `path`: its folder, the space
+    free there and the space the output needs (when known)."""
+    try:
+        free = size_words(shutil.disk_usage(path.parent).free)
+    except OSError:
+        free = "unknown"
+    needed = f", about {size_words(space_needed)} needed" if space_needed else ""
+    return InputError(
+        f"no space left in {path.parent} for {path.name} ({free} free{needed}); free some "
+        "space there or choose another output folder, then run the same command again."
+    )
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def _disk_full_as_input_error(path: Path, space_needed: int | None) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if is_disk_full(error):
+            raise disk_full_error(path, space_needed) from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | Path, overwrite: bool = False, space_needed: int | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` on success.
 
     The temporary file or folder keeps the suffix of `path` (GDAL picks drivers
@@ -114,7 +155,9 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     existing `path`, or a side file of it such as a user's `<name>.aux.xml`, is
     an InputError unless `overwrite`. Leftover temporaries of killed processes
     are removed first. On any exception the temporary is removed and `path` is
-    left untouched. A folder being replaced is moved aside first, then deleted.
+    left untouched; a full disk becomes an InputError naming the folder, the free
+    space and `space_needed` (bytes, when the caller knows it). A folder being
+    replaced is moved aside first, then deleted.
     """
     path = Path(path)
     refuse_existing([path, *side_files(path)], overwrite)
@@ -133,7 +176,8 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     temporary = temporary_name(path)
     _remove(temporary)
     try:
-        yield temporary
+        with _disk_full_as_input_error(path, space_needed):
+            yield temporary
         old_folder = None
         if path.is_dir() and not path.is_symlink():
             # Moved aside under a temporary name of its own, which a later run clears
@@ -159,15 +203,17 @@ def write_atomic(
     path: str | Path,
     content: str | bytes | dict | list | Callable[[Path], object],
     overwrite: bool = False,
+    space_needed: int | None = None,
 ) -> Path:
     """Write `path` atomically (see `atomic_output`) and return it.
 
     content: text (str), bytes, JSON (a dict or list, indented, newline at the
     end), or a writer called with the temporary path (it may make a file or a
     folder there, e.g. `model.save`). `overwrite=True` replaces an existing output.
+    `space_needed` (bytes) goes into the sentence of a full disk.
     """
     path = Path(path)
-    with atomic_output(path, overwrite) as temporary:
+    with atomic_output(path, overwrite, space_needed) as temporary:
         if isinstance(content, str):
             temporary.write_text(content, encoding="utf-8")
         elif isinstance(content, bytes):

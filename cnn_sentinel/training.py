@@ -515,7 +515,14 @@ def progress_callback(run_folder: Path, state: dict, stage: Stage):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = {key: float(value) for key, value in (logs or {}).items()}
             name = f"epoch-{epoch + 1:03d}.keras"
-            write_atomic(run_folder / CHECKPOINTS / name, self.model.save, overwrite=True)
+            previous = checkpoint_path(run_folder, state, "last")
+            needed = previous.stat().st_size if previous.is_file() else None  # for a full disk
+            write_atomic(
+                run_folder / CHECKPOINTS / name,
+                self.model.save,
+                overwrite=True,
+                space_needed=needed,
+            )
             state["history"].append({"epoch": epoch + 1, "stage": stage.name, **logs})
             accuracy = logs.get(MONITOR, float("nan"))
             if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:

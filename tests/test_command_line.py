@@ -3,6 +3,7 @@ errors, atomic outputs and their leftovers, quiet TensorFlow, progress bars in l
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -306,3 +307,34 @@ def test_a_warning_reaches_the_user_as_one_line_without_internal_paths(tmp_path)
     assert result.stderr == (
         "warning: scene plain.tif is not georeferenced; its outputs will not be either.\n"
     )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("map.tif: Free disk space available is 0 bytes, whereas 65536 are at "
+                     "least necessary. No space left on device"),
+    ],
+)  # fmt: skip
+def test_a_full_disk_is_one_sentence_naming_the_folder_and_the_space(tmp_path, error):
+    def write_until_full(temporary: Path) -> None:
+        temporary.write_bytes(b"x" * 1000)
+        raise error
+
+    with pytest.raises(InputError) as raised:
+        outputs.write_atomic(tmp_path / "map.tif", write_until_full, space_needed=3 * 2**20)
+    message = str(raised.value)
+    assert re.fullmatch(
+        rf"no space left in {re.escape(str(tmp_path))} for map\.tif \([\d.]+ [MG]B free, "
+        r"about 3\.0 MB needed\); free some space there or choose another output folder, "
+        r"then run the same command again\.",
+        message,
+    ), message
+    assert list(tmp_path.iterdir()) == []
+    # Other errors pass through unchanged.
+    with pytest.raises(OSError, match="Permission denied"):
+        outputs.write_atomic(
+            tmp_path / "map.tif",
+            lambda temporary: (_ for _ in ()).throw(OSError(errno.EACCES, "Permission denied")),
+        )

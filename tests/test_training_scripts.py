@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -418,3 +419,36 @@ def test_05_learns_real_multispectral_samples_well_above_chance(real_ms_dir, tmp
         (tmp_path / "runs" / "ms-scratch-tiny" / "report" / "metrics.json").read_text()
     )
     assert metrics["validation"]["overall_accuracy"] >= 0.4
+
+
+def test_a_full_disk_in_training_is_one_sentence_and_the_run_resumes(
+    rgb_split, tmp_path, monkeypatch
+):
+    """The disk fills while epoch 2's checkpoint is written (ENOSPC from the write)."""
+    import keras
+
+    arguments = ["--data", str(rgb_split), "--epochs", "2", "--output", str(tmp_path), *FAST]
+    original_save = keras.Model.save
+    saved = []
+
+    def save_until_full(model, path, *args, **kwargs):
+        saved.append(path)
+        if len(saved) == 2:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original_save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save_until_full)
+    with pytest.raises(InputError) as raised:
+        script_main("03")(arguments)
+    run = tmp_path / "rgb-scratch-tiny"
+    first = (run / "checkpoints" / "epoch-001.keras").stat().st_size
+    assert str(raised.value).startswith(
+        f"no space left in {run / 'checkpoints'} for epoch-002.keras ("
+    )
+    assert f"about {first / 2**20:.1f} MB needed)" in str(raised.value)
+    assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    assert not [path for path in run.rglob("*") if ".partial-" in path.name]
+    monkeypatch.setattr(keras.Model, "save", original_save)
+    script_main("03")(arguments)  # space freed: the same command resumes and finishes
+    assert json.loads((run / "model.json").read_text())["epochs_trained"] == 2
