@@ -39,6 +39,10 @@ BBOX = ()  # minx miny maxx maxy in the scene's CRS: classify only this part
 WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
 PROBABILITIES = "max"  # max | all: one band, the winning class's probability; a band per class
 RGB_SCALING = "auto"  # auto | eurosat | none: auto scales L1C values for RGB models (eurosat)
+REFLECTANCE_SCALE = "auto"  # auto: 10000 (L1C/L2A products, most exports); or 1000, 1 (0-1)
+ADAPT = "auto"  # auto | off: auto adapts batch normalisation to the scene's statistics
+ADAPT_BLEND = 0.5  # the scene's share of the adapted statistics (1: the scene's alone)
+ADAPT_WINDOWS = 2048  # windows sampled over the scene for its statistics
 MIXED_PRECISION = "off"  # off: float32 (exact, the talk's answer); bf16, fp16; auto: by hardware
 METHOD = "auto"  # auto | windows | dense: auto is dense where the model allows it exactly
 TTA = False  # average each window over its 8 flips and 90-degree rotations (8x the time)
@@ -129,10 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
         settings.cloud_mask, scene_names, settings.cloud_threshold, str(image)
     )
     steps = []
+    cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)
+    cloud_bands = tuple(clouds.cloud_band_indices(scene_names)) if masking else None
     if masking:
-        cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)
-        band_indices = tuple(clouds.cloud_band_indices(scene_names))
-        steps.append(clouds.CloudMaskStep(scene, band_indices, cloud_settings))
+        steps.append(clouds.CloudMaskStep(scene, cloud_bands, cloud_settings))
 
     precision = precision_policy(settings.mixed_precision)
     classification = predictors.prepare_classification(
@@ -144,6 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
         method=settings.method,
         scene_label=str(image),
         tta=settings.tta,
+        reflectance_scale=settings.reflectance_scale,
+        adapt=settings.adapt,
+        adapt_blend=settings.adapt_blend,
+        adapt_windows=settings.adapt_windows,
+        cloud_bands=cloud_bands,
+        cloud_settings=cloud_settings,
     )
     print(
         f"{image}: {classification.describe()} (model {settings.model}{model_words}), "
@@ -175,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
             steps=steps,
         )
     writers.write_category_names(
-        label_path, clouds.category_names(classification.config.class_names, masking)
+        label_path,
+        clouds.category_names(classification.config.class_names, masking),
+        classification.record(),
     )
     seconds = time.perf_counter() - started
 

@@ -295,10 +295,41 @@ def test_nodata_windows_are_skipped_and_marked(rgb_case, tmp_path):
     holes = np.isnan(floats[..., 0]) | (floats[..., 0] == 7) | (floats[..., 0] == 0)
     assert np.all(labels[holes] == blocks.LABEL_NODATA)
     assert np.all(np.isnan(probabilities[holes]))
-    # Elsewhere: the talk's answer on the scene with NaN read as 0.
-    talk_labels, talk_probabilities = talk_classify(np.nan_to_num(floats), model)
+    # Elsewhere: the talk's answer on the scene mirrored by half a window (the block
+    # 06 reads) whose holes hold the nearest valid pixel of their row: windows that
+    # touch no data see the scene continued, not zeros. Row 20 has no valid pixel.
+    padded = np.pad(np.nan_to_num(floats), ((32, 32), (32, 32), (0, 0)), "symmetric")
+    padded_holes = np.pad(holes, 32, "symmetric")
+    scenes.fill_nodata(padded, padded_holes)
+    assert np.all(padded[padded_holes & ~np.pad(floats[..., 0] == 7, 32, "symmetric")] > 7)
+    talk_labels, talk_probabilities = (
+        result[32:-32, 32:-32] for result in talk_classify(padded, model)
+    )
     assert np.array_equal(labels[~holes], talk_labels[~holes])
     np.testing.assert_allclose(probabilities[~holes], talk_probabilities[~holes], atol=1e-5)
+
+
+def test_nan_edge_columns_do_not_paint_stripes(rgb_case, tmp_path):
+    """A scene of one constant colour with NaN columns at its edges (as the RaVAEn
+    scene's): every pixel with data sees the same window, so all get the same class
+    and probability; read as zeros, the edge columns' windows would differ."""
+    _, _, _, model, _ = rgb_case
+    scene = np.empty((30, 40, 3), np.float32)
+    scene[:] = [90.0, 110.0, 130.0]
+    scene[:, :3] = np.nan
+    scene[:, -2:] = np.nan
+    scene_path = write_scene(tmp_path / "edges.tif", scene)
+    labels, probabilities = run_classification(
+        tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), stride=1
+    )
+    assert np.all(labels[:, :3] == blocks.LABEL_NODATA)
+    assert np.all(labels[:, -2:] == blocks.LABEL_NODATA)
+    inside = labels[:, 3:-2]
+    assert np.all(inside == inside[0, 0])
+    np.testing.assert_allclose(probabilities[:, 3:-2], probabilities[0, 3], rtol=1e-6)
+    constant = np.full((1, 64, 64, 3), [90.0, 110.0, 130.0], np.float32)
+    expected = model.predict(constant, verbose=0)[0]
+    assert inside[0, 0] == np.argmax(expected)
 
 
 def test_stride_block_with_nodata_centre_is_nodata(rgb_case, tmp_path):

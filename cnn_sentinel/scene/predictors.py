@@ -32,7 +32,15 @@ from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.networks import custom_objects, with_dihedral_averaging
+from cnn_sentinel.scene.adaptation import (
+    Adaptation,
+    batch_normalization_layers,
+    check_adapt_settings,
+    estimate,
+    sample_windows,
+)
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA, PredictedBlock, ReadBlock, prefetch
+from cnn_sentinel.scene.clouds import CloudSettings
 from cnn_sentinel.scene.dense import (
     DensePredictor,
     dense_unsupported_reason,
@@ -43,6 +51,7 @@ from cnn_sentinel.scene.reading import (
     choose_scene_bands,
     load_scene_model,
     read_blocks,
+    reflectance_factor,
     rgb_scaling_needed,
     scene_band_names,
     scene_dtype,
@@ -242,10 +251,15 @@ class SceneClassification:
     method: str
     dense_reason: str | None
     tta: bool = False
+    reflectance_factor: float = 1.0
+    reflectance_words: str = ""
+    adaptation: Adaptation | None = None
 
     @property
     def input_dtype(self) -> np.dtype:
-        return scene_dtype(self.dataset, self.band_indices, self.rgb_scaling)
+        return scene_dtype(
+            self.dataset, self.band_indices, self.rgb_scaling, self.reflectance_factor
+        )
 
     def describe(self) -> str:
         """What will run, for 06's banner: bands, classes, precision, scaling, method."""
@@ -260,10 +274,18 @@ class SceneClassification:
             f"{', '.join(names[index] for index in self.band_indices)} -> "
             f"{len(self.config.class_names)} classes, {self.precision}"
             f"{', talk normalisation' if self.config.normalise_in_front else ''}"
+            f"{self.reflectance_words}"
             f"{', EuroSAT RGB scaling' if self.rgb_scaling else ''}"
             f"{dn_offset_words(self.dataset)}; {method}"
+            f"{'; ' + self.adaptation.words() if self.adaptation else ''}"
             f"{', averaged over the 8 flips and rotations' if self.tta else ''}"
         )
+
+    def record(self) -> dict[str, str]:
+        """How the scene was read and adapted, for the label map's metadata."""
+        record = {"REFLECTANCE_FACTOR": f"{self.reflectance_factor:g}"}
+        record.update(self.adaptation.record() if self.adaptation else {"ADAPTATION": "off"})
+        return record
 
     def predictor(self, batch_size: int = 256, prefetch_depth: int = 4) -> Predictor:
         """The predictor of `method` (windows: batches of `batch_size`)."""
@@ -310,6 +332,7 @@ class SceneClassification:
             stride,
             block_rows,
             self.rgb_scaling,
+            self.reflectance_factor,
         )
         total = len(window_centres(rows, stride)) * len(window_centres(cols, stride))
         label_counts = np.zeros(256, np.int64)
@@ -361,6 +384,12 @@ def prepare_classification(
     method: str = "auto",
     scene_label: str = "scene",
     tta: bool = False,
+    reflectance_scale: str | float = 10000,
+    adapt: str = "off",
+    adapt_blend: float = 0.5,
+    adapt_windows: int = 2048,
+    cloud_bands: Sequence[int] | None = None,
+    cloud_settings: CloudSettings | None = None,
 ) -> SceneClassification:
     """Everything between an open scene and a run: load the model (a path; or a Keras
     model with its ModelInfo), choose the scene's bands (`bands` as 06's --bands),
@@ -369,6 +398,10 @@ def prepare_classification(
     with `tta` also for the 8 turned networks). Warns when the scene is not
     georeferenced. InputError for every mismatch, and for "dense" with a model that
     has zero padding inside the window (or, with `tta`, is not symmetric enough).
+    reflectance_scale: the scene's (auto, or 10000, 1000, 1): values are taken to
+    EuroSAT's x 10000. adapt "auto": the model's batch normalisation is adapted to
+    the scene (`adaptation`: `adapt_windows` windows, the scene's share `adapt_blend`,
+    cloudy windows left out when `cloud_bands` is given); "off": as trained.
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method}.")
@@ -383,7 +416,22 @@ def prepare_classification(
     )
     warn_if_not_georeferenced(dataset, scene_label)
     scaling = rgb_scaling_needed(rgb_scaling, config.band_names, dataset)
+    factor, factor_words = reflectance_factor(reflectance_scale, dataset, band_indices, scene_label)
+    check_adapt_settings(adapt, adapt_blend, adapt_windows)
     model = with_precision(model, precision)
+    adaptation = None
+    if adapt == "auto" and batch_normalization_layers(model):
+        windows = sample_windows(
+            dataset,
+            band_indices,
+            config.input_size,
+            scaling,
+            factor,
+            adapt_windows,
+            cloud_bands=cloud_bands,
+            cloud_settings=cloud_settings,
+        )
+        adaptation = estimate(model, windows, adapt_blend)
     reason = (dihedral_unsupported_reason if tta else dense_unsupported_reason)(model)
     if method == "dense" and reason is not None:
         what = "--method dense --tta" if tta else "--method dense"
@@ -393,5 +441,16 @@ def prepare_classification(
         )
     chosen = "dense" if method == "dense" or (method == "auto" and reason is None) else "windows"
     return SceneClassification(
-        dataset, model, config, band_indices, scaling, precision, chosen, reason, tta
+        dataset,
+        model,
+        config,
+        band_indices,
+        scaling,
+        precision,
+        chosen,
+        reason,
+        tta,
+        factor,
+        factor_words,
+        adaptation,
     )

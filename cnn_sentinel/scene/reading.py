@@ -395,6 +395,69 @@ def window_view(block: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+def fill_nodata(pixels: np.ndarray, nodata: np.ndarray) -> None:
+    """Give every no-data pixel the value of the nearest valid pixel of its row, in place
+    (the mean of the two at a tie).
+
+    Windows that touch no data (a NaN edge, a nodata border) then see the scene
+    continued, as at the mirrored scene edge, instead of zeros that read as water
+    or concrete. The pixels with no data keep no label; only their neighbours'
+    windows change. Along rows only, so a block's pixels do not depend on where the
+    block starts (row blocks and bands of a scene give the same numbers), and the
+    tie rule is symmetric, so filling then mirroring equals mirroring then filling.
+    Rows without any valid pixel are left as they are.
+    """
+    if not nodata.any():
+        return
+    cols = nodata.shape[1]
+    index = np.broadcast_to(np.arange(cols), nodata.shape)
+    left = np.maximum.accumulate(np.where(nodata, -1, index), axis=1)
+    right = np.minimum.accumulate(np.where(nodata, cols, index)[:, ::-1], axis=1)[:, ::-1]
+    has_left, has_right = left >= 0, right < cols
+    to_left, to_right = index - left, right - index
+    take_left = nodata & has_left & (~has_right | (to_left < to_right))
+    take_right = nodata & has_right & (~has_left | (to_right < to_left))
+    tie = nodata & has_left & has_right & (to_left == to_right)
+    row, col = np.nonzero(take_left)
+    pixels[row, col] = pixels[row, left[row, col]]
+    row, col = np.nonzero(take_right)
+    pixels[row, col] = pixels[row, right[row, col]]
+    row, col = np.nonzero(tie)
+    mean = (pixels[row, left[row, col]].astype(np.float64) + pixels[row, right[row, col]]) / 2
+    pixels[row, col] = mean if np.issubdtype(pixels.dtype, np.floating) else np.floor(mean)
+
+
+def read_block(
+    dataset: gdal.Dataset,
+    band_indices: Sequence[int],
+    size: int,
+    top: int,
+    bottom: int,
+    rgb_scaling: bool,
+    reflectance_factor: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scene rows top..bottom-1 ready for the model, and where they have no data.
+
+    Returns (pixels, nodata): pixels (bottom - top, size/2 + cols + size/2, bands),
+    mirrored past the edges, no-data pixels filled from their nearest valid pixel,
+    multiplied by `reflectance_factor` (to EuroSAT's reflectance x 10000) and scaled
+    like EuroSAT's JPEGs when asked; nodata (same rows and columns) bool.
+    """
+    band_numbers = [index + 1 for index in band_indices]
+    nodata_values = [dataset.GetRasterBand(number).GetNoDataValue() for number in band_numbers]
+    before = size // 2
+    pixels = read_mirrored(dataset, band_numbers, top, bottom, before, size - before)
+    nodata = nodata_mask(pixels, nodata_values)
+    if np.issubdtype(pixels.dtype, np.floating):
+        np.nan_to_num(pixels, copy=False, nan=0.0)
+    fill_nodata(pixels, nodata)
+    if reflectance_factor != 1.0:
+        pixels = pixels.astype(np.float32) * np.float32(reflectance_factor)
+    if rgb_scaling:
+        pixels = eurosat_rgb_from_l1c(pixels)
+    return pixels, nodata
+
+
 def read_blocks(
     dataset: gdal.Dataset,
     band_indices: Sequence[int],
@@ -402,15 +465,15 @@ def read_blocks(
     stride: int,
     block_rows: int,
     rgb_scaling: bool,
+    reflectance_factor: float = 1.0,
 ) -> Iterator[ReadBlock]:
     """Read the scene in blocks of `block_rows` output rows (rounded to the stride).
 
     A block is read with a halo of half a window above and below, mirrored only
-    at the true scene edges, and mirrored left and right. Lazy: one block at a time.
+    at the true scene edges, and mirrored left and right (`read_block`). Lazy:
+    one block at a time.
     """
     rows, cols = dataset.RasterYSize, dataset.RasterXSize
-    band_numbers = [index + 1 for index in band_indices]
-    nodata_values = [dataset.GetRasterBand(number).GetNoDataValue() for number in band_numbers]
     before = size // 2
     all_centre_rows = window_centres(rows, stride)
     centre_cols = window_centres(cols, stride)
@@ -422,12 +485,9 @@ def read_blocks(
         top = min(int(centre_rows[0]) - before, first_row)
         bottom = max(int(centre_rows[-1]) - before + size, last_row)
         # Block column j holds scene column j - before (mirrored past the edges).
-        pixels = read_mirrored(dataset, band_numbers, top, bottom, before, size - before)
-        pixel_nodata = nodata_mask(pixels, nodata_values)
-        if np.issubdtype(pixels.dtype, np.floating):
-            np.nan_to_num(pixels, copy=False, nan=0.0)
-        if rgb_scaling:
-            pixels = eurosat_rgb_from_l1c(pixels)
+        pixels, pixel_nodata = read_block(
+            dataset, band_indices, size, top, bottom, rgb_scaling, reflectance_factor
+        )
         yield ReadBlock(
             first_row=first_row,
             last_row=last_row,
@@ -440,6 +500,65 @@ def read_blocks(
             centre_nodata=pixel_nodata[np.ix_(centre_rows - top, centre_cols + before)],
             nodata=pixel_nodata[first_row - top : last_row - top, before : before + cols],
         )
+
+
+# ---------------------------------------------------------------------------
+# Reflectance scale
+# ---------------------------------------------------------------------------
+
+# What EuroSAT's patches hold, and so what every model here was trained on:
+# Sentinel-2 L1C reflectance x 10000 (digital numbers). 06 converts other scales.
+EUROSAT_REFLECTANCE_SCALE = 10000
+# Below this median red (x 10000) a scene is darker than any sunlit land: its values
+# are most likely reflectance x 1000 (or 0-1), and 06 says which flag to pass.
+IMPLAUSIBLE_MEDIAN_RED = 100
+
+
+def reflectance_factor(
+    setting: str | float, dataset: gdal.Dataset, band_indices: Sequence[int], scene_label: str
+) -> tuple[float, str]:
+    """The factor that takes the scene's values to reflectance x 10000, and the banner's
+    words for it. setting: "auto" (a Sentinel-2 product: its own metadata, read with
+    the product; any other raster: 10000) or the scene's scale as a number (10000,
+    1000, 1 for 0-1 floats). Under auto, warns once with the flag to pass when the
+    median of the first model band looks like another scale."""
+    if str(setting).lower() == "auto":
+        if dataset.GetRasterBand(band_indices[0] + 1).DataType == gdal.GDT_Byte:
+            return 1.0, ""  # 8-bit RGB (EuroSAT's JPEG scale), not reflectance
+        median = _median_sample(dataset, band_indices[0])
+        if median is not None and 0 < median < IMPLAUSIBLE_MEDIAN_RED:
+            likely = "1 (0-1 floats)" if median <= 1.5 else "1000"
+            warnings.warn(
+                f"{scene_label}: median value {median:g} of band {band_indices[0] + 1} is far "
+                f"below sunlit reflectance x 10000; if the scene holds reflectance x {likely}, "
+                f"pass --reflectance-scale {likely.split()[0]}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return 1.0, ""
+    try:
+        scale = float(setting)
+    except ValueError:
+        raise InputError(
+            f"reflectance scale must be auto or a number such as 10000, 1000 or 1, not {setting}."
+        ) from None
+    if not scale > 0:
+        raise InputError(f"reflectance scale must be positive, not {setting}.")
+    factor = EUROSAT_REFLECTANCE_SCALE / scale
+    words = "" if factor == 1.0 else f", reflectance x {scale:g} scaled by {factor:g}"
+    return factor, words
+
+
+def _median_sample(dataset: gdal.Dataset, band_index: int, side: int = 256) -> float | None:
+    """Median of one band from an overview-sized read (GDAL decimates), no data left out."""
+    band = dataset.GetRasterBand(band_index + 1)
+    width = min(side, dataset.RasterXSize)
+    height = min(side, dataset.RasterYSize)
+    values = band.ReadAsArray(buf_xsize=width, buf_ysize=height).astype(np.float64)
+    valid = np.isfinite(values) & (values != 0)
+    if band.GetNoDataValue() is not None:
+        valid &= values != band.GetNoDataValue()
+    return float(np.median(values[valid])) if valid.any() else None
 
 
 def warn_if_not_georeferenced(dataset: gdal.Dataset, scene_label: str) -> None:
@@ -467,9 +586,17 @@ def rgb_scaling_needed(mode: str, model_bands: Sequence[str], dataset: gdal.Data
     )
 
 
-def scene_dtype(dataset: gdal.Dataset, band_indices: Sequence[int], rgb_scaling: bool) -> np.dtype:
-    """numpy dtype of the windows cut from a scene (uint8 after EuroSAT RGB scaling)."""
+def scene_dtype(
+    dataset: gdal.Dataset,
+    band_indices: Sequence[int],
+    rgb_scaling: bool,
+    reflectance_factor: float = 1.0,
+) -> np.dtype:
+    """numpy dtype of the windows cut from a scene (uint8 after EuroSAT RGB scaling,
+    float32 after a reflectance scale other than 10000)."""
     if rgb_scaling:
         return np.dtype(np.uint8)
+    if reflectance_factor != 1.0:
+        return np.dtype(np.float32)
     data_type = dataset.GetRasterBand(band_indices[0] + 1).DataType
     return np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(data_type))

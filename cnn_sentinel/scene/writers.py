@@ -127,13 +127,20 @@ class ProbabilityWriter(GeoTiffWriter):
         return [block.spread(grid.max(axis=-1), PROBABILITY_NODATA)]
 
 
-def write_category_names(label_path: Path, class_names: Sequence[str]) -> None:
-    """Give a finished label GeoTIFF its class names as category names.
+def write_category_names(
+    label_path: Path, class_names: Sequence[str], record: dict[str, str] | None = None
+) -> None:
+    """Give a finished label GeoTIFF its class names as category names, and the run's
+    record (how the scene was read and adapted) as metadata items.
 
-    GeoTIFF has no tag for them, so GDAL keeps them in `<label>.aux.xml` beside
-    the file (QGIS and GDAL read it); call this after the label file has its
+    GeoTIFF has no tag for category names, so GDAL keeps them in `<label>.aux.xml`
+    beside the file (QGIS and GDAL read it); call this after the label file has its
     final name, or the sidecar would keep the temporary name.
     """
+    if record:  # into the TIFF itself; a second opening keeps the names in the sidecar
+        dataset = gdal.Open(str(label_path), gdal.GA_Update)
+        dataset.SetMetadata({**(dataset.GetMetadata() or {}), **record})
+        dataset = None
     dataset = gdal.Open(str(label_path), gdal.GA_Update)
     dataset.GetRasterBand(1).SetCategoryNames(list(class_names))
     dataset = None
