@@ -446,6 +446,29 @@ def test_window_and_bbox_crop_virtually(rgb_case):
         scenes.open_scene(scene_path, bbox=(x0 + 250, y0 - 250, x0 + 50, y0 - 100))
 
 
+def test_a_bbox_outside_the_scene_names_the_box_and_the_extent_and_one_across_it_is_clipped(
+    rgb_case, capsys
+):
+    _, scene_path, image, _, _ = rgb_case
+    x0, y0 = ORIGIN[0], ORIGIN[3]
+    rows, cols = image.shape[:2]
+    extent = f"{x0:.10g} {y0 - 10 * rows:.10g} {x0 + 10 * cols:.10g} {y0:.10g} (EPSG:32633)"
+    with pytest.raises(InputError) as refused:
+        scenes.open_scene(scene_path, bbox=(-23000, 571204, -22000, 572204))
+    assert str(refused.value) == (
+        f"bounding box -23000 571204 -22000 572204 does not overlap scene {scene_path}, whose "
+        f"extent is {extent}; give minx miny maxx maxy in the scene's CRS."
+    )
+    # Partly inside: clipped to the scene, and said so.
+    boxed = scenes.open_scene(scene_path, bbox=(x0 - 500, y0 - 100, x0 + 100, y0 + 300))
+    assert np.array_equal(np.moveaxis(boxed.ReadAsArray(), 0, -1), image[0:10, 0:10])
+    assert capsys.readouterr().err == (
+        f"note: bounding box {x0 - 500:.10g} {y0 - 100:.10g} {x0 + 100:.10g} {y0 + 300:.10g} "
+        f"reaches beyond scene {scene_path} (extent {extent}); classifying its part inside "
+        f"the scene, {x0:.10g} {y0 - 100:.10g} {x0 + 100:.10g} {y0:.10g}.\n"
+    )
+
+
 def test_scene_stem_strips_product_suffixes():
     assert scenes.scene_stem("a/S2A_MSIL1C_X.SAFE.zip") == "S2A_MSIL1C_X"
     assert scenes.scene_stem("a/S2A_MSIL1C_X.SAFE/") == "S2A_MSIL1C_X"
