@@ -8,6 +8,9 @@ pooling + dense stack), scenes are a few dozen pixels, so every test is fast.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from cnn_sentinel.scene.products import sentinel2_band_files
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 gdal.UseExceptions()
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -803,3 +807,39 @@ def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         classification.run([failing], stride=8, block_rows=24, progress=False, prefetch_depth=1)
     assert failing.closed
+
+
+# Classifies a 256 x 256 scene at stride 100000 under a 4 GiB data limit (a guard: the
+# repeat this replaced asked for tens of GiB) and prints the peak of numpy's allocations.
+HUGE_STRIDE_RUN = """
+import resource, sys, tracemalloc
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_DATA, (4 * 2**30, 4 * 2**30))
+import numpy as np
+from helpers import raw_config, run_classification, smooth_scene, tiny_model, write_scene
+from image_functions import RGB_BAND_NAMES
+folder = Path(sys.argv[1])
+scene = write_scene(folder / "scene.tif", smooth_scene(256, 256, 3, np.uint8, 30.0))
+model = tiny_model(3, [100.0] * 3, [30.0] * 3)
+tracemalloc.start()
+labels, _ = run_classification(folder, scene, model, raw_config(RGB_BAND_NAMES), stride=100000)
+print("peak", tracemalloc.get_traced_memory()[1], "labels", len(np.unique(labels)))
+"""
+
+
+def test_a_stride_larger_than_the_scene_is_clamped_and_memory_stays_small(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", HUGE_STRIDE_RUN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "note: stride 100000 is larger than the scene (256 x 256 pixels); using 256, so one "
+        "window classifies the whole scene." in result.stderr
+    )
+    _, peak, _, label_count = result.stdout.split()
+    assert int(label_count) == 1  # one window, one class over the whole scene
+    assert int(peak) < 200 * 2**20, f"peak of traced allocations {int(peak) / 2**20:.0f} MB"

@@ -20,6 +20,7 @@ one entry point that 06 and the tests use.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,6 +323,7 @@ class SceneClassification:
         """
         check_run_settings(stride, batch_size, block_rows)
         rows, cols = self.dataset.RasterYSize, self.dataset.RasterXSize
+        stride = clamp_stride(stride, rows, cols)
         block_rows = max(stride, block_rows // stride * stride)
         class_count = len(self.config.class_names)
         predictor = predictor or self.predictor(batch_size, prefetch_depth)
@@ -362,6 +364,20 @@ class SceneClassification:
             "cloud": int(label_counts[CLOUD_LABEL]),
             "nodata": int(label_counts[LABEL_NODATA]),
         }
+
+
+def clamp_stride(stride: int, rows: int, cols: int) -> int:
+    """A stride no larger than the scene's longer side, with a note when it was larger
+    (then one window classifies the whole scene)."""
+    longest = max(rows, cols)
+    if stride <= longest:
+        return stride
+    print(
+        f"note: stride {stride} is larger than the scene ({rows} x {cols} pixels); using "
+        f"{longest}, so one window classifies the whole scene.",
+        file=sys.stderr,
+    )
+    return longest
 
 
 def check_run_settings(stride: int, batch_size: int, block_rows: int) -> None:
