@@ -35,7 +35,8 @@ from talk_reference import talk_classify
 
 from cnn_sentinel import precision
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, predictors, quicklooks, writers
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.scene import blocks, geometry, predictors, quicklooks, writers
 from cnn_sentinel.scene import reading as scenes
 from cnn_sentinel.scene.products import sentinel2_band_files
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
@@ -471,6 +472,50 @@ def test_a_bbox_outside_the_scene_names_the_box_and_the_extent_and_one_across_it
         f"reaches beyond scene {scene_path} (extent {extent}); classifying its part inside "
         f"the scene, {x0:.10g} {y0 - 100:.10g} {x0 + 100:.10g} {y0:.10g}.\n"
     )
+
+
+def georeferenced_scene(epsg: int, transform: tuple) -> gdal.Dataset:
+    """A 3-band 64 x 64 in-memory scene in `epsg` with `transform`."""
+    from osgeo import osr
+
+    dataset = gdal.GetDriverByName("MEM").Create("", 64, 64, 3, gdal.GDT_Byte)
+    dataset.SetGeoTransform(transform)
+    reference = osr.SpatialReference()
+    reference.ImportFromEPSG(epsg)
+    dataset.SetProjection(reference.ExportToWkt())
+    return dataset
+
+
+def test_pixels_far_from_the_models_10_m_or_degrees_are_warned_about_with_the_fix():
+    geographic = georeferenced_scene(4326, (15.0, 0.0001, 0, 52.0, 0, -0.0001))
+    assert geometry.pixel_size_problem(geographic, 10.0, "wgs84.tif") == (
+        "scene wgs84.tif is in geographic coordinates (EPSG:4326, degrees), but the model was "
+        "trained on 10 m pixels, so its windows would cover other ground; reproject it first: "
+        "gdalwarp -t_srs EPSG:32633 -tr 10 10 -r bilinear wgs84.tif scene_utm.tif"
+    )
+    landsat = georeferenced_scene(32633, (330000.0, 300.0, 0, 5822040.0, 0, -300.0))
+    assert geometry.pixel_size_problem(landsat, 10.0, "landsat.tif") == (
+        "scene landsat.tif has 300 m pixels, 30 times the 10 m pixels the model was trained "
+        "on, so its windows see other things than in training and the map is likely wrong; "
+        "resample it first: gdalwarp -tr 10 10 -r bilinear landsat.tif scene_10m.tif"
+    )
+    for size in (10.0, 12.0, 7.0):
+        scene = georeferenced_scene(32633, (330000.0, size, 0, 5822040.0, 0, -size))
+        assert geometry.pixel_size_problem(scene, 10.0, "fine.tif") == ""
+    southern = georeferenced_scene(4326, (-70.0, 0.0001, 0, -33.0, 0, -0.0001))
+    assert geometry.utm_code(southern) == "EPSG:32719"
+    # 06's entry point warns (run_script prints it as one "warning: ..." line).
+    model = tiny_model(3, [100.0] * 3, [30.0] * 3)
+    with pytest.warns(UserWarning, match="scene landsat.tif has 300 m pixels"):
+        predictors.prepare_classification(
+            landsat, model, raw_config(RGB_BAND_NAMES), scene_label="landsat.tif"
+        )
+
+
+def test_model_json_records_the_pixel_size_and_older_files_mean_10_m():
+    old = ModelInfo.from_json({"class_names": ["a"], "band_names": ["B04"]})
+    assert old.pixel_size == 10.0 and old.to_json()["pixel_size"] == 10.0
+    assert ModelInfo.from_json({"class_names": ["a"], "pixel_size": 20}).pixel_size == 20.0
 
 
 def test_scene_stem_strips_product_suffixes():

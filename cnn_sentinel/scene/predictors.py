@@ -47,6 +47,7 @@ from cnn_sentinel.scene.dense import (
     dense_unsupported_reason,
     dihedral_unsupported_reason,
 )
+from cnn_sentinel.scene.geometry import warn_if_pixel_size_differs
 from cnn_sentinel.scene.products import dn_offset_words
 from cnn_sentinel.scene.reading import (
     choose_scene_bands,
@@ -431,6 +432,7 @@ def prepare_classification(
         scene_band_names(dataset), config.band_names, bands, scene_label
     )
     warn_if_not_georeferenced(dataset, scene_label)
+    warn_if_pixel_size_differs(dataset, config.pixel_size, scene_label)
     scaling = rgb_scaling_needed(rgb_scaling, config.band_names, dataset)
     factor, factor_words = reflectance_factor(reflectance_scale, dataset, band_indices, scene_label)
     check_adapt_settings(adapt, adapt_blend, adapt_windows)

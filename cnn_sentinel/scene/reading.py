@@ -38,6 +38,7 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.networks import load_model
 from cnn_sentinel.scene.blocks import ReadBlock
+from cnn_sentinel.scene.geometry import bbox_window
 from cnn_sentinel.scene.products import is_sentinel2_product, sentinel2_stack
 from image_functions import (
     CLASS_NAMES,
@@ -168,69 +169,6 @@ def scene_stem(path: str | Path) -> str:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name
-
-
-def scene_extent(dataset: gdal.Dataset) -> tuple[float, float, float, float]:
-    """(minx, miny, maxx, maxy) of a georeferenced scene, in its CRS's units."""
-    left, width, _, top, _, height = dataset.GetGeoTransform()
-    xs = (left, left + width * dataset.RasterXSize)
-    ys = (top, top + height * dataset.RasterYSize)
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def _numbers(values: Sequence[float]) -> str:
-    return " ".join(f"{value:.10g}" for value in values)
-
-
-def crs_words(dataset: gdal.Dataset) -> str:
-    """The scene's CRS as people name it: "EPSG:32633", else its name, else "its CRS"."""
-    from osgeo import osr
-
-    wkt = dataset.GetProjection()
-    if not wkt:
-        return "its CRS"
-    reference = osr.SpatialReference(wkt=wkt)
-    code = reference.GetAuthorityCode(None)
-    return f"EPSG:{code}" if code else reference.GetName() or "its CRS"
-
-
-def bbox_window(
-    dataset: gdal.Dataset, bbox: Sequence[float], scene_label: str
-) -> tuple[int, int, int, int]:
-    """The pixel window (xoff, yoff, xsize, ysize) of a bounding box (minx, miny, maxx,
-    maxy in the scene's CRS). A box outside the scene is an InputError naming the box
-    and the scene's extent; one that reaches beyond it is clipped, with a note."""
-    transform = dataset.GetGeoTransform()
-    minx, miny, maxx, maxy = bbox
-    columns = sorted(((minx - transform[0]) / transform[1], (maxx - transform[0]) / transform[1]))
-    rows = sorted(((maxy - transform[3]) / transform[5], (miny - transform[3]) / transform[5]))
-    left, top = math.floor(columns[0] + 1e-9), math.floor(rows[0] + 1e-9)
-    right, bottom = math.ceil(columns[1] - 1e-9), math.ceil(rows[1] - 1e-9)
-    clipped = (
-        max(left, 0),
-        max(top, 0),
-        min(right, dataset.RasterXSize),
-        min(bottom, dataset.RasterYSize),
-    )
-    extent = f"{_numbers(scene_extent(dataset))} ({crs_words(dataset)})"
-    if clipped[0] >= clipped[2] or clipped[1] >= clipped[3]:
-        raise InputError(
-            f"bounding box {_numbers(bbox)} does not overlap scene {scene_label}, whose extent "
-            f"is {extent}; give minx miny maxx maxy in the scene's CRS."
-        )
-    if clipped != (left, top, right, bottom):
-        corners = [
-            transform[0] + transform[1] * clipped[0],
-            transform[3] + transform[5] * clipped[3],
-            transform[0] + transform[1] * clipped[2],
-            transform[3] + transform[5] * clipped[1],
-        ]
-        print(
-            f"note: bounding box {_numbers(bbox)} reaches beyond scene {scene_label} (extent "
-            f"{extent}); classifying its part inside the scene, {_numbers(corners)}.",
-            file=sys.stderr,
-        )
-    return clipped[0], clipped[1], clipped[2] - clipped[0], clipped[3] - clipped[1]
 
 
 def open_scene(
