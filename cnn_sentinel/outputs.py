@@ -280,3 +280,24 @@ def interrupt_on_sigterm() -> None:
     ends as after Ctrl-C. Only the main thread can set a handler; elsewhere a no-op."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, name: str, what: str, advice: str) -> Iterator[None]:
+    """Hold `folder/.<name>.lock` (exclusive_lock) while the block runs: one process at a
+    time writes the outputs called `name` there. A folder made for the lock is removed
+    again when it is left empty (a refused or failed run leaves nothing behind)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    if created:
+        try:
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise InputError(f"cannot create output folder {folder}: {error.strerror}.") from None
+    try:
+        with exclusive_lock(folder / f".{name}.lock", what, advice):
+            yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()

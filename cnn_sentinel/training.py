@@ -37,7 +37,7 @@ from cnn_sentinel.networks import (
     load_model,
     set_trainable,
 )
-from cnn_sentinel.outputs import exclusive_lock, write_atomic
+from cnn_sentinel.outputs import folder_lock, write_atomic
 from cnn_sentinel.precision import PRECISION_MODES, dtype_policy, precision_policy
 from cnn_sentinel.reports import evaluate_model
 from cnn_sentinel.settings import flags_given, parse_settings, settings_values
@@ -752,11 +752,6 @@ class TrainingRun:
         return metrics
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-
-
 @contextlib.contextmanager
 def training_run(
     settings: argparse.Namespace, split: SplitInfo, recipe: str, variant: str | None = None
@@ -782,12 +777,10 @@ def training_run(
     writer = is_chief(strategy)
     with contextlib.ExitStack() as stack:
         if writer:  # one process trains a run folder at a time; locked before reading its state
-            if not run_folder.parent.exists():  # made for the lock; removed again if left empty
-                run_folder.parent.mkdir(parents=True)
-                stack.callback(_remove_if_empty, run_folder.parent)
             stack.enter_context(
-                exclusive_lock(
-                    run_folder.parent / f".{name}.lock",
+                folder_lock(
+                    run_folder.parent,
+                    name,
                     f"run folder {run_folder}",
                     "wait for that run to end or choose another --run-name",
                 )
