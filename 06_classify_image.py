@@ -16,16 +16,12 @@ TTA averages each window's probabilities over its 8 flips and 90-degree rotation
 
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
-from typing import Final
-
-from osgeo import gdal
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.outputs import atomic_output, refuse_existing
 from cnn_sentinel.precision import PRECISION_MODES
+from cnn_sentinel.scene.job import classify_one
+from cnn_sentinel.scene.predictors import check_run_settings
 from cnn_sentinel.settings import parse_settings, run_script
 
 IMAGE = None  # scene: GeoTIFF/VRT, Sentinel-2 .SAFE folder or its .zip
@@ -54,48 +50,19 @@ PROGRESS = True  # show a progress bar
 OVERWRITE = False  # replace existing outputs
 
 
-# The models the project ships, trained by its own scripts (see models/*/README.md).
-MODELS_FOLDER: Final = Path(__file__).resolve().parent / "models"
-SHIPPED_MODELS: Final = {
-    "rgb": MODELS_FOLDER / "eurosat-rgb-resnet-valid-narrow" / "model.keras",
-    "ms": MODELS_FOLDER / "eurosat-ms-resnet-valid-narrow" / "model.keras",
-}
-
-
-def parse_numbers(values: tuple | list, kind: type, what: str) -> list | None:
-    """Numbers from flag values such as ("330000", "5814360", ...) or ("1,2,3,4",)."""
-    if not values:
-        return None
-    items = [item for value in values for item in str(value).replace(",", " ").split()]
-    try:
-        return [kind(item) for item in items]
-    except ValueError:
-        raise InputError(f"{what} {' '.join(items)} must be four numbers.") from None
-
-
 def check_flags(settings) -> None:
     """The numeric flags and the output folder, before TensorFlow and the model load."""
-    from cnn_sentinel.scene.predictors import check_run_settings
+    from cnn_sentinel.scene.adaptation import check_adapt_settings
+    from cnn_sentinel.scene.radiometry import check_reflectance_scale
 
     check_run_settings(settings.stride, settings.batch_size, settings.block_rows)
+    check_adapt_settings(settings.adapt, settings.adapt_blend, settings.adapt_windows)
+    check_reflectance_scale(settings.reflectance_scale)
     if settings.gdal_cache_mb < 1:
         raise InputError(f"GDAL cache must be at least 1 MB, not {settings.gdal_cache_mb}.")
     if settings.output_dir and Path(settings.output_dir).exists():
         if not Path(settings.output_dir).is_dir():
             raise InputError(f"output folder {settings.output_dir} is a file, not a folder.")
-
-
-def shipped_model_for(scene_names: list[str], bands: str | None) -> tuple[str, str]:
-    """The shipped model for a scene (MODEL auto): the 13-band one when the scene has all
-    13 EuroSAT bands (and --bands does not pick fewer), the RGB one otherwise.
-    Returns (path, words for the banner)."""
-    from image_functions import MS_BAND_NAMES
-
-    picked = len(str(bands).replace(",", " ").split()) if bands else None
-    has_all = set(MS_BAND_NAMES) <= set(scene_names) or len(scene_names) == len(MS_BAND_NAMES)
-    if has_all and picked in (None, len(MS_BAND_NAMES)):
-        return str(SHIPPED_MODELS["ms"]), ", shipped 13-band model: the scene has all 13 bands"
-    return str(SHIPPED_MODELS["rgb"]), ", shipped RGB model: the scene lacks the 13 bands"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,105 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
         argv,
         choices={"MIXED_PRECISION": PRECISION_MODES},
     )
-    from cnn_sentinel.precision import precision_policy
-    from cnn_sentinel.scene import clouds, predictors, writers
-    from cnn_sentinel.scene import reading as scenes
-
     if not settings.image:
         raise InputError("give the scene with --image (and a trained model with --model).")
     check_flags(settings)
-    bbox = parse_numbers(settings.bbox, float, "bounding box")
-    window = parse_numbers(settings.window, int, "pixel window")
-    image = Path(settings.image)
-    scene = scenes.open_scene(image, bbox=bbox, window=window)
-    output_dir = Path(settings.output_dir) if settings.output_dir else image.resolve().parent
-    stem = scenes.scene_stem(image)
-    label_path = output_dir / f"{stem}_label.tif"
-    probability_path = output_dir / f"{stem}_prob.tif"
-    quicklook_path = output_dir / f"{stem}_quicklook.png"
-    outputs = [label_path, probability_path] + ([quicklook_path] if settings.quicklook else [])
-    refuse_existing(outputs, settings.overwrite)
-    scene_names = scenes.scene_band_names(scene)
-    model_words = ""
-    if settings.model in (None, "", "auto"):
-        settings.model, model_words = shipped_model_for(scene_names, settings.bands)
-    if not Path(settings.model).exists():
-        raise InputError(f"model {settings.model} does not exist.")
-
-    masking, masking_words = clouds.cloud_mask_choice(
-        settings.cloud_mask, scene_names, settings.cloud_threshold, str(image)
-    )
-    steps = []
-    cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)
-    cloud_bands = tuple(clouds.cloud_band_indices(scene_names)) if masking else None
-    if masking:
-        steps.append(clouds.CloudMaskStep(scene, cloud_bands, cloud_settings))
-
-    precision = precision_policy(settings.mixed_precision)
-    classification = predictors.prepare_classification(
-        scene,
-        settings.model,
-        bands=settings.bands,
-        rgb_scaling=settings.rgb_scaling,
-        precision=precision,
-        method=settings.method,
-        scene_label=str(image),
-        tta=settings.tta,
-        reflectance_scale=settings.reflectance_scale,
-        adapt=settings.adapt,
-        adapt_blend=settings.adapt_blend,
-        adapt_windows=settings.adapt_windows,
-        cloud_bands=cloud_bands,
-        cloud_settings=cloud_settings,
-    )
-    print(
-        f"{image}: {classification.describe()} (model {settings.model}{model_words}), "
-        f"stride {settings.stride}; "
-        f"{masking_words}"
-    )
-
-    gdal.SetCacheMax(settings.gdal_cache_mb * 2**20)
-    started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        temporary = [
-            stack.enter_context(atomic_output(path, settings.overwrite)) for path in outputs
-        ]
-        scene_writers = writers.output_writers(
-            scene,
-            classification.config.class_names,
-            *temporary[:2],
-            quicklook_path=temporary[2] if settings.quicklook else None,
-            probabilities=settings.probabilities,
-            title=f"{stem} ({precision})",
-            clouds=masking,
-        )
-        summary = classification.run(
-            scene_writers,
-            stride=settings.stride,
-            batch_size=settings.batch_size,
-            block_rows=settings.block_rows,
-            progress=settings.progress,
-            steps=steps,
-        )
-    writers.write_category_names(
-        label_path,
-        clouds.category_names(classification.config.class_names, masking),
-        classification.record(),
-    )
-    seconds = time.perf_counter() - started
-
-    classified_pixels = sum(summary["pixels"].values()) + summary["cloud"]
-    print(
-        f"{summary['classified']} of {summary['windows']} windows classified in {seconds:.1f} s "
-        f"({summary['classified'] / max(seconds, 1e-9):.0f} patches/s, {classification.method}); "
-        f"{summary['nodata']} nodata pixels."
-    )
-    for name, count in [*summary["pixels"].items(), (clouds.CLOUD_NAME, summary["cloud"])]:
-        if count:
-            print(f"  {name:22s} {100 * count / max(classified_pixels, 1):5.1f} %")
-    for path in [*outputs, Path(f"{label_path}.aux.xml")]:
-        print(f"wrote {path}")
-    return summary
+    return classify_one(settings, settings.image)
 
 
 if __name__ == "__main__":

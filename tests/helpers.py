@@ -202,6 +202,7 @@ def run_classification(
     method="auto",
     probabilities="max",
     tta=False,
+    reflectance_scale=10000,
     **options,
 ):
     """Classify a file through the one entry point into the label and probability
@@ -216,6 +217,7 @@ def run_classification(
         precision=precision,
         method=method,
         tta=tta,
+        reflectance_scale=reflectance_scale,
     )
     label_path = tmp_path / f"{name}_label.tif"
     probability_path = tmp_path / f"{name}_prob.tif"

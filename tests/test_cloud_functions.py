@@ -17,7 +17,7 @@ from script_modules import load_script
 
 import demo_data
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, clouds
+from cnn_sentinel.scene import blocks, clouds, radiometry
 from cnn_sentinel.scene import quicklooks as quicklook
 from cnn_sentinel.scene import reading as scenes
 from image_functions import (
@@ -104,7 +104,7 @@ def test_blocks_with_their_halo_give_the_whole_scene_mask(tmp_path, cell, block_
     dataset = write_scene(tmp_path / "scene.tif", pixels, MS_BAND_NAMES)
     indices = clouds.cloud_band_indices(MS_BAND_NAMES)
     probability = clouds.cell_probability(
-        clouds.cell_means(pixels[..., indices], cell) / clouds.REFLECTANCE_SCALE
+        clouds.cell_means(pixels[..., indices], cell) / radiometry.EUROSAT_REFLECTANCE_SCALE
     )
     # A threshold that gives a mask with edges everywhere.
     settings = clouds.CloudSettings(threshold=float(np.quantile(probability, 0.6)), cell=cell)
@@ -159,7 +159,8 @@ def test_probability_matches_earth_engines_s2cloudless_band(scenes_dir):
     names = scenes.scene_band_names(dataset)
     stack = np.moveaxis(dataset.ReadAsArray(), 0, -1)
     reference = stack[..., names.index("probability")]
-    reflectance = stack[..., clouds.cloud_band_indices(names)] / clouds.REFLECTANCE_SCALE
+    digital_numbers = stack[..., clouds.cloud_band_indices(names)]
+    reflectance = digital_numbers / radiometry.EUROSAT_REFLECTANCE_SCALE
     ours = 100 * clouds.cell_probability(reflectance)
     valid = np.isfinite(reference) & np.isfinite(reflectance).all(axis=-1)
     assert valid.mean() > 0.9

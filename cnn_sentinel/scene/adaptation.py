@@ -99,7 +99,13 @@ def _layer_inputs(chain: Sequence, layer, windows: np.ndarray) -> np.ndarray:
         if isinstance(tensor, (list, tuple)):
             tensor = tensor[0]
         part = keras.Model(outer.input, tensor)
-        values = part.predict(values, batch_size=PREDICT_BATCH, verbose=0)
+        # Called eagerly batch by batch: `predict` would trace a new function per layer.
+        values = np.concatenate(
+            [
+                np.asarray(part(values[start : start + PREDICT_BATCH], training=False))
+                for start in range(0, len(values), PREDICT_BATCH)
+            ]
+        )
     return np.asarray(values, np.float64)
 
 

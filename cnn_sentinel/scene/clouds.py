@@ -27,15 +27,12 @@ from osgeo import gdal
 
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, CLOUD_NAME, prefetch
+from cnn_sentinel.scene.radiometry import EUROSAT_REFLECTANCE_SCALE
 
 gdal.UseExceptions()
 
 # s2cloudless' ten input bands, in the order its 10-band model takes them.
 CLOUD_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12")
-# Top-of-atmosphere reflectance = L1C digital number / REFLECTANCE_SCALE (products of
-# processing baseline 04.00+ have their -1000 offset taken off on reading, in
-# products.py).
-REFLECTANCE_SCALE = 10000.0
 # Cloud probability above which a pixel is cloud. s2cloudless' own default is 0.4;
 # on the real February T33UUU scene 0.4 also marks 26 % of the clear winter fields
 # and forest, while 0.65 (Earth Engine's s2cloudless example, MAX_CLOUD_PROBABILITY
@@ -155,7 +152,7 @@ def mask_from_cell_probability(
 
 def cell_reflectance(means: np.ndarray) -> np.ndarray:
     """Cell means of digital numbers -> top-of-atmosphere reflectance."""
-    return means / REFLECTANCE_SCALE
+    return means / EUROSAT_REFLECTANCE_SCALE  # top-of-atmosphere reflectance, as s2cloudless
 
 
 def cloud_mask_block(

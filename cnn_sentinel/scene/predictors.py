@@ -49,11 +49,11 @@ from cnn_sentinel.scene.dense import (
 )
 from cnn_sentinel.scene.geometry import warn_if_pixel_size_differs
 from cnn_sentinel.scene.products import dn_offset_words
+from cnn_sentinel.scene.radiometry import reflectance_factor
 from cnn_sentinel.scene.reading import (
     choose_scene_bands,
     load_scene_model,
     read_blocks,
-    reflectance_factor,
     rgb_scaling_needed,
     scene_band_names,
     scene_dtype,
