@@ -120,18 +120,39 @@ def is_disk_full(error: BaseException) -> bool:
     return any(words in str(error) for words in ("No space left on device", "quota exceeded"))
 
 
-def disk_full_error(path: Path, space_needed: int | None = None) -> InputError:
-    """The one sentence for a full disk while writing `path`: its folder, the space
-    free there and the space the output needs (when known)."""
+class DiskFullError(InputError):
+    """No space left for an output (see disk_full_error); `outputs_need` words it for a set."""
+
+
+def disk_full_error(
+    folder: Path, what: str, space_needed: int | None = None, bound: str = "about"
+) -> DiskFullError:
+    """The one sentence for a full disk while writing `what` into `folder`: the folder,
+    the space free there and the space the outputs need (`bound` it, when known)."""
     try:
-        free = size_words(shutil.disk_usage(path.parent).free)
+        free = size_words(shutil.disk_usage(folder).free)
     except OSError:
         free = "unknown"
-    needed = f", about {size_words(space_needed)} needed" if space_needed else ""
-    return InputError(
-        f"no space left in {path.parent} for {path.name} ({free} free{needed}); free some "
-        "space there or choose another output folder, then run the same command again."
+    needed = f", {bound} {size_words(space_needed)} needed" if space_needed else ""
+    return DiskFullError(
+        f"no space left in {folder} for {what} ({free} free{needed}); free some space there "
+        "or choose another output folder, then run the same command again."
     )
+
+
+@contextlib.contextmanager
+def outputs_need(
+    folder: str | Path, what: str, space_needed: int, bound: str = "at most"
+) -> Iterator[None]:
+    """Around several atomic_outputs in one folder: a full disk while writing any of
+    them is one sentence naming `what` (e.g. "the outputs of scene") and the space
+    the whole set needs, not the one output that happened to be open."""
+    try:
+        yield
+    except (OSError, RuntimeError, DiskFullError) as error:
+        if isinstance(error, DiskFullError) or is_disk_full(error):
+            raise disk_full_error(Path(folder), what, space_needed, bound) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -140,7 +161,7 @@ def _disk_full_as_input_error(path: Path, space_needed: int | None) -> Iterator[
         yield
     except (OSError, RuntimeError) as error:
         if is_disk_full(error):
-            raise disk_full_error(path, space_needed) from None
+            raise disk_full_error(path.parent, path.name, space_needed) from None
         raise
 
 

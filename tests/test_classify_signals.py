@@ -97,4 +97,35 @@ def test_a_signal_mid_write_ends_06_cleanly_like_ctrl_c(scene_and_model, tmp_pat
         "interrupted: outputs already completed are kept, nothing half-written."
     )
     assert "Traceback" not in err
-    assert sorted(path.name for path in output.iterdir()) == []
+    assert not output.exists()  # made by this run, and left empty: removed again
+
+
+def test_two_runs_into_one_folder_one_refuses_and_the_folder_holds_one_complete_set(
+    scene_and_model, tmp_path
+):
+    scene, model = scene_and_model
+    output = tmp_path / "maps"
+    first = start_paused(classify_command(scene, model, output, paused=True), tmp_path)
+    try:
+        second = subprocess.run(
+            classify_command(scene, model, output, paused=False),
+            capture_output=True, text=True, timeout=300, env=ENVIRONMENT,
+        )  # fmt: skip
+    finally:
+        (tmp_path / "release").touch()
+        first_out, first_err = first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert second.stderr.strip().splitlines() == [
+        f"error: output folder {output} (outputs scene_*) is in use by running process "
+        f"{first.pid}; wait for that run to end or give another --output-dir."
+    ]
+    assert "wrote" not in second.stdout
+    assert first.returncode == 0, first_err[-3000:]
+    assert sorted(path.name for path in output.iterdir()) == OUTPUT_NAMES
+    # A later run without --overwrite is refused as before; the set stays the first run's.
+    again = subprocess.run(
+        classify_command(scene, model, output, paused=False),
+        capture_output=True, text=True, timeout=300, env=ENVIRONMENT,
+    )  # fmt: skip
+    assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr
+    assert sorted(path.name for path in output.iterdir()) == OUTPUT_NAMES
