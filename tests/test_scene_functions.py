@@ -36,7 +36,7 @@ from talk_reference import talk_classify
 from cnn_sentinel import precision
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
-from cnn_sentinel.scene import blocks, geometry, predictors, quicklooks, writers
+from cnn_sentinel.scene import blocks, clouds, geometry, predictors, quicklooks, writers
 from cnn_sentinel.scene import reading as scenes
 from cnn_sentinel.scene.products import sentinel2_band_files
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
@@ -510,6 +510,49 @@ def test_pixels_far_from_the_models_10_m_or_degrees_are_warned_about_with_the_fi
         predictors.prepare_classification(
             landsat, model, raw_config(RGB_BAND_NAMES), scene_label="landsat.tif"
         )
+
+
+def mixed_scene(types: list[int], names: list[str]) -> gdal.Dataset:
+    """An in-memory 64 x 64 scene whose bands have the given GDAL types and descriptions."""
+    dataset = gdal.GetDriverByName("MEM").Create("", 64, 64, 0)
+    for number, (data_type, name) in enumerate(zip(types, names, strict=True), start=1):
+        dataset.AddBand(data_type)
+        dataset.GetRasterBand(number).SetDescription(name)
+        dataset.GetRasterBand(number).Fill(100 * number)
+    dataset.SetGeoTransform(ORIGIN)
+    return dataset
+
+
+def test_scene_decisions_look_at_the_bands_read_and_name_their_fallbacks():
+    byte, uint16 = gdal.GDT_Byte, gdal.GDT_UInt16
+    # RGB scaling: decided by the bands the model reads, not by the scene's first band.
+    names = ["B01", "B04", "B03", "B02"]
+    assert scenes.rgb_scaling_needed(
+        "auto", RGB_BAND_NAMES, mixed_scene([byte] + [uint16] * 3, names), [1, 2, 3]
+    )
+    assert not scenes.rgb_scaling_needed(
+        "auto", RGB_BAND_NAMES, mixed_scene([uint16] + [byte] * 3, names), [1, 2, 3]
+    )
+    # Bands taken in file order because their names are not the model's: said in the banner.
+    model = tiny_model(3, [100.0] * 3, [30.0] * 3)
+    colours = mixed_scene([byte] * 3, ["Red", "Green", "Blue"])
+    classification = predictors.prepare_classification(
+        colours, model, raw_config(RGB_BAND_NAMES), scene_label="colours.tif"
+    )
+    assert classification.describe().startswith(
+        "64x64 px, bands Red, Green, Blue (taken in file order as the model's B04, B03, B02) ->"
+    )
+    named = mixed_scene([byte] * 3, list(RGB_BAND_NAMES))
+    by_name = predictors.prepare_classification(named, model, raw_config(RGB_BAND_NAMES))
+    assert "taken" not in by_name.describe() and "named by" not in by_name.describe()
+    # The cloud mask reads its bands by name: assumed names are said too.
+    pytest.importorskip("s2cloudless")
+    masking, words = clouds.cloud_mask_choice(
+        "auto", MS_BAND_NAMES, 0.65, "x.tif", names_assumed=True
+    )
+    assert masking and words.endswith(
+        "the scene's bands are unnamed, so the mask takes them in EuroSAT's order"
+    )
 
 
 def test_model_json_records_the_pixel_size_and_older_files_mean_10_m():

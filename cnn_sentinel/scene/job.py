@@ -91,7 +91,11 @@ def _classify_into(settings, image: Path, scene: gdal.Dataset, outputs: list[Pat
         raise InputError(f"model {model} does not exist.")
 
     masking, masking_words = clouds.cloud_mask_choice(
-        settings.cloud_mask, scene_names, settings.cloud_threshold, str(image)
+        settings.cloud_mask,
+        scene_names,
+        settings.cloud_threshold,
+        str(image),
+        scenes.band_names_assumed(scene),
     )
     steps = []
     cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)

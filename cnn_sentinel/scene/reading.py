@@ -503,19 +503,50 @@ def warn_if_not_georeferenced(dataset: gdal.Dataset, scene_label: str) -> None:
         )
 
 
-def rgb_scaling_needed(mode: str, model_bands: Sequence[str], dataset: gdal.Dataset) -> bool:
+def rgb_scaling_needed(
+    mode: str,
+    model_bands: Sequence[str],
+    dataset: gdal.Dataset,
+    band_indices: Sequence[int] | None = None,
+) -> bool:
     """Whether to scale L1C digital numbers like EuroSAT's JPEGs (0..2750 -> 1..255).
 
     mode "eurosat": always; "none": never; "auto": for an RGB model (B04, B03,
-    B02) reading a scene that is not 8-bit.
+    B02) reading bands that are not 8-bit: the bands it reads (0-based
+    `band_indices`; all bands when None), not the scene's first.
     """
     if mode == "eurosat":
         return True
     if mode == "none":
         return False
-    return tuple(model_bands) == RGB_BAND_NAMES and (
-        dataset.GetRasterBand(1).DataType != gdal.GDT_Byte
+    used = range(dataset.RasterCount) if band_indices is None else band_indices
+    return tuple(model_bands) == RGB_BAND_NAMES and any(
+        dataset.GetRasterBand(index + 1).DataType != gdal.GDT_Byte for index in used
     )
+
+
+def band_names_assumed(dataset: gdal.Dataset) -> bool:
+    """Whether scene_band_names had to assume the names (a band without a description)."""
+    return not all(
+        dataset.GetRasterBand(number).GetDescription().strip()
+        for number in range(1, dataset.RasterCount + 1)
+    )
+
+
+def band_choice_words(
+    dataset: gdal.Dataset, model_bands: Sequence[str], band_indices: Sequence[int], spec
+) -> str:
+    """06's banner words for a band choice that is a fallback, with its reason ("" for
+    a choice by name or by --bands): bands taken in file order because their names are
+    not the model's, or names assumed from the band count because the scene has none."""
+    names = scene_band_names(dataset)
+    if spec:
+        return ""
+    if not all(name in names for name in model_bands):
+        return f" (taken in file order as the model's {', '.join(model_bands)})"
+    if band_names_assumed(dataset):
+        return " (the scene names no bands: named by their count)"
+    return ""
 
 
 def scene_dtype(
