@@ -931,3 +931,18 @@ def test_a_stride_larger_than_the_scene_is_clamped_and_memory_stays_small(tmp_pa
     _, peak, _, label_count = result.stdout.split()
     assert int(label_count) == 1  # one window, one class over the whole scene
     assert int(peak) < 200 * 2**20, f"peak of traced allocations {int(peak) / 2**20:.0f} MB"
+
+
+def test_per_window_batches_of_a_large_network_stay_under_the_activation_budget(capsys):
+    """VGG16's first layers hold 2 MB a window: 256 windows would take 0.5 GiB at once."""
+    from cnn_sentinel import networks
+
+    mean, std = talk_constants(13)
+    vgg16 = networks.build_network("vgg16", MS_BAND_NAMES, 10, mean, std, augment=False)
+    assert predictors.activation_bytes(vgg16) == 2 * 4 * 64 * 64 * 64
+    assert predictors.batch_within_budget(vgg16, 256) == 64
+    assert "note: batches of 64 windows, not 256" in capsys.readouterr().err
+    assert predictors.batch_within_budget(vgg16, 32) == 32
+    assert predictors.batch_within_budget(vgg16, 256, symmetries=8) == 8
+    small = tiny_model(3, [100.0] * 3, [30.0] * 3)
+    assert predictors.batch_within_budget(small, 256) == 256
