@@ -52,7 +52,7 @@ OVERWRITE = False  # replace existing outputs: train a finished run of the same 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
     if settings.recipe == "talk":  # the talk's settings, except those given as flags
-        use_talk_recipe(settings, globals())
+        use_talk_recipe(settings)
     if settings.evaluate_only:
         evaluate_saved_model(
             settings.evaluate_only,

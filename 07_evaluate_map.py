@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cnn_sentinel import evaluation
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.fonts import fonts_for
 from cnn_sentinel.outputs import atomic_output, refuse_existing
 from cnn_sentinel.settings import parse_settings, run_script
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         temporary[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if settings.picture:
             title = f"{Path(settings.map).name} against {Path(settings.reference).name}"
+            stack.enter_context(fonts_for([*label_map.class_names, *reference.names]))
             evaluation.save_picture(label_map, reference, report, temporary[1], title, scene)
     for path in outputs:
         print(f"wrote {path}")

@@ -168,6 +168,18 @@ def describe_shape(shape: tuple[int, int, int]) -> str:
     return f"{bands} band{'s' if bands != 1 else ''} of {rows}x{cols} pixels"
 
 
+def check_window_size(folder: str | Path, rows: int, cols: int) -> None:
+    """InputError when the images of `folder`, rows x cols pixels, are smaller than the
+    networks' IMAGE_SIZE x IMAGE_SIZE window (training would fail late, inside Keras)."""
+    if rows < IMAGE_SIZE or cols < IMAGE_SIZE:
+        raise InputError(
+            f"images of {folder} are {rows} x {cols} pixels, "
+            f"smaller than the {IMAGE_SIZE} x {IMAGE_SIZE} pixel window every network here "
+            f"takes (EuroSAT's patch size); resample or cut them to {IMAGE_SIZE} x {IMAGE_SIZE} "
+            f"pixels (e.g. gdal_translate -outsize {IMAGE_SIZE} {IMAGE_SIZE})."
+        )
+
+
 def odd_image_error(shapes: dict[Path, tuple[int, int, int]]) -> InputError | None:
     """The error naming the first image whose (bands, rows, cols) differs from most
     images', or None when all agree; the majority decides, not the sort order."""
@@ -265,7 +277,9 @@ def band_statistics(
     band_count = None
     for path in progress_bar(paths, desc="band statistics", unit="img", disable=not progress):
         image = read_image(path)
-        if band_count is not None and image.shape[-1] != band_count:
+        if band_count is None:
+            check_window_size(Path(path).parent, *image.shape[:2])
+        elif image.shape[-1] != band_count:
             check_same_kind(paths)
         band_count = image.shape[-1]
         pixels = image.reshape(-1, band_count).astype(np.float64)

@@ -12,7 +12,9 @@ Sections (--sections, comma-separated; default "phase,dense,tile-dense"):
               scene), time extrapolated by rows, peak RSS; float32 and bfloat16;
   windows     0.-3. of the per-window path: the inference call, ours vs the talk's
               algorithm, vs the model-bound limit, bfloat16 vs float32 (--window-model);
-  tile        4. a full tile at --tile-stride through 06 per window: time and peak RSS.
+  tile        4. a full tile at --tile-stride through 06 per window: time and peak RSS,
+              and peak RSS by where 06 was when it was reached (--tile-side 5490
+              --tile-model vgg16: the quarter tile of issue 21 with an untrained VGG16).
   adapt       the cost of 06's scene adaptation (ADAPT): preparing the classification of a
               whole 10980 x 10980 tile with --adapt off, auto and on in fresh processes
               (time, peak RSS), against the tile-dense estimate of the whole tile.
@@ -184,8 +186,55 @@ def inference_calls(model, batch_size: int, repeats: int = 5) -> None:
         row(name, best, batch_size, fastest)
 
 
-def full_tile(folder: Path, model, stride: int, block_rows: int) -> None:
-    """4. A 10980 x 10980 x 13 tile through the 06 script in a subprocess: time, peak RSS."""
+# Runs 06 (sys.argv[1:]) with a thread that samples the resident memory every 50 ms and
+# charges it to where the main thread is (the innermost function of the project); prints,
+# in the order first reached, each place's resident memory on arrival and its peak.
+PROFILED_RUN = """
+import os, runpy, sys, threading
+
+def resident():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+def where(frame):
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "cnn_sentinel" in name or name.endswith("_classify_image.py"):
+            return os.path.basename(name)[:-3] + "." + frame.f_code.co_name
+        frame = frame.f_back
+    return "(start-up, imports)"
+
+places = {}  # place -> [resident on arrival, peak]
+stop = threading.Event()
+
+def sample():
+    main = threading.main_thread().ident
+    while not stop.wait(0.05):
+        place, now = where(sys._current_frames().get(main)), resident()
+        arrival_and_peak = places.setdefault(place, [now, now])
+        arrival_and_peak[1] = max(arrival_and_peak[1], now)
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    stop.set()
+    sampler.join()
+    print("resident memory by place (GiB), in the order first reached: on arrival, peak")
+    for place, (arrival, peak) in places.items():
+        print(f"  {arrival / 2**30:5.2f} {peak / 2**30:5.2f}  {place}")
+"""
+
+
+def full_tile(
+    folder: Path, model, stride: int, block_rows: int, side: int = TILE_SIDE, extra=()
+) -> None:
+    """4. A side x side x 13 tile through the 06 script in a subprocess: time, peak RSS,
+    and the peak RSS of each place 06 was in (PROFILED_RUN)."""
     block_side = TILE_SIDE // 10
     generator = np.random.default_rng(2)
     block = generator.integers(200, 3000, (13, block_side, block_side), dtype=np.uint16)
@@ -217,26 +266,25 @@ def full_tile(folder: Path, model, stride: int, block_rows: int) -> None:
         "<GeoTransform>300000, 10, 0, 5900040, 0, -10</GeoTransform>"
         f"{bands}</VRTDataset>"
     )
+    window = ["--window", "0", "0", str(side), str(side)] if side != TILE_SIDE else []
     model_folder = folder / "tile_model"
     model_folder.mkdir()
     model.save(model_folder / "model.keras")
     facts = {"class_names": list(CLASS_NAMES), "band_names": list(MS_BAND_NAMES)}
     (model_folder / "model.json").write_text(json.dumps({**facts, "input_size": [64, 64]}))
     command = [
-        sys.executable, str(REPO_ROOT / "06_classify_image.py"),
+        sys.executable, "-c", PROFILED_RUN, str(REPO_ROOT / "06_classify_image.py"),
         "--image", str(vrt), "--model", str(model_folder / "model.keras"),
         "--output-dir", str(folder / "tile_out"), "--stride", str(stride),
-        "--block-rows", str(block_rows), "--no-progress",
+        "--block-rows", str(block_rows), "--no-progress", *window, *extra,
     ]  # fmt: skip
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
-    windows = (TILE_SIDE // stride + (TILE_SIDE % stride > 0)) ** 2
-    talk_bytes = ((TILE_SIDE + 128) ** 2 * 13 + TILE_SIDE**2 * 13 + TILE_SIDE**2 * 2) * 8
-    print(
-        f"4. full tile {TILE_SIDE} x {TILE_SIDE} x 13 uint16, stride {stride}, 06 in a subprocess"
-    )
+    windows = (side // stride + (side % stride > 0)) ** 2
+    talk_bytes = ((side + 128) ** 2 * 13 + side**2 * 13 + side**2 * 2) * 8
+    print(f"4. tile {side} x {side} x 13 uint16, stride {stride}, 06 in a subprocess")
     if result.returncode != 0:
         print(result.stdout[-2000:], result.stderr[-2000:])
         raise SystemExit("the full-tile run failed")
@@ -245,7 +293,10 @@ def full_tile(folder: Path, model, stride: int, block_rows: int) -> None:
     print(
         f"  the talk's algorithm would hold >= {talk_bytes / 2**30:.0f} GiB (float64 scene, padded)"
     )
-    print("  " + result.stdout.strip().splitlines()[1])
+    lines = result.stdout.strip().splitlines()
+    print("  " + lines[0][:300])
+    print("  " + next(line for line in lines if "windows classified in" in line))
+    print("\n".join(line for line in lines if line.startswith(("resident memory", "  "))))
 
 
 def main() -> None:
@@ -260,6 +311,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tile-stride", type=int, default=64)
     parser.add_argument("--tile-block-rows", type=int, default=256)
+    parser.add_argument("--tile-side", type=int, default=TILE_SIDE, help="tile: rows = cols")
+    parser.add_argument(
+        "--tile-model", choices=["small", "vgg16"], default="small",
+        help="tile: small, or an untrained VGG16 from build_network (no download)",
+    )  # fmt: skip
+    parser.add_argument("--tile-06", default="", help="tile: more flags for 06, in one string")
     arguments = parser.parse_args()
     sections = set(arguments.sections.split(","))
     import tensorflow as tf
@@ -293,8 +350,25 @@ def main() -> None:
             model = build_model(arguments.window_model, 13)
             small_scene_comparisons(model, folder, arguments)
         if "tile" in sections:
-            small = build_model("small", 13)
-            full_tile(folder, small, arguments.tile_stride, arguments.tile_block_rows)
+            full_tile(
+                folder,
+                tile_model(arguments.tile_model),
+                arguments.tile_stride,
+                arguments.tile_block_rows,
+                arguments.tile_side,
+                arguments.tile_06.split(),
+            )
+
+
+def tile_model(kind: str):
+    """The tile section's model: build_model("small"), or the project's VGG16 (13 bands,
+    normalisation inside, random weights: speed and memory only)."""
+    if kind == "small":
+        return build_model("small", 13)
+    from cnn_sentinel import networks as nf
+
+    mean, std = talk_constants(13)
+    return nf.build_network("vgg16", MS_BAND_NAMES, len(CLASS_NAMES), mean, std, augment=False)
 
 
 def random_resnet_valid(folder: Path) -> Path:

@@ -29,6 +29,7 @@ from image_functions import (
     MS_BAND_NAMES,
     RGB_BAND_NAMES,
     band_statistics,
+    check_window_size,
     class_folders,
     default_band_names,
     image_shape,
@@ -357,6 +358,9 @@ def check_images(source: Path, listing: dict[str, list[str]], progress: bool = T
     error = odd_image_error(shapes)
     if error is not None:
         raise error
+    if shapes:  # all alike: the first stands for them
+        first, (_bands, rows, cols) = next(iter(shapes.items()))
+        check_window_size(first.parent, rows, cols)
 
 
 def place_file(source: Path, destination: Path, mode: str) -> None:
@@ -534,7 +538,9 @@ def inspect_split(
     band_counts = {}
     for part in parts:
         first = list_class_images(folder / part, class_names)[0][0]
-        band_counts[part] = read_image(first).shape[-1]
+        image = read_image(first)
+        check_window_size(first.parent, *image.shape[:2])
+        band_counts[part] = image.shape[-1]
     if len(set(band_counts.values())) > 1:
         counts = ", ".join(f"{part}/ {count}" for part, count in band_counts.items())
         raise InputError(f"images of split {folder} differ in band count: {counts}.")

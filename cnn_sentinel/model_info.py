@@ -16,6 +16,10 @@ from cnn_sentinel.outputs import write_atomic
 from image_functions import CLASS_NAMES, IMAGE_SIZE, default_band_names, talk_constants
 
 MODEL_INFO_FILE = "model.json"
+# The pixel size of EuroSAT's patches in metres (Sentinel-2's 10 m bands, the rest resampled).
+EUROSAT_PIXEL_SIZE = 10.0
+# The folder of a run that holds its per-epoch checkpoints (cnn_sentinel.training).
+CHECKPOINTS_FOLDER = "checkpoints"
 
 
 @dataclass
@@ -26,6 +30,7 @@ class ModelInfo:
     bands in order. input_size: window side in pixels. mean/std: per-band
     normalisation (inside the model for models of 02-05; applied in front of the
     model for the talk's models, see for_talk_model, which set normalise_in_front).
+    pixel_size: the ground size in metres of the pixels trained on (10 for EuroSAT).
     The rest records how the model was trained. `extra` keeps keys this version does
     not know. Not saved: `normalise_in_front` (whether mean/std must be applied in
     front of the model, which a model.json model never needs) and `source` (the
@@ -35,6 +40,8 @@ class ModelInfo:
     class_names: list[str]
     band_names: list[str]
     input_size: int | None = IMAGE_SIZE
+    # Ground size of a pixel in metres (EuroSAT: Sentinel-2's 10 m; older files lack it).
+    pixel_size: float = EUROSAT_PIXEL_SIZE
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     normalisation_source: str = ""
@@ -68,8 +75,9 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, data: dict, source: str = "") -> ModelInfo:
-        """ModelInfo from a model.json object; the legacy keys "classes" and "bands"
-        and an input_size given as 64, "64" or [64, 64] (None when missing) are accepted."""
+        """ModelInfo from a model.json object; the legacy keys "classes" and "bands",
+        an input_size given as 64, "64" or [64, 64] (None when missing) and a missing
+        pixel_size (10 m, EuroSAT's) are accepted."""
         data = dict(data)
         names = {item.name for item in fields(cls)} - {"extra", "source", "normalise_in_front"}
         class_names = data.pop("class_names", None) or data.pop("classes", None) or []
@@ -81,11 +89,19 @@ class ModelInfo:
             input_size = int(size) if size is not None else None
         except (TypeError, ValueError):
             raise InputError(f"model configuration {source} has input_size {size!r}.") from None
+        pixel_size = data.pop("pixel_size", None) or EUROSAT_PIXEL_SIZE
+        try:
+            pixel_size = float(pixel_size)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"model configuration {source} has pixel_size {pixel_size!r}."
+            ) from None
         known = {key: data.pop(key) for key in list(data) if key in names}
         return cls(
             class_names=[str(name) for name in class_names],
             band_names=[str(name) for name in band_names],
             input_size=input_size,
+            pixel_size=pixel_size,
             **known,
             extra=data,
             source=source,
@@ -93,11 +109,15 @@ class ModelInfo:
 
     @classmethod
     def load(cls, model_path: str | Path) -> ModelInfo | None:
-        """The facts beside a model file: `<stem>.json`, else model.json in its folder;
-        None when there is neither (e.g. a talk .hdf5). InputError for a file that
-        is not a JSON object."""
+        """The facts beside a model file: `<stem>.json`, else model.json in its folder,
+        else, for a training checkpoint (`<run>/checkpoints/epoch-NNN.keras`), the run's
+        model.json; None when there is none (e.g. a talk .hdf5). InputError for a file
+        that is not a JSON object."""
         model_path = Path(model_path)
-        for path in (model_path.with_suffix(".json"), model_path.with_name(MODEL_INFO_FILE)):
+        candidates = [model_path.with_suffix(".json"), model_path.with_name(MODEL_INFO_FILE)]
+        if model_path.parent.name == CHECKPOINTS_FOLDER:
+            candidates.append(model_path.parent.parent / MODEL_INFO_FILE)
+        for path in candidates:
             if path.is_file():
                 try:
                     data = json.loads(path.read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ the saved and runtime forms of a model) stays beside it.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -635,8 +636,36 @@ def load_model(model_path: str | Path, compile: bool = False):
     model_path = Path(model_path)
     if not model_path.is_file():
         raise InputError(f"model {model_path} does not exist.")
+    damaged = damaged_model_file(model_path)
+    if damaged:
+        raise InputError(f"model {model_path} is damaged or not a Keras model ({damaged}).")
     try:
         return keras.saving.load_model(model_path, compile=compile, custom_objects=custom_objects())
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else "unreadable"
         raise InputError(f"model {model_path} cannot be loaded ({reason}).") from None
+
+
+# The first bytes of every HDF5 file (.h5, .hdf5: Keras 2's format and the talk's models).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def damaged_model_file(model_path: Path) -> str:
+    """Why a model file cannot be a complete Keras model, or "" when its container looks
+    whole: a .keras file is a zip archive (a truncated one has no central directory),
+    an .h5/.hdf5 file starts with the HDF5 signature. Checked before Keras, whose own
+    message for such files is "File not found"."""
+    if model_path.suffix == ".keras":
+        if not zipfile.is_zipfile(model_path):
+            return "not a complete .keras zip archive: truncated, or another kind of file"
+        try:
+            with zipfile.ZipFile(model_path) as archive:
+                broken = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return f"its zip archive is broken: {error}"
+        return f"{broken} inside it is corrupt" if broken else ""
+    if model_path.suffix in (".h5", ".hdf5"):
+        with model_path.open("rb") as handle:
+            if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                return "not an HDF5 file"
+    return ""

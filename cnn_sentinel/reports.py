@@ -14,6 +14,7 @@ import numpy as np
 
 from cnn_sentinel.datasets import inspect_split
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.fonts import fonts_for
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.networks import load_model, with_dihedral_averaging
 from cnn_sentinel.outputs import atomic_output, write_atomic
@@ -62,32 +63,33 @@ def plot_confusion_matrix(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.asarray(matrix)
-    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = 2.0 + 0.6 * len(class_names)
-    figure, axes = plt.subplots(figsize=(size + 1.5, size))
-    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for row in range(counts.shape[0]):
-        for column in range(counts.shape[1]):
-            colour = "white" if shares[row, column] > 0.5 else "black"
-            axes.text(
-                column,
-                row,
-                str(counts[row, column]),
-                ha="center",
-                va="center",
-                color=colour,
-                fontsize=8,
-            )
-    axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    axes.set_yticks(range(len(class_names)), class_names)
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
-    figure.colorbar(image, ax=axes, label="share of the true class")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with fonts_for(class_names):  # class names in any alphabet
+        counts = np.asarray(matrix)
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        size = 2.0 + 0.6 * len(class_names)
+        figure, axes = plt.subplots(figsize=(size + 1.5, size))
+        image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+        for row in range(counts.shape[0]):
+            for column in range(counts.shape[1]):
+                colour = "white" if shares[row, column] > 0.5 else "black"
+                axes.text(
+                    column,
+                    row,
+                    str(counts[row, column]),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=8,
+                )
+        axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        axes.set_yticks(range(len(class_names)), class_names)
+        axes.set_xlabel("predicted class")
+        axes.set_ylabel("true class")
+        axes.set_title(title)
+        figure.colorbar(image, ax=axes, label="share of the true class")
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
 
 
 def plot_training_curves(history: Sequence[dict], stage_starts: Sequence[int], path: Path) -> None:

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import io
 import re
+import signal
 import sys
 import tokenize
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cnn_sentinel.console import quiet_native_logs
 from cnn_sentinel.errors import EXIT_INPUT_ERROR, InputError
+from cnn_sentinel.outputs import Terminated, interrupt_on_sigterm
 
 # "copy | hardlink | symlink: how files get into TARGET" declares three choices.
 CHOICES_COMMENT = re.compile(r"^\s*([\w.+-]+(?:\s*\|\s*[\w.+-]+)+)\s*:")
@@ -179,23 +183,61 @@ def parse_settings(
         )
     if extra is not None:
         extra(parser)
-    return parser.parse_args(argv)
+    settings = parser.parse_args(argv)
+    setattr(settings, GIVEN_ATTRIBUTE, _flags_given(parser, argv))
+    return settings
+
+
+# Where parse_settings keeps the names of the settings given as flags (see flags_given);
+# private, so settings_values leaves it out of what a run records.
+GIVEN_ATTRIBUTE = "_flags_given"
+
+
+def _flags_given(parser: argparse.ArgumentParser, argv: list[str] | None) -> frozenset[str]:
+    """The attribute names of the flags present in `argv`, whatever their value: the
+    same parser with every default suppressed sets only those."""
+    bare = copy.deepcopy(parser)
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(bare.parse_args(argv)))
+
+
+def flags_given(settings: argparse.Namespace) -> frozenset[str]:
+    """Names (lower case) of the settings the user passed as flags, even when a flag's
+    value equals the default: `--batch-size 128` counts where BATCH_SIZE = 128."""
+    return getattr(settings, GIVEN_ATTRIBUTE, frozenset())
+
+
+def settings_values(settings: argparse.Namespace) -> dict:
+    """The settings as a plain dict (what model.json records), private entries left out."""
+    return {name: value for name, value in vars(settings).items() if not name.startswith("_")}
+
+
+def user_warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as a script's user sees it: "warning: <message>", without the file,
+    line number and source line of the code that raised it (warnings.formatwarning)."""
+    return f"warning: {message}\n"
 
 
 def run_script(main: Callable[[], object]) -> None:
-    """Run a script's `main()`; bad input ends in one sentence and exit status 2."""
+    """Run a script's `main()`; bad input ends in one sentence and exit status 2.
+    Ctrl-C and SIGTERM end it alike: one line, temporaries removed, exit 130 or 143.
+    Warnings print as one "warning: ..." line, without internal paths."""
+    warnings.formatwarning = user_warning_line
+    interrupt_on_sigterm()
     log_filter = quiet_native_logs(sys.argv[1:])
     try:
         main()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (outputs.Terminated)
         print(
             "interrupted: outputs already completed are kept, nothing half-written.",
             file=sys.stderr,
         )
-        sys.exit(130)
+        # 128 + the signal's number, as a shell reports a process the signal ended.
+        sys.exit(128 + (signal.SIGTERM if isinstance(interruption, Terminated) else signal.SIGINT))
     finally:
         if log_filter is not None:
             log_filter.close()

@@ -8,7 +8,7 @@ precision, seed), builds its model, names its stages and calls `run.fit` and
 loses a finished epoch: every epoch ends with a checkpoint and then state.json,
 written atomically and in that order, and the same command resumes from there.
 TensorFlow and Keras are imported inside functions: importing this module is cheap.
-About 700 lines: the crash safety of the run folder stays beside the fit loop that
+About 800 lines: the crash safety of the run folder stays beside the fit loop that
 relies on it.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cnn_sentinel.datasets import SplitInfo, band_choice_note
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.model_info import MODEL_INFO_FILE, ModelInfo
+from cnn_sentinel.model_info import CHECKPOINTS_FOLDER, MODEL_INFO_FILE, ModelInfo
 from cnn_sentinel.networks import (
     ARCHITECTURES,
     MODEL_FILE,
@@ -37,10 +37,10 @@ from cnn_sentinel.networks import (
     load_model,
     set_trainable,
 )
-from cnn_sentinel.outputs import write_atomic
+from cnn_sentinel.outputs import folder_lock, write_atomic
 from cnn_sentinel.precision import PRECISION_MODES, dtype_policy, precision_policy
 from cnn_sentinel.reports import evaluate_model
-from cnn_sentinel.settings import parse_settings
+from cnn_sentinel.settings import flags_given, parse_settings, settings_values
 from image_functions import IMAGE_SIZE, folder_dataset
 
 # talk: flips and +-45 degree rotations inside the training model (the talk's);
@@ -78,12 +78,13 @@ TALK_SCRATCH_RECIPE = {
 }
 
 
-def use_talk_recipe(settings: argparse.Namespace, script_constants: dict) -> None:
-    """03/05 `--recipe talk`: every setting of TALK_SCRATCH_RECIPE that still has the
-    script's default (`script_constants`, the script's globals) takes the talk's value;
-    settings given as flags keep theirs."""
+def use_talk_recipe(settings: argparse.Namespace) -> None:
+    """03/05 `--recipe talk`: every setting of TALK_SCRATCH_RECIPE takes the talk's value,
+    except those the user passed as flags, whatever their value (`--batch-size 128`
+    keeps 128 even where 128 is the script's default)."""
+    given = flags_given(settings)
     for key, value in TALK_SCRATCH_RECIPE.items():
-        if getattr(settings, key) == script_constants[key.upper()]:
+        if key not in given:
             setattr(settings, key, value)
 
 
@@ -93,7 +94,7 @@ KERAS_20585_CHECKED_UP_TO = (3, 15)
 MONITOR = "val_categorical_accuracy"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = CHECKPOINTS_FOLDER
 
 
 # ---------------------------------------------------------------------------
@@ -353,15 +354,40 @@ def write_history_csv(path: Path, rows: list[dict]) -> None:
     write_atomic(path, write, overwrite=True)
 
 
+# Settings a resumed run may change: they do not change what is trained (RECIPE fast/talk
+# only sets others, which are compared themselves).
+FREE_ON_RESUME = frozenset(
+    {"progress", "verbose", "output", "run_name", "overwrite", "evaluate_only", "tta", "recipe"}
+)
+
+
 def run_identity(settings: argparse.Namespace, recipe: str, variant: str | None) -> dict:
-    """The settings a resumed run must share with the run it continues."""
-    return {
-        "recipe": recipe,
-        "variant": variant,
-        "arch": settings.arch,
-        "bands": settings.bands,
-        "data": str(Path(settings.data).resolve()),
+    """The settings a resumed run must share with the run it continues: every setting
+    that changes what is trained (all but FREE_ON_RESUME), as JSON values."""
+    identity = {
+        name: value
+        for name, value in settings_values(settings).items()
+        if name not in FREE_ON_RESUME
     }
+    identity.update(recipe=recipe, variant=variant, data=str(Path(settings.data).resolve()))
+    return json.loads(json.dumps(identity))
+
+
+def _shown(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def identity_differences(saved: dict, identity: dict) -> list[str]:
+    """'--learning-rate 0.1, not 0.5' for each setting that differs between a saved
+    run's identity and this one's; settings one of them lacks (runs saved by older
+    versions recorded five) are not compared."""
+    differences = []
+    for name in saved:
+        if name in identity and saved[name] != identity[name]:
+            # recipe and variant are the script's own, not flags of the training scripts.
+            label = name if name in ("recipe", "variant") else "--" + name.replace("_", "-")
+            differences.append(f"{label} {_shown(saved[name])}, not {_shown(identity[name])}")
+    return differences
 
 
 def new_state(identity: dict) -> dict:
@@ -385,7 +411,8 @@ def holds_only_an_empty_start(run_folder: Path) -> bool:
         if ".partial-" in child.name or child.name == "logs":
             continue
         if child.name != CHECKPOINTS or any(
-            ".partial-" not in entry.name for entry in child.iterdir()
+            ".partial-" not in entry.name and entry.name != MODEL_INFO_FILE
+            for entry in child.iterdir()
         ):
             return False
     return True
@@ -405,10 +432,12 @@ def open_run_folder(run_folder: Path, identity: dict, overwrite: bool) -> dict:
         state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     except ValueError as error:
         raise InputError(f"run state {state_path} cannot be read ({error}).") from None
-    if state and state.get("identity") != identity and not overwrite:
+    differences = identity_differences(state.get("identity") or {}, identity) if state else []
+    if differences and not overwrite:
         raise InputError(
-            f"run folder {run_folder} holds a run with other settings ({state.get('identity')}); "
-            "choose another --run-name or pass --overwrite."
+            f"run folder {run_folder} holds a run started with other settings "
+            f"({'; '.join(differences)}); repeat them to resume it, choose another --run-name "
+            "or pass --overwrite."
         )
     if state.get("finished") and (run_folder / MODEL_FILE).is_file() and not overwrite:
         raise InputError(
@@ -460,8 +489,10 @@ def checkpoint_path(run_folder: Path, state: dict, which: str) -> Path:
 
 
 def remove_stale_checkpoints(run_folder: Path, state: dict) -> None:
-    """Delete checkpoints that `state` no longer names (and partial files)."""
+    """Delete checkpoints that `state` no longer names (and partial files); the
+    checkpoints' model.json stays."""
     keep = {checkpoint_path(run_folder, state, which).name for which in ("last", "best")}
+    keep.add(MODEL_INFO_FILE)
     for path in (run_folder / CHECKPOINTS).iterdir():
         if path.name not in keep:
             path.unlink(missing_ok=True)
@@ -484,7 +515,14 @@ def progress_callback(run_folder: Path, state: dict, stage: Stage):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = {key: float(value) for key, value in (logs or {}).items()}
             name = f"epoch-{epoch + 1:03d}.keras"
-            write_atomic(run_folder / CHECKPOINTS / name, self.model.save, overwrite=True)
+            previous = checkpoint_path(run_folder, state, "last")
+            needed = previous.stat().st_size if previous.is_file() else None  # for a full disk
+            write_atomic(
+                run_folder / CHECKPOINTS / name,
+                self.model.save,
+                overwrite=True,
+                space_needed=needed,
+            )
             state["history"].append({"epoch": epoch + 1, "stage": stage.name, **logs})
             accuracy = logs.get(MONITOR, float("nan"))
             if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
@@ -643,8 +681,12 @@ class TrainingRun:
 
     def fit(self, model, stages: Sequence[Stage], train_data, validation_data):
         """Train through `stages` (resuming where an earlier run stopped); returns
-        the model with the weights of the last stage's best epoch."""
+        the model with the weights of the last stage's best epoch. checkpoints/ gets
+        a model.json of its own, so a checkpoint used as a model (06 --model) knows
+        its classes and bands before the run has finished."""
         self.stages = list(stages)
+        (self.folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        self.model_info().save(self.folder / CHECKPOINTS / MODEL_INFO_FILE)
         return train_stages(
             model,
             stages,
@@ -658,28 +700,33 @@ class TrainingRun:
             steps_per_epoch=self.settings.steps_per_epoch,
         )
 
+    def model_info(self) -> ModelInfo:
+        """What the run's models say about themselves (model.json), before metrics."""
+        split = self.split
+        return ModelInfo(
+            class_names=split.class_names,
+            band_names=split.band_names,
+            mean=split.mean,
+            std=split.std,
+            normalisation_source=split.normalisation_source,
+            arch=self.settings.arch,
+            variant=self.variant,
+            recipe=self.recipe,
+            mixed_precision=self.policy,
+            replicas=self.strategy.num_replicas_in_sync,
+            settings=settings_values(self.settings),
+            stages=[asdict(stage) for stage in self.stages],
+        )
+
     def report(self, model) -> dict:
         """Save model.keras (stock layers only), evaluate it on the whole
         validation/ (and test/) set into report/, write model.json and mark the
         run finished. Returns the report's metrics."""
         write_atomic(self.folder / MODEL_FILE, inference_model(model).save, overwrite=True)
         split, settings = self.split, self.settings
-        info = ModelInfo(
-            class_names=split.class_names,
-            band_names=split.band_names,
-            mean=split.mean,
-            std=split.std,
-            normalisation_source=split.normalisation_source,
-            arch=settings.arch,
-            variant=self.variant,
-            recipe=self.recipe,
-            mixed_precision=self.policy,
-            replicas=self.strategy.num_replicas_in_sync,
-            settings=dict(vars(settings)),
-            stages=[asdict(stage) for stage in self.stages],
-            epochs_trained=self.state["epoch"],
-            training_seconds=round(self.state.get("training_seconds", 0.0), 1),
-        )
+        info = self.model_info()
+        info.epochs_trained = self.state["epoch"]
+        info.training_seconds = round(self.state.get("training_seconds", 0.0), 1)
         metrics = evaluate_model(
             self.folder / MODEL_FILE,
             split.folder,
@@ -726,22 +773,30 @@ def training_run(
     name = settings.run_name or "-".join(part for part in (recipe, variant, settings.arch) if part)
     run_folder = Path(settings.output) / name
     check_writable(run_folder)
-    identity = run_identity(settings, recipe, variant)
-    state = open_run_folder(run_folder, identity, settings.overwrite)
     strategy = choose_strategy()
     writer = is_chief(strategy)
-    # Workers other than the chief write into a scratch folder (Keras' multi-worker rule).
-    folder = run_folder if writer else Path(tempfile.mkdtemp(prefix="worker-run-"))
-    if writer and state["epoch"] == 0 and run_folder.is_dir():
-        clear_run_folder(run_folder)
-    try:
+    with contextlib.ExitStack() as stack:
+        if writer:  # one process trains a run folder at a time; locked before reading its state
+            stack.enter_context(
+                folder_lock(
+                    run_folder.parent,
+                    name,
+                    f"run folder {run_folder}",
+                    "wait for that run to end or choose another --run-name",
+                )
+            )
+        identity = run_identity(settings, recipe, variant)
+        state = open_run_folder(run_folder, identity, settings.overwrite)
+        # Workers other than the chief write into a scratch folder (Keras' multi-worker rule).
+        folder = run_folder if writer else Path(tempfile.mkdtemp(prefix="worker-run-"))
+        if not writer:
+            stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        if writer and state["epoch"] == 0 and run_folder.is_dir():
+            clear_run_folder(run_folder)
         with dtype_policy(precision_policy(settings.mixed_precision)) as policy:
             keras.utils.set_random_seed(settings.seed)
             with strategy.scope():
                 yield TrainingRun(settings, split, recipe, variant, folder, state, strategy, policy)
-    finally:
-        if not writer:
-            shutil.rmtree(folder, ignore_errors=True)
     if state["finished"]:
         accuracy = state["validation_accuracy"]
         print(f"validation accuracy {accuracy:.4f}; model and report in {run_folder}")

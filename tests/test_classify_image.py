@@ -7,6 +7,8 @@ error. Scenes are tiny; models are built in the tests.
 
 from __future__ import annotations
 
+import errno
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ from script_modules import load_script
 from talk_reference import talk_classify
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import quicklooks
+from cnn_sentinel.scene import quicklooks, writers
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +133,35 @@ def test_failure_leaves_nothing_half_written(case, tmp_path, monkeypatch):
         run("--image", case["rgb_path"], "--model", case["rgb_model_path"],
             "--output-dir", tmp_path, "--stride", 8)  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["GeoTiffWriter", "SideBySideQuicklookWriter"])
+def test_a_full_disk_names_the_folder_and_the_space_the_outputs_need(
+    case, tmp_path, monkeypatch, where
+):
+    """ENOSPC from a writer (GDAL's words for it from the GeoTIFFs): one sentence for the
+    whole set, whichever output was being written, and nothing left behind."""
+
+    def disk_full(*args, **kwargs):
+        if where == "GeoTiffWriter":
+            raise RuntimeError("rgb_scene_prob.tif: Free disk space available is 0 bytes. "
+                               "No space left on device")  # fmt: skip
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    owner = quicklooks if where.startswith("SideBySide") else writers
+    monkeypatch.setattr(getattr(owner, where), "write", disk_full)
+    output = tmp_path / "maps"
+    with pytest.raises(InputError) as raised:
+        run("--image", case["rgb_path"], "--model", case["rgb_model_path"],
+            "--output-dir", output, "--stride", 8)  # fmt: skip
+    needed = (30 * 36 * 5 + writers.QUICKLOOK_BYTES) / 2**20
+    assert re.fullmatch(
+        rf"no space left in {re.escape(str(output))} for the outputs of rgb_scene "
+        rf"\([\d.]+ [MG]B free, at most {needed:.1f} MB needed\); free some space there or "
+        r"choose another output folder, then run the same command again\.",
+        str(raised.value),
+    ), str(raised.value)
+    assert not output.exists()
 
 
 def test_legacy_h5_model_through_the_script(case, tmp_path):

@@ -3,6 +3,7 @@ errors, atomic outputs and their leftovers, quiet TensorFlow, progress bars in l
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -66,6 +67,12 @@ def test_settings_from_constants(tmp_path):
     assert parsed.arch == "vgg16" and parsed.weights is None and parsed.rate == 0.5
     assert parsed.bbox == () and parsed.verbose is False and parsed.progress is True
     assert not hasattr(parsed, "table")
+    # Flags given are told from defaults by presence, not by value (64 is the default).
+    given = settings.parse_settings(script, ["--batch-size", "64", "--no-overwrite"])
+    assert settings.flags_given(given) == {"batch_size", "overwrite"}
+    assert settings.flags_given(settings.parse_settings(script, [])) == frozenset()
+    assert "_flags_given" not in settings.settings_values(given)
+    assert settings.settings_values(given)["batch_size"] == 64
     assert settings.parse_settings(script, ["--arch", "densenet201"]).arch == "densenet201"
     with pytest.raises(SystemExit):
         settings.parse_settings(script, ["--arch", "resnet"])  # the comment's choices
@@ -277,3 +284,57 @@ def test_no_progress_on_a_script_without_a_progress_constant(tmp_path):
     script.write_text('"""Example."""\nSEED = 0  # seed\n')
     assert settings.parse_settings(script, ["--no-progress"]).progress is False
     assert settings.parse_settings(script, []).progress is True
+
+
+def test_a_warning_reaches_the_user_as_one_line_without_internal_paths(tmp_path):
+    """A scene without georeference: the warning names the scene, not our source."""
+    program = (
+        "from osgeo import gdal\n"
+        "from cnn_sentinel.scene.reading import warn_if_not_georeferenced\n"
+        "from cnn_sentinel.settings import run_script\n"
+        "scene = gdal.GetDriverByName('MEM').Create('', 4, 4, 1)\n"
+        "run_script(lambda: warn_if_not_georeferenced(scene, 'plain.tif'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "warning: scene plain.tif is not georeferenced; its outputs will not be either.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("map.tif: Free disk space available is 0 bytes, whereas 65536 are at "
+                     "least necessary. No space left on device"),
+    ],
+)  # fmt: skip
+def test_a_full_disk_is_one_sentence_naming_the_folder_and_the_space(tmp_path, error):
+    def write_until_full(temporary: Path) -> None:
+        temporary.write_bytes(b"x" * 1000)
+        raise error
+
+    with pytest.raises(InputError) as raised:
+        outputs.write_atomic(tmp_path / "map.tif", write_until_full, space_needed=3 * 2**20)
+    message = str(raised.value)
+    assert re.fullmatch(
+        rf"no space left in {re.escape(str(tmp_path))} for map\.tif \([\d.]+ [MG]B free, "
+        r"about 3\.0 MB needed\); free some space there or choose another output folder, "
+        r"then run the same command again\.",
+        message,
+    ), message
+    assert list(tmp_path.iterdir()) == []
+    # Other errors pass through unchanged.
+    with pytest.raises(OSError, match="Permission denied"):
+        outputs.write_atomic(
+            tmp_path / "map.tif",
+            lambda temporary: (_ for _ in ()).throw(OSError(errno.EACCES, "Permission denied")),
+        )

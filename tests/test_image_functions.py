@@ -187,7 +187,7 @@ def test_augmentation_survives_saving(tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
     assert loaded.get_layer("augmentation").max_degrees == 45.0
     (tmp_path / "broken.keras").write_bytes(b"nonsense")
-    with pytest.raises(InputError, match="broken.keras cannot be loaded"):
+    with pytest.raises(InputError, match="broken.keras is damaged or not a Keras model"):
         load_model(tmp_path / "broken.keras")
     with pytest.raises(InputError, match="does not exist"):
         load_model(tmp_path / "missing.keras")

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ EPOCHS = 3
 # Runs 03 with one hook that kills its own process with SIGKILL (like kill -9 from
 # outside, no clean-up runs) at the moment named by KILL_AT.
 KILLING_RUN = """
-import os, runpy, signal, sys
+import os, runpy, signal, sys, time
 from cnn_sentinel import training
 
 def die():
@@ -35,6 +36,9 @@ def progress_callback(run_folder, state, stage):
     def on_train_batch_end(batch, logs=None):
         if moment == "epoch-1" and state["epoch"] == 0 and batch == 1:
             die()
+        if moment == "pause" and state["epoch"] == 0 and batch == 1:
+            open(os.environ["PAUSED_FILE"], "w").close()
+            time.sleep(300)  # until the test kills this process
     callback.on_train_batch_end = on_train_batch_end
     return callback
 
@@ -62,17 +66,26 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_script(arguments: list[str], kill_at: str | None) -> subprocess.CompletedProcess:
+def script_command(arguments: list[str], kill_at: str | None) -> list[str]:
     command = [sys.executable, str(REPO_ROOT / SCRIPTS["03"]), *arguments]
-    if kill_at:
-        command = [sys.executable, "-c", KILLING_RUN, *command[1:]]
+    return [sys.executable, "-c", KILLING_RUN, *command[1:]] if kill_at else command
+
+
+def run_script(arguments: list[str], kill_at: str | None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command,
+        script_command(arguments, kill_at),
         capture_output=True,
         text=True,
         timeout=300,
         env={**ENVIRONMENT, "KILL_AT": kill_at or ""},
     )
+
+
+def training_arguments(rgb_split: Path, output: Path) -> list[str]:
+    return [
+        "--data", str(rgb_split), "--output", str(output), "--epochs", str(EPOCHS),
+        "--learning-rate", "0.05", "--warmup-epochs", "0", *FAST,
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -91,10 +104,7 @@ def run_script(arguments: list[str], kill_at: str | None) -> subprocess.Complete
     ],
 )
 def test_killed_run_resumes_and_ends_with_the_best_epoch(rgb_split, tmp_path, kill_at, says):
-    arguments = [
-        "--data", str(rgb_split), "--output", str(tmp_path), "--epochs", str(EPOCHS),
-        "--learning-rate", "0.05", "--warmup-epochs", "0", *FAST,
-    ]  # fmt: skip
+    arguments = training_arguments(rgb_split, tmp_path)
     killed = run_script(arguments, kill_at)
     assert killed.returncode == -9, killed.stderr[-3000:]
     run = tmp_path / "rgb-scratch-tiny"
@@ -114,7 +124,60 @@ def test_killed_run_resumes_and_ends_with_the_best_epoch(rgb_split, tmp_path, ki
     assert {path.name for path in (run / "checkpoints").iterdir()} == {
         state["last_checkpoint"],
         state["best_checkpoint"],
+        "model.json",
     }
     assert not [path for path in run.rglob("*") if ".partial-" in path.name]
     again = run_script(arguments, None)
     assert again.returncode == 2 and "already complete" in again.stderr
+
+
+def test_a_resume_with_other_training_settings_is_refused_naming_both_values(rgb_split, tmp_path):
+    arguments = training_arguments(rgb_split, tmp_path)
+    assert run_script(arguments, "between-epochs").returncode == -9
+    changed = [*arguments, "--learning-rate", "0.5", "--optimizer", "adam", "--batch-size", "16"]
+    refused = run_script(changed, None)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    message = refused.stderr.strip().splitlines()[-1]
+    assert "--learning-rate 0.05, not 0.5" in message
+    assert "--optimizer sgd-nesterov, not adam" in message
+    assert "--batch-size 4, not 16" in message
+    run = tmp_path / "rgb-scratch-tiny"
+    assert json.loads((run / "state.json").read_text())["epoch"] == 2  # untouched
+    # Settings that do not change what is trained stay free.
+    resumed = run_script([*arguments, "--no-progress", "--verbose"], None)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming stage 1 of 1 (train) at epoch 3 of 3" in resumed.stdout
+    settings = json.loads((run / "model.json").read_text())["settings"]
+    assert (settings["optimizer"], settings["learning_rate"]) == ("sgd-nesterov", 0.05)
+
+
+def test_a_second_run_of_the_same_name_is_refused_and_a_killed_one_leaves_no_lock(
+    rgb_split, tmp_path
+):
+    arguments = training_arguments(rgb_split, tmp_path)
+    paused = tmp_path / "paused"
+    first = subprocess.Popen(
+        script_command(arguments, "pause"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**ENVIRONMENT, "KILL_AT": "pause", "PAUSED_FILE": str(paused)},
+    )
+    try:
+        for _ in range(600):
+            if paused.exists() or first.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert paused.exists(), first.stderr.read().decode()[-3000:] if first.stderr else ""
+        second = run_script(arguments, None)
+        assert second.returncode == 2, second.stderr[-3000:]
+        message = second.stderr.strip().splitlines()[-1]
+        assert message == (
+            f"error: run folder {tmp_path / 'rgb-scratch-tiny'} is in use by running process "
+            f"{first.pid}; wait for that run to end or choose another --run-name."
+        )
+    finally:
+        first.kill()  # SIGKILL: no clean-up runs, the lock file stays behind
+        first.wait()
+    again = run_script(arguments, None)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not list(tmp_path.glob(".*.lock"))

@@ -131,9 +131,35 @@ def test_model_info_round_trip_and_legacy_keys(tmp_path):
     assert legacy.class_names == ["x", "y", "z"] and legacy.band_names == ["B08"]
     assert legacy.input_size == 32
     assert ModelInfo.load(tmp_path / "nothing" / "model.keras") is None
+    # A checkpoint of a run (run/checkpoints/epoch-NNN.keras) finds the run's model.json.
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ModelInfo(class_names=["Glacier", "Quarry"], band_names=["B08"]).save(
+        tmp_path / "run" / "model.json"
+    )
+    checkpoint = ModelInfo.load(tmp_path / "run" / "checkpoints" / "epoch-003.keras")
+    assert checkpoint.class_names == ["Glacier", "Quarry"]
+    assert checkpoint.source == str(tmp_path / "run" / "model.json")
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="is not a JSON object"):
         ModelInfo.load(tmp_path / "bad.h5")
+
+
+@pytest.mark.parametrize(
+    ("name", "cut", "reason"),
+    [
+        ("model.keras", 100_000, "not a complete .keras zip archive"),
+        ("model.keras", 0, "not a complete .keras zip archive"),
+        ("model.h5", 0, "not an HDF5 file"),
+    ],
+)
+def test_a_damaged_model_file_is_named_damaged_not_missing(tmp_path, name, cut, reason):
+    shipped = REPO_ROOT / "models" / "eurosat-rgb-resnet-valid-narrow" / "model.keras"
+    damaged = tmp_path / name
+    damaged.write_bytes(shipped.read_bytes()[:cut] if cut else b"<html>not a model</html>")
+    with pytest.raises(InputError) as raised:
+        nf.load_model(damaged)
+    assert str(raised.value).startswith(f"model {damaged} is damaged or not a Keras model")
+    assert reason in str(raised.value) and "not found" not in str(raised.value)
 
 
 def test_talk_model_facts():

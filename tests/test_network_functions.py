@@ -4,13 +4,14 @@ optimisers and strategy of training.py, and of the metrics of reports.py."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 from helpers import WRONG_WEIGHTS_WARNING
 
+from cnn_sentinel import fonts, precision, reports
 from cnn_sentinel import networks as nf
-from cnn_sentinel import precision, reports
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.training import (
     Stage,
@@ -300,6 +301,23 @@ def test_classification_metrics_and_plots(tmp_path):
     reports.plot_training_curves(history, [0, 1], tmp_path / "curves.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_class_names_in_any_alphabet_draw_without_glyph_warnings(tmp_path, capsys):
+    """Cyrillic and Greek are in matplotlib's own font; Chinese takes an installed font
+    that has it, or one note (this machine may have none) instead of a warning per glyph."""
+    names = ["Лес", "森林", "Ελιά"]
+    fonts._say_no_font_has.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for number in (1, 2):
+            reports.plot_confusion_matrix(
+                np.eye(3, dtype=int), names, "t", tmp_path / f"{number}.png"
+            )
+    assert not [str(warning.message) for warning in caught if "Glyph" in str(warning.message)]
+    notes = capsys.readouterr().err.count("note: no installed font has the characters 林森")
+    assert notes == (1 if fonts.font_with("森林") is None else 0)
+    assert fonts.font_with("Лес") is not None and (tmp_path / "2.png").stat().st_size > 1000
 
 
 def test_mixed_precision_backbones_use_fused_batch_normalization(keras_backend):

@@ -8,6 +8,9 @@ pooling + dense stack), scenes are a few dozen pixels, so every test is fast.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -32,12 +35,14 @@ from talk_reference import talk_classify
 
 from cnn_sentinel import precision
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, predictors, quicklooks, writers
+from cnn_sentinel.model_info import ModelInfo
+from cnn_sentinel.scene import blocks, clouds, geometry, predictors, quicklooks, writers
 from cnn_sentinel.scene import reading as scenes
 from cnn_sentinel.scene.products import sentinel2_band_files
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 gdal.UseExceptions()
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +198,17 @@ def test_model_json_that_contradicts_the_model_is_refused(tmp_path, facts, messa
         scenes.load_scene_model(path)
 
 
+def test_a_keras_model_without_model_json_says_loudly_which_classes_it_assumes(tmp_path, capsys):
+    tiny_model(3, mean=[0.0] * 3, std=[1.0] * 3, classes=4).save(tmp_path / "epoch-002.keras")
+    _model, info = scenes.load_scene_model(tmp_path / "epoch-002.keras")
+    assert info.class_names == ["class0", "class1", "class2", "class3"]
+    assert (
+        f"note: no model.json found for {tmp_path / 'epoch-002.keras'} (beside it, or in its "
+        "run folder for a checkpoint), so its 4 classes are ASSUMED to be class0, class1, "
+        "class2, class3" in capsys.readouterr().err
+    )
+
+
 def test_files_that_are_not_models_are_refused(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         scenes.load_scene_model(tmp_path / "missing.keras")
@@ -202,7 +218,7 @@ def test_files_that_are_not_models_are_refused(tmp_path):
         scenes.load_scene_model(text)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="cannot be loaded"):
+    with pytest.raises(InputError, match="is damaged or not a Keras model"):
         scenes.load_scene_model(broken)
 
 
@@ -433,6 +449,116 @@ def test_window_and_bbox_crop_virtually(rgb_case):
         scenes.open_scene(scene_path, window=(40, 0, 20, 10))
     with pytest.raises(InputError, match="not minx miny maxx maxy"):
         scenes.open_scene(scene_path, bbox=(x0 + 250, y0 - 250, x0 + 50, y0 - 100))
+
+
+def test_a_bbox_outside_the_scene_names_the_box_and_the_extent_and_one_across_it_is_clipped(
+    rgb_case, capsys
+):
+    _, scene_path, image, _, _ = rgb_case
+    x0, y0 = ORIGIN[0], ORIGIN[3]
+    rows, cols = image.shape[:2]
+    extent = f"{x0:.10g} {y0 - 10 * rows:.10g} {x0 + 10 * cols:.10g} {y0:.10g} (EPSG:32633)"
+    with pytest.raises(InputError) as refused:
+        scenes.open_scene(scene_path, bbox=(-23000, 571204, -22000, 572204))
+    assert str(refused.value) == (
+        f"bounding box -23000 571204 -22000 572204 does not overlap scene {scene_path}, whose "
+        f"extent is {extent}; give minx miny maxx maxy in the scene's CRS."
+    )
+    # Partly inside: clipped to the scene, and said so.
+    boxed = scenes.open_scene(scene_path, bbox=(x0 - 500, y0 - 100, x0 + 100, y0 + 300))
+    assert np.array_equal(np.moveaxis(boxed.ReadAsArray(), 0, -1), image[0:10, 0:10])
+    assert capsys.readouterr().err == (
+        f"note: bounding box {x0 - 500:.10g} {y0 - 100:.10g} {x0 + 100:.10g} {y0 + 300:.10g} "
+        f"reaches beyond scene {scene_path} (extent {extent}); classifying its part inside "
+        f"the scene, {x0:.10g} {y0 - 100:.10g} {x0 + 100:.10g} {y0:.10g}.\n"
+    )
+
+
+def georeferenced_scene(epsg: int, transform: tuple) -> gdal.Dataset:
+    """A 3-band 64 x 64 in-memory scene in `epsg` with `transform`."""
+    from osgeo import osr
+
+    dataset = gdal.GetDriverByName("MEM").Create("", 64, 64, 3, gdal.GDT_Byte)
+    dataset.SetGeoTransform(transform)
+    reference = osr.SpatialReference()
+    reference.ImportFromEPSG(epsg)
+    dataset.SetProjection(reference.ExportToWkt())
+    return dataset
+
+
+def test_pixels_far_from_the_models_10_m_or_degrees_are_warned_about_with_the_fix():
+    geographic = georeferenced_scene(4326, (15.0, 0.0001, 0, 52.0, 0, -0.0001))
+    assert geometry.pixel_size_problem(geographic, 10.0, "wgs84.tif") == (
+        "scene wgs84.tif is in geographic coordinates (EPSG:4326, degrees), but the model was "
+        "trained on 10 m pixels, so its windows would cover other ground; reproject it first: "
+        "gdalwarp -t_srs EPSG:32633 -tr 10 10 -r bilinear wgs84.tif scene_utm.tif"
+    )
+    landsat = georeferenced_scene(32633, (330000.0, 300.0, 0, 5822040.0, 0, -300.0))
+    assert geometry.pixel_size_problem(landsat, 10.0, "landsat.tif") == (
+        "scene landsat.tif has 300 m pixels, 30 times the 10 m pixels the model was trained "
+        "on, so its windows see other things than in training and the map is likely wrong; "
+        "resample it first: gdalwarp -tr 10 10 -r bilinear landsat.tif scene_10m.tif"
+    )
+    for size in (10.0, 12.0, 7.0):
+        scene = georeferenced_scene(32633, (330000.0, size, 0, 5822040.0, 0, -size))
+        assert geometry.pixel_size_problem(scene, 10.0, "fine.tif") == ""
+    southern = georeferenced_scene(4326, (-70.0, 0.0001, 0, -33.0, 0, -0.0001))
+    assert geometry.utm_code(southern) == "EPSG:32719"
+    # 06's entry point warns (run_script prints it as one "warning: ..." line).
+    model = tiny_model(3, [100.0] * 3, [30.0] * 3)
+    with pytest.warns(UserWarning, match="scene landsat.tif has 300 m pixels"):
+        predictors.prepare_classification(
+            landsat, model, raw_config(RGB_BAND_NAMES), scene_label="landsat.tif"
+        )
+
+
+def mixed_scene(types: list[int], names: list[str]) -> gdal.Dataset:
+    """An in-memory 64 x 64 scene whose bands have the given GDAL types and descriptions."""
+    dataset = gdal.GetDriverByName("MEM").Create("", 64, 64, 0)
+    for number, (data_type, name) in enumerate(zip(types, names, strict=True), start=1):
+        dataset.AddBand(data_type)
+        dataset.GetRasterBand(number).SetDescription(name)
+        dataset.GetRasterBand(number).Fill(100 * number)
+    dataset.SetGeoTransform(ORIGIN)
+    return dataset
+
+
+def test_scene_decisions_look_at_the_bands_read_and_name_their_fallbacks():
+    byte, uint16 = gdal.GDT_Byte, gdal.GDT_UInt16
+    # RGB scaling: decided by the bands the model reads, not by the scene's first band.
+    names = ["B01", "B04", "B03", "B02"]
+    assert scenes.rgb_scaling_needed(
+        "auto", RGB_BAND_NAMES, mixed_scene([byte] + [uint16] * 3, names), [1, 2, 3]
+    )
+    assert not scenes.rgb_scaling_needed(
+        "auto", RGB_BAND_NAMES, mixed_scene([uint16] + [byte] * 3, names), [1, 2, 3]
+    )
+    # Bands taken in file order because their names are not the model's: said in the banner.
+    model = tiny_model(3, [100.0] * 3, [30.0] * 3)
+    colours = mixed_scene([byte] * 3, ["Red", "Green", "Blue"])
+    classification = predictors.prepare_classification(
+        colours, model, raw_config(RGB_BAND_NAMES), scene_label="colours.tif"
+    )
+    assert classification.describe().startswith(
+        "64x64 px, bands Red, Green, Blue (taken in file order as the model's B04, B03, B02) ->"
+    )
+    named = mixed_scene([byte] * 3, list(RGB_BAND_NAMES))
+    by_name = predictors.prepare_classification(named, model, raw_config(RGB_BAND_NAMES))
+    assert "taken" not in by_name.describe() and "named by" not in by_name.describe()
+    # The cloud mask reads its bands by name: assumed names are said too.
+    pytest.importorskip("s2cloudless")
+    masking, words = clouds.cloud_mask_choice(
+        "auto", MS_BAND_NAMES, 0.65, "x.tif", names_assumed=True
+    )
+    assert masking and words.endswith(
+        "the scene's bands are unnamed, so the mask takes them in EuroSAT's order"
+    )
+
+
+def test_model_json_records_the_pixel_size_and_older_files_mean_10_m():
+    old = ModelInfo.from_json({"class_names": ["a"], "band_names": ["B04"]})
+    assert old.pixel_size == 10.0 and old.to_json()["pixel_size"] == 10.0
+    assert ModelInfo.from_json({"class_names": ["a"], "pixel_size": 20}).pixel_size == 20.0
 
 
 def test_scene_stem_strips_product_suffixes():
@@ -769,3 +895,54 @@ def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         classification.run([failing], stride=8, block_rows=24, progress=False, prefetch_depth=1)
     assert failing.closed
+
+
+# Classifies a 256 x 256 scene at stride 100000 under a 4 GiB data limit (a guard: the
+# repeat this replaced asked for tens of GiB) and prints the peak of numpy's allocations.
+HUGE_STRIDE_RUN = """
+import resource, sys, tracemalloc
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_DATA, (4 * 2**30, 4 * 2**30))
+import numpy as np
+from helpers import raw_config, run_classification, smooth_scene, tiny_model, write_scene
+from image_functions import RGB_BAND_NAMES
+folder = Path(sys.argv[1])
+scene = write_scene(folder / "scene.tif", smooth_scene(256, 256, 3, np.uint8, 30.0))
+model = tiny_model(3, [100.0] * 3, [30.0] * 3)
+tracemalloc.start()
+labels, _ = run_classification(folder, scene, model, raw_config(RGB_BAND_NAMES), stride=100000)
+print("peak", tracemalloc.get_traced_memory()[1], "labels", len(np.unique(labels)))
+"""
+
+
+def test_a_stride_larger_than_the_scene_is_clamped_and_memory_stays_small(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", HUGE_STRIDE_RUN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "note: stride 100000 is larger than the scene (256 x 256 pixels); using 256, so one "
+        "window classifies the whole scene." in result.stderr
+    )
+    _, peak, _, label_count = result.stdout.split()
+    assert int(label_count) == 1  # one window, one class over the whole scene
+    assert int(peak) < 200 * 2**20, f"peak of traced allocations {int(peak) / 2**20:.0f} MB"
+
+
+def test_per_window_batches_of_a_large_network_stay_under_the_activation_budget(capsys):
+    """VGG16's first layers hold 2 MB a window: 256 windows would take 0.5 GiB at once."""
+    from cnn_sentinel import networks
+
+    mean, std = talk_constants(13)
+    vgg16 = networks.build_network("vgg16", MS_BAND_NAMES, 10, mean, std, augment=False)
+    assert predictors.activation_bytes(vgg16) == 2 * 4 * 64 * 64 * 64
+    assert predictors.batch_within_budget(vgg16, 256) == 64
+    assert "note: batches of 64 windows, not 256" in capsys.readouterr().err
+    assert predictors.batch_within_budget(vgg16, 32) == 32
+    assert predictors.batch_within_budget(vgg16, 256, symmetries=8) == 8
+    small = tiny_model(3, [100.0] * 3, [30.0] * 3)
+    assert predictors.batch_within_budget(small, 256) == 256

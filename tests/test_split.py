@@ -8,6 +8,7 @@ import http.server
 import io
 import os
 import random
+import re
 import stat
 import subprocess
 import sys
@@ -31,10 +32,10 @@ SCRIPT = REPO_ROOT / "01_split_data_to_train_and_validation.py"
 split = load_script(SCRIPT.name, "split_script")
 
 
-def tiny_jpeg(value: int) -> bytes:
-    """An 8x8 grey JPEG of one value: a real image (01 reads every image), a few hundred bytes."""
+def tiny_jpeg(value: int, size: int = 64) -> bytes:
+    """A grey JPEG of one value, 64x64 by default: a real image (01 reads every image)."""
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (value % 256,) * 3).save(buffer, format="JPEG")
+    Image.new("RGB", (size, size), (value % 256,) * 3).save(buffer, format="JPEG")
     return buffer.getvalue()
 
 
@@ -457,10 +458,10 @@ def test_an_unreadable_image_is_named_at_split_time(tmp_path, damage):
 
 
 def write_ms_tiff(path: Path, value: int, bands: int = 13) -> None:
-    """A tiny 8x8 uint16 GeoTIFF with `bands` bands of one value."""
+    """A 64x64 uint16 GeoTIFF with `bands` bands of one value."""
     from osgeo import gdal
 
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), 8, 8, bands, gdal.GDT_UInt16)
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), 64, 64, bands, gdal.GDT_UInt16)
     for band in range(bands):
         dataset.GetRasterBand(band + 1).Fill(value + band)
     dataset = None
@@ -482,6 +483,39 @@ def test_a_mixed_folder_blames_the_odd_image_whichever_sorts_first(tmp_path, odd
     statistics = load_script("statistics.py", "statistics_script_for_split")
     with pytest.raises(InputError, match=rf"image .*{odd_name} has 3 bands"):
         statistics.main([str(source), "--output", str(tmp_path / "stats.json"), "--no-progress"])
+
+
+def test_images_smaller_than_the_window_are_refused_where_first_read(tmp_path):
+    """32x32 images: 01, statistics.py and a training script on a split made by hand each
+    refuse in one sentence naming what the networks need, before writing anything."""
+    source = tmp_path / "small"
+    for name in ("Forest", "River"):
+        (source / name).mkdir(parents=True)
+        for number in range(1, 6):
+            (source / name / f"{name}_{number}.jpg").write_bytes(tiny_jpeg(40 * number, size=32))
+    expected = (
+        f"images of {source / 'Forest'} are 32 x 32 pixels, smaller than the 64 x 64 pixel "
+        "window every network here takes"
+    )
+    with pytest.raises(InputError) as refused:
+        run(source, tmp_path / "split")
+    assert str(refused.value).startswith(expected) and "gdal_translate -outsize 64 64" in str(
+        refused.value
+    )
+    statistics = load_script("statistics.py", "statistics_script_for_small")
+    with pytest.raises(InputError, match=re.escape(expected)):
+        statistics.main([str(source), "--output", str(tmp_path / "stats.json"), "--no-progress"])
+    hand_made = tmp_path / "hand_made"
+    for part in ("train", "validation"):
+        (hand_made / part).mkdir(parents=True)
+        for name in ("Forest", "River"):
+            (hand_made / part / name).symlink_to(source / name)
+    scratch = load_script("03_train_rgb_from_scratch.py", "scratch_script_for_small")
+    with pytest.raises(InputError, match="are 32 x 32 pixels, smaller than the 64 x 64"):
+        scratch.main(
+            ["--data", str(hand_made), "--output", str(tmp_path / "runs"), "--arch", "tiny"]
+        )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hand_made", "small"]
 
 
 # --- leftovers and files that are not ours -----------------------------------------------

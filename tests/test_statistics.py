@@ -210,9 +210,9 @@ def test_a_constant_band_is_refused_before_anything_is_written(tmp_path):
     (folder / "Forest").mkdir(parents=True)
     for number in (1, 2):
         dataset = gdal.GetDriverByName("GTiff").Create(
-            str(folder / "Forest" / f"Forest_{number}.tif"), 8, 8, 2, gdal.GDT_UInt16
+            str(folder / "Forest" / f"Forest_{number}.tif"), 64, 64, 2, gdal.GDT_UInt16
         )
-        dataset.GetRasterBand(1).WriteArray(np.arange(64).reshape(8, 8) * number)
+        dataset.GetRasterBand(1).WriteArray(np.arange(64 * 64).reshape(64, 64) * number)
         dataset.GetRasterBand(2).Fill(7)
         dataset = None
     output = tmp_path / "band_stats.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from script_modules import load_script
 from cnn_sentinel import networks as nf
 from cnn_sentinel import training
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.scene import reading as scenes
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, list_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -125,16 +127,18 @@ def test_03_rgb_from_scratch_talk_epochs_and_bf16(rgb_split, tmp_path):
 
 
 def test_recipe_talk_takes_the_talks_settings_except_flags_given(rgb_split, tmp_path):
+    # --batch-size 128 and --learning-rate 0.1 equal the script's defaults: given, so kept.
     script_main("03")(
         ["--data", str(rgb_split), "--recipe", "talk", "--epochs", "1", "--steps-per-epoch", "2",
          "--arch", "tiny", "--output", str(tmp_path), "--run-name", "talk",
-         "--mixed-precision", "off"]
+         "--mixed-precision", "off", "--batch-size", "128", "--learning-rate", "0.1"]
     )  # fmt: skip
     settings = json.loads((tmp_path / "talk" / "model.json").read_text())["settings"]
-    # Given as flags: kept. Not given: the talk's (Adam 0.001, batch 64, rotations in the model).
+    assert "_flags_given" not in settings
+    # Given as flags: kept. Not given: the talk's (Adam, rotations in the model, patience 50).
     assert (settings["arch"], settings["epochs"]) == ("tiny", 1)
-    assert (settings["optimizer"], settings["learning_rate"]) == ("adam", 0.001)
-    assert (settings["batch_size"], settings["augmentation"]) == (64, "talk")
+    assert (settings["optimizer"], settings["learning_rate"]) == ("adam", 0.1)
+    assert (settings["batch_size"], settings["augmentation"]) == (128, "talk")
     assert (settings["schedule"], settings["label_smoothing"], settings["patience"]) == (
         "constant",
         0.0,
@@ -222,8 +226,13 @@ def test_rerun_resumes_after_interruption_and_refuses_finished_run(
     state = json.loads((run / "state.json").read_text())
     assert state["last_checkpoint"] == "epoch-002.keras" and state["epoch"] == 2
     checkpoints = {path.name for path in (run / "checkpoints").iterdir()}
-    assert checkpoints == {state["last_checkpoint"], state["best_checkpoint"]}
+    assert checkpoints == {state["last_checkpoint"], state["best_checkpoint"], "model.json"}
     nf.load_model(run / "checkpoints" / state["last_checkpoint"])  # the last good checkpoint
+    # A checkpoint used as a model (06 --model) knows its run's classes and bands.
+    _model, info = scenes.load_scene_model(run / "checkpoints" / state["last_checkpoint"])
+    assert info.class_names == sorted(path.name for path in (rgb_split / "train").iterdir())
+    assert info.band_names == ["B04", "B03", "B02"] and info.arch == "tiny"
+    assert info.source == str(run / "checkpoints" / "model.json")
     # Runs saved before the checkpoints were named by epoch resume too (state.json
     # without checkpoint names; checkpoints/last.keras and <stage>-best.keras).
     checkpoints = run / "checkpoints"
@@ -410,3 +419,36 @@ def test_05_learns_real_multispectral_samples_well_above_chance(real_ms_dir, tmp
         (tmp_path / "runs" / "ms-scratch-tiny" / "report" / "metrics.json").read_text()
     )
     assert metrics["validation"]["overall_accuracy"] >= 0.4
+
+
+def test_a_full_disk_in_training_is_one_sentence_and_the_run_resumes(
+    rgb_split, tmp_path, monkeypatch
+):
+    """The disk fills while epoch 2's checkpoint is written (ENOSPC from the write)."""
+    import keras
+
+    arguments = ["--data", str(rgb_split), "--epochs", "2", "--output", str(tmp_path), *FAST]
+    original_save = keras.Model.save
+    saved = []
+
+    def save_until_full(model, path, *args, **kwargs):
+        saved.append(path)
+        if len(saved) == 2:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original_save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save_until_full)
+    with pytest.raises(InputError) as raised:
+        script_main("03")(arguments)
+    run = tmp_path / "rgb-scratch-tiny"
+    first = (run / "checkpoints" / "epoch-001.keras").stat().st_size
+    assert str(raised.value).startswith(
+        f"no space left in {run / 'checkpoints'} for epoch-002.keras ("
+    )
+    assert f"about {first / 2**20:.1f} MB needed)" in str(raised.value)
+    assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    assert not [path for path in run.rglob("*") if ".partial-" in path.name]
+    monkeypatch.setattr(keras.Model, "save", original_save)
+    script_main("03")(arguments)  # space freed: the same command resumes and finishes
+    assert json.loads((run / "model.json").read_text())["epochs_trained"] == 2

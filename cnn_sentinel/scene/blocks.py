@@ -119,9 +119,10 @@ class PredictedBlock:
         """(grid rows, grid cols) -> the block's output pixels (rows, cols), each value
         over its stride x stride cell, `fill` on nodata pixels and under cloud."""
         stride, nodata = self.source.stride, self.source.nodata
-        if stride > 1:
-            values = np.repeat(np.repeat(values, stride, axis=0), stride, axis=1)
-        values = np.ascontiguousarray(values[: nodata.shape[0], : nodata.shape[1]])
+        # Each output pixel picks its cell's value: memory grows with the block, not
+        # with stride squared (a repeat would make whole stride x stride cells first).
+        rows, cols = nodata.shape
+        values = values[np.ix_(np.arange(rows) // stride, np.arange(cols) // stride)]
         values[nodata] = fill
         if self.cloud is not None:
             values[self.cloud] = fill

@@ -199,14 +199,29 @@ def scene_cloud_mask(
 
 
 def cloud_mask_choice(
-    mode: str, band_names: Sequence[str], threshold: float, scene_label: str
+    mode: str,
+    band_names: Sequence[str],
+    threshold: float,
+    scene_label: str,
+    names_assumed: bool = False,
 ) -> tuple[bool, str]:
     """Whether 06 masks clouds (mode "auto", "on" or "off"), and the banner's words for it.
 
     auto: on when the scene has CLOUD_BANDS and s2cloudless is installed. on:
     InputError when it cannot be (missing bands or package). When on, the
     detector's model is loaded here, with 06's other set-up, not in the first block.
+    names_assumed: the scene's bands have no names (band_names are assumed from their
+    count), which the words then say, since the mask reads its bands by those names.
     """
+    masking, words = _cloud_mask_choice(mode, band_names, threshold, scene_label)
+    if masking and names_assumed:
+        words += "; the scene's bands are unnamed, so the mask takes them in EuroSAT's order"
+    return masking, words
+
+
+def _cloud_mask_choice(
+    mode: str, band_names: Sequence[str], threshold: float, scene_label: str
+) -> tuple[bool, str]:
     if mode not in CLOUD_MASK_MODES:
         raise InputError(f"cloud mask must be one of {', '.join(CLOUD_MASK_MODES)}, not {mode}.")
     if not 0.0 < threshold < 1.0:

@@ -17,7 +17,7 @@ from typing import Final
 from osgeo import gdal
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.outputs import atomic_output, refuse_existing
+from cnn_sentinel.outputs import atomic_output, folder_lock, outputs_need, refuse_existing
 from cnn_sentinel.precision import precision_policy
 from cnn_sentinel.scene import clouds, predictors, writers
 from cnn_sentinel.scene import reading as scenes
@@ -68,6 +68,20 @@ def classify_one(settings, image: str | Path) -> dict:
     probability_path = output_dir / f"{stem}_prob.tif"
     quicklook_path = output_dir / f"{stem}_quicklook.png"
     outputs = [label_path, probability_path] + ([quicklook_path] if settings.quicklook else [])
+    # One run at a time writes a scene's outputs into a folder; a second is refused.
+    with folder_lock(
+        output_dir,
+        stem,
+        f"output folder {output_dir} (outputs {stem}_*)",
+        "wait for that run to end or give another --output-dir",
+    ):
+        return _classify_into(settings, image, scene, outputs)
+
+
+def _classify_into(settings, image: Path, scene: gdal.Dataset, outputs: list[Path]) -> dict:
+    """classify_one's work once the outputs' folder is locked: outputs are the label,
+    probability and (QUICKLOOK) quicklook paths."""
+    label_path, stem = outputs[0], scenes.scene_stem(image)
     refuse_existing(outputs, settings.overwrite)
     scene_names = scenes.scene_band_names(scene)
     model, model_words = settings.model, ""
@@ -77,7 +91,11 @@ def classify_one(settings, image: str | Path) -> dict:
         raise InputError(f"model {model} does not exist.")
 
     masking, masking_words = clouds.cloud_mask_choice(
-        settings.cloud_mask, scene_names, settings.cloud_threshold, str(image)
+        settings.cloud_mask,
+        scene_names,
+        settings.cloud_threshold,
+        str(image),
+        scenes.band_names_assumed(scene),
     )
     steps = []
     cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)
@@ -110,7 +128,15 @@ def classify_one(settings, image: str | Path) -> dict:
 
     gdal.SetCacheMax(settings.gdal_cache_mb * 2**20)
     started = time.perf_counter()
+    class_count = len(classification.config.class_names)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            outputs_need(
+                label_path.parent,
+                f"the outputs of {stem}",
+                writers.output_bytes(scene, class_count, settings.probabilities),
+            )
+        )
         temporary = [
             stack.enter_context(atomic_output(path, settings.overwrite)) for path in outputs
         ]

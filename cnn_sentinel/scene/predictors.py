@@ -20,6 +20,8 @@ one entry point that 06 and the tests use.
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +50,11 @@ from cnn_sentinel.scene.dense import (
     dense_unsupported_reason,
     dihedral_unsupported_reason,
 )
+from cnn_sentinel.scene.geometry import warn_if_pixel_size_differs
 from cnn_sentinel.scene.products import dn_offset_words
 from cnn_sentinel.scene.radiometry import reflectance_factor
 from cnn_sentinel.scene.reading import (
+    band_choice_words,
     choose_scene_bands,
     load_scene_model,
     read_blocks,
@@ -66,6 +70,11 @@ from cnn_sentinel.scene.reading import (
 FLOAT32_LAYERS = ("InputLayer", "Normalization", "Rescaling")
 # Ways to compute a scene: per window, whole blocks at once, or dense when the model allows.
 METHODS = ("auto", "windows", "dense")
+# Most memory the activations of one forward pass of the per-window path may take: a
+# batch of windows through a network with large early feature maps (VGG16: 2 MB a
+# window) is cut to fit; on a CPU a VGG16 batch of 64 ran as fast as one of 256 and
+# peaked 0.3-0.4 GiB lower (benchmarks/README.md, issue 21).
+ACTIVATION_BUDGET = 128 * 2**20
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +265,7 @@ class SceneClassification:
     reflectance_factor: float = 1.0
     reflectance_words: str = ""
     adaptation: Adaptation | None = None
+    band_words: str = ""  # a band choice that is a fallback, with its reason (describe)
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -273,7 +283,7 @@ class SceneClassification:
         )
         return (
             f"{self.dataset.RasterXSize}x{self.dataset.RasterYSize} px, bands "
-            f"{', '.join(names[index] for index in self.band_indices)} -> "
+            f"{', '.join(names[index] for index in self.band_indices)}{self.band_words} -> "
             f"{len(self.config.class_names)} classes, {self.precision}"
             f"{', talk normalisation' if self.config.normalise_in_front else ''}"
             f"{self.reflectance_words}"
@@ -299,6 +309,7 @@ class SceneClassification:
                 symmetries=8 if self.tta else 1,
             )
         model = self.model
+        batch_size = batch_within_budget(model, batch_size, 8 if self.tta else 1)
         if self.tta:
             model = with_dihedral_averaging(model)
         forward = make_predictor(model, self.config, self.input_dtype, len(self.band_indices))
@@ -324,6 +335,7 @@ class SceneClassification:
         """
         check_run_settings(stride, batch_size, block_rows)
         rows, cols = self.dataset.RasterYSize, self.dataset.RasterXSize
+        stride = clamp_stride(stride, rows, cols)
         block_rows = max(stride, block_rows // stride * stride)
         class_count = len(self.config.class_names)
         predictor = predictor or self.predictor(batch_size, prefetch_depth)
@@ -364,6 +376,58 @@ class SceneClassification:
             "cloud": int(label_counts[CLOUD_LABEL]),
             "nodata": int(label_counts[LABEL_NODATA]),
         }
+
+
+def _layers(model) -> Iterator:
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):  # a nested model (a backbone)
+            yield from _layers(layer)
+
+
+def activation_bytes(model) -> int:
+    """Bytes one window's largest layer output takes, with that layer's input (float32):
+    what a forward pass holds at its peak, per window (VGG16 on 64 x 64: 2 MB)."""
+    largest = 0
+    for layer in _layers(model):
+        try:
+            shape = tuple(layer.output.shape[1:])
+        except (AttributeError, ValueError):
+            continue
+        if shape and all(isinstance(side, int) for side in shape):
+            largest = max(largest, math.prod(shape))
+    return 2 * 4 * largest
+
+
+def batch_within_budget(model, batch_size: int, symmetries: int = 1) -> int:
+    """`batch_size`, or fewer windows when a batch's activations (activation_bytes, times
+    the TTA symmetries) would pass ACTIVATION_BUDGET; the note says so. Results do not
+    change: every window is computed on its own."""
+    per_window = activation_bytes(model) * symmetries
+    fitting = max(1, ACTIVATION_BUDGET // max(per_window, 1))
+    if batch_size <= fitting:
+        return batch_size
+    print(
+        f"note: batches of {fitting} windows, not {batch_size}: this model's activations take "
+        f"{per_window / 2**20:.1f} MB a window, and a batch is kept under "
+        f"{ACTIVATION_BUDGET // 2**20} MB.",
+        file=sys.stderr,
+    )
+    return fitting
+
+
+def clamp_stride(stride: int, rows: int, cols: int) -> int:
+    """A stride no larger than the scene's longer side, with a note when it was larger
+    (then one window classifies the whole scene)."""
+    longest = max(rows, cols)
+    if stride <= longest:
+        return stride
+    print(
+        f"note: stride {stride} is larger than the scene ({rows} x {cols} pixels); using "
+        f"{longest}, so one window classifies the whole scene.",
+        file=sys.stderr,
+    )
+    return longest
 
 
 def check_run_settings(stride: int, batch_size: int, block_rows: int) -> None:
@@ -418,7 +482,9 @@ def prepare_classification(
         scene_band_names(dataset), config.band_names, bands, scene_label
     )
     warn_if_not_georeferenced(dataset, scene_label)
-    scaling = rgb_scaling_needed(rgb_scaling, config.band_names, dataset)
+    warn_if_pixel_size_differs(dataset, config.pixel_size, scene_label)
+    scaling = rgb_scaling_needed(rgb_scaling, config.band_names, dataset, band_indices)
+    band_words = band_choice_words(dataset, config.band_names, band_indices, bands)
     factor, factor_words = reflectance_factor(reflectance_scale, dataset, band_indices, scene_label)
     check_adapt_settings(adapt, adapt_blend, adapt_windows)
     model = with_precision(model, precision)
@@ -456,4 +522,5 @@ def prepare_classification(
         factor,
         factor_words,
         adaptation,
+        band_words,
     )

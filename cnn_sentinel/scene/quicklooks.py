@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+from cnn_sentinel.fonts import fonts_for
 from cnn_sentinel.scene.blocks import (
     CLOUD_COLOUR,
     CLOUD_LABEL,
@@ -104,32 +105,38 @@ def save_quicklook(
     from matplotlib import pyplot as plt
     from matplotlib.patches import Patch
 
-    colours = label_colours(class_names)
-    panels = [("label map", colours[labels])]
-    if picture is not None:
-        panels.insert(0, ("true colour (B04, B03, B02)", picture))
-    names = label_names(class_names)
-    texts, handles = [], []
-    for value, share in label_shares(counts).items():
-        texts.append(f"{names.get(value, f'label {value}')} {100 * share:.1f} %")
-        handles.append(Patch(facecolor=colours[value] / 255.0, edgecolor="black", label=texts[-1]))
+    with fonts_for(class_names):  # class names in any alphabet
+        colours = label_colours(class_names)
+        panels = [("label map", colours[labels])]
+        if picture is not None:
+            panels.insert(0, ("true colour (B04, B03, B02)", picture))
+        names = label_names(class_names)
+        texts, handles = [], []
+        for value, share in label_shares(counts).items():
+            texts.append(f"{names.get(value, f'label {value}')} {100 * share:.1f} %")
+            handles.append(
+                Patch(facecolor=colours[value] / 255.0, edgecolor="black", label=texts[-1])
+            )
 
-    panel_width = 6.0
-    panel_height = max(2.0, panel_width * labels.shape[0] / labels.shape[1])
-    figure, axes = plt.subplots(
-        1, len(panels), figsize=(panel_width * len(panels) + 2.5, panel_height + 0.8), squeeze=False
-    )
-    for axis, (name, image) in zip(axes[0], panels, strict=True):
-        axis.imshow(image, interpolation="nearest")
-        axis.set_title(name, fontsize=10)
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.suptitle(title)
-    axes[0][-1].legend(
-        handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
-    )
-    figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+        panel_width = 6.0
+        panel_height = max(2.0, panel_width * labels.shape[0] / labels.shape[1])
+        figure, axes = plt.subplots(
+            1,
+            len(panels),
+            figsize=(panel_width * len(panels) + 2.5, panel_height + 0.8),
+            squeeze=False,
+        )
+        for axis, (name, image) in zip(axes[0], panels, strict=True):
+            axis.imshow(image, interpolation="nearest")
+            axis.set_title(name, fontsize=10)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        figure.suptitle(title)
+        axes[0][-1].legend(
+            handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+        )
+        figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
     return texts
 
 

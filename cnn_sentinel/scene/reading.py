@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.networks import load_model
 from cnn_sentinel.scene.blocks import ReadBlock
+from cnn_sentinel.scene.geometry import bbox_window
 from cnn_sentinel.scene.products import is_sentinel2_product, sentinel2_stack
 from image_functions import (
     CLASS_NAMES,
@@ -118,6 +120,13 @@ def load_scene_model(model_path: str | Path):
             if output_units == len(CLASS_NAMES)
             else [f"class{index}" for index in range(output_units)]
         )
+        if model_path.suffix.lower() == ".keras":  # the talk's models are .h5/.hdf5
+            print(
+                f"note: no model.json found for {model_path} (beside it, or in its run folder "
+                f"for a checkpoint), so its {output_units} classes are ASSUMED to be "
+                f"{', '.join(class_names)}; copy the run's model.json beside it if they are not.",
+                file=sys.stderr,
+            )
     band_names = (info.band_names if info is not None else []) or default_band_names(model_bands)
     input_size = (info.input_size if info is not None else None) or model_size or IMAGE_SIZE
     source = info.source if info is not None else f"{model_path} (no model.json)"
@@ -195,17 +204,7 @@ def open_scene(
         transform = dataset.GetGeoTransform(can_return_null=True)
         if transform is None:
             raise InputError(f"scene {path} has no georeferencing, so a bounding box cannot apply.")
-        minx, miny, maxx, maxy = bbox
-        columns = sorted(
-            ((minx - transform[0]) / transform[1], (maxx - transform[0]) / transform[1])
-        )
-        rows = sorted(((maxy - transform[3]) / transform[5], (miny - transform[3]) / transform[5]))
-        window = (
-            math.floor(columns[0] + 1e-9),
-            math.floor(rows[0] + 1e-9),
-            math.ceil(columns[1] - 1e-9) - math.floor(columns[0] + 1e-9),
-            math.ceil(rows[1] - 1e-9) - math.floor(rows[0] + 1e-9),
-        )
+        window = bbox_window(dataset, bbox, str(path))
     if window:
         if len(window) != 4:
             raise InputError(f"pixel window {list(window)} is not xoff yoff xsize ysize.")
@@ -504,19 +503,50 @@ def warn_if_not_georeferenced(dataset: gdal.Dataset, scene_label: str) -> None:
         )
 
 
-def rgb_scaling_needed(mode: str, model_bands: Sequence[str], dataset: gdal.Dataset) -> bool:
+def rgb_scaling_needed(
+    mode: str,
+    model_bands: Sequence[str],
+    dataset: gdal.Dataset,
+    band_indices: Sequence[int] | None = None,
+) -> bool:
     """Whether to scale L1C digital numbers like EuroSAT's JPEGs (0..2750 -> 1..255).
 
     mode "eurosat": always; "none": never; "auto": for an RGB model (B04, B03,
-    B02) reading a scene that is not 8-bit.
+    B02) reading bands that are not 8-bit: the bands it reads (0-based
+    `band_indices`; all bands when None), not the scene's first.
     """
     if mode == "eurosat":
         return True
     if mode == "none":
         return False
-    return tuple(model_bands) == RGB_BAND_NAMES and (
-        dataset.GetRasterBand(1).DataType != gdal.GDT_Byte
+    used = range(dataset.RasterCount) if band_indices is None else band_indices
+    return tuple(model_bands) == RGB_BAND_NAMES and any(
+        dataset.GetRasterBand(index + 1).DataType != gdal.GDT_Byte for index in used
     )
+
+
+def band_names_assumed(dataset: gdal.Dataset) -> bool:
+    """Whether scene_band_names had to assume the names (a band without a description)."""
+    return not all(
+        dataset.GetRasterBand(number).GetDescription().strip()
+        for number in range(1, dataset.RasterCount + 1)
+    )
+
+
+def band_choice_words(
+    dataset: gdal.Dataset, model_bands: Sequence[str], band_indices: Sequence[int], spec
+) -> str:
+    """06's banner words for a band choice that is a fallback, with its reason ("" for
+    a choice by name or by --bands): bands taken in file order because their names are
+    not the model's, or names assumed from the band count because the scene has none."""
+    names = scene_band_names(dataset)
+    if spec:
+        return ""
+    if not all(name in names for name in model_bands):
+        return f" (taken in file order as the model's {', '.join(model_bands)})"
+    if band_names_assumed(dataset):
+        return " (the scene names no bands: named by their count)"
+    return ""
 
 
 def scene_dtype(

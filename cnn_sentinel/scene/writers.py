@@ -146,6 +146,17 @@ def write_category_names(
     dataset = None
 
 
+# Room for a quicklook PNG (at most 2000 px a side, a few MB), for the space needed.
+QUICKLOOK_BYTES = 8 * 2**20
+
+
+def output_bytes(dataset: gdal.Dataset, class_count: int, probabilities: str = "max") -> int:
+    """The most space 06's outputs of `dataset` take (GeoTIFFs uncompressed, one byte a
+    label and four a probability band, plus a quicklook), for the sentence of a full disk."""
+    bands = class_count if probabilities == "all" else 1
+    return dataset.RasterXSize * dataset.RasterYSize * (1 + 4 * bands) + QUICKLOOK_BYTES
+
+
 def output_writers(
     dataset: gdal.Dataset,
     class_names: Sequence[str],
