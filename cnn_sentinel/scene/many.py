@@ -433,11 +433,11 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
         try:
             print(f"Dask: {len(client.nthreads())} workers; dashboard {client.dashboard_link}")
             run_on_dask(client, settings, todo, finished)
-        finally:
-            cluster = client.cluster
-            client.close()
-            if cluster is not None and scheduler == "local":
-                cluster.close()
+        finally:  # the embedded cluster stops with its workers; a cluster's own stays up
+            if scheduler == "local":
+                client.shutdown()
+            else:
+                client.close()
     ordered = [rows[image] for image in images]
     write_summary(run_folder, ordered)
     if len(images) > 1:
