@@ -137,14 +137,18 @@ def test_row_bands_are_whole_row_blocks():
     assert job.row_bands(10, 2048, 1, 256) == [(0, 10)]
 
 
-@pytest.mark.parametrize("stride", [1, 16])
-@pytest.mark.parametrize("cloud_mask", ["auto", "off"])
-def test_bands_assemble_into_the_whole_scene_outputs(case, tmp_path, stride, cloud_mask):
+@pytest.mark.parametrize(
+    ("stride", "cloud_mask", "probabilities"),
+    [(1, "auto", "max"), (1, "off", "max"), (16, "auto", "max"), (16, "off", "all")],
+)
+def test_bands_assemble_into_the_whole_scene_outputs(
+    case, tmp_path, stride, cloud_mask, probabilities
+):
     """classify_band on each band (halo from the scene's real rows) then assemble_scene
     give the outputs of classify_one: labels identical, probabilities within 1e-6."""
     flags = [
         "--model", case["model"], "--stride", stride, "--cloud-mask", cloud_mask,
-        "--block-rows", "16", "--no-progress",
+        "--block-rows", "16", "--probabilities", probabilities, "--no-progress",
     ]  # fmt: skip
     whole = classify_image.main(
         [str(value) for value in ["--image", case["cloudy"], "--output-dir", tmp_path / "whole",
@@ -165,6 +169,9 @@ def test_bands_assemble_into_the_whole_scene_outputs(case, tmp_path, stride, clo
     assert_same_outputs(tmp_path / "bands", tmp_path / "whole", "cloudy")
     for name in ("windows", "classified", "pixels", "cloud", "nodata"):
         assert summary[name] == whole[name]
+    assert read_outputs(tmp_path / "bands", "cloudy")[1].ndim == (
+        3 if probabilities == "all" else 2
+    )
     assert (summary["cloud"] > 0) == (cloud_mask == "auto")
     labels = gdal.Open(str(tmp_path / "bands" / "cloudy_label.tif"))
     labels.GetGeoTransform()  # GDAL 3.6 reads the .aux.xml on this first query

@@ -330,8 +330,8 @@ def run_in_process(settings, todo: list[Path], finished) -> None:
     for image in todo:
         try:
             summary = job.classify_one(settings, image)
-        except InputError as error:  # a bad scene fails alone
-            print(f"error: {error}")
+        except Exception as error:  # a bad scene fails alone, as a task on Dask does
+            print(f"error: {failure_sentence(error)}")
             finished(image, None, error)
         else:
             finished(image, summary, None)
@@ -341,7 +341,6 @@ def submit_scene(client, settings, image: Path) -> list:
     """The futures of one scene, the one that ends it last: a whole-scene task, or
     its band tasks and the assembling task."""
     scene = job.open_settings_scene(settings, image)
-    refuse_existing(job.scene_outputs(settings, image).files, settings.overwrite)
     bands = [(0, scene.RasterYSize)]
     if settings.band_rows:
         bands = job.row_bands(
@@ -369,10 +368,13 @@ def run_on_dask(client, settings, todo: list[Path], finished) -> None:
     """The scenes as Dask tasks; a progress bar counts scenes (bands in its postfix)."""
     from dask.distributed import as_completed
 
-    worker_settings = argparse.Namespace(**{**vars(settings), "progress": False})
+    # Existing outputs were refused here (submit_scene); a task run again after its worker
+    # died may find the outputs it had written, and replaces them.
+    worker_settings = argparse.Namespace(**{**vars(settings), "progress": False, "overwrite": True})
     last_futures, all_futures = {}, []
     for image in todo:
         try:
+            refuse_existing(job.scene_outputs(settings, image).files, settings.overwrite)
             futures = submit_scene(client, worker_settings, image)
         except InputError as error:
             print(f"error: {error}")
