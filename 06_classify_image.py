@@ -54,7 +54,7 @@ PROGRESS = True  # show a progress bar
 COG = True  # label and probability maps as Cloud-Optimized GeoTIFFs (overviews: mode, average)
 SCHEDULER = "auto"  # auto: none for one scene, local for several; none; local; or tcp://host:8786
 WORKERS = 0  # workers of the local Dask cluster; 0: the cores / THREADS_PER_WORKER
-THREADS_PER_WORKER = 1  # threads of each Dask worker (TensorFlow's threads there too)
+THREADS_PER_WORKER = 2  # threads (scenes at a time) of each Dask worker; TensorFlow's there too
 BAND_ROWS = 2048  # Dask: a scene taller than this is cut into row bands, one task each; 0: never
 OVERWRITE = False  # replace existing outputs
 

@@ -33,6 +33,7 @@ import io
 import json
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -428,6 +429,7 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
         manifest.record(image, settings, summary)
         rows[image] = summary_row(image, "done", summary, None)
 
+    stopping = threading.Thread()
     if todo and scheduler == "none":
         run_in_process(settings, todo, finished)
     elif todo:
@@ -435,15 +437,20 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
         try:
             print(f"Dask: {len(client.nthreads())} workers; dashboard {client.dashboard_link}")
             run_on_dask(client, settings, todo, finished)
-        finally:  # the embedded cluster stops with its workers; a cluster's own stays up
-            if scheduler == "local":
-                client.shutdown()
-            else:
-                client.close()
-    ordered = [rows[image] for image in images]
-    write_summary(run_folder, ordered)
-    if len(images) > 1:
-        write_mosaic(run_folder, settings, [image for image in images if rows[image]["done"]])
+        except BaseException:
+            stop_client(client, scheduler)
+            raise
+        # The workers take seconds to stop: meanwhile the summary and the mosaic are written.
+        stopping = threading.Thread(target=stop_client, args=(client, scheduler))
+    stopping.start()
+    try:
+        ordered = [rows[image] for image in images]
+        write_summary(run_folder, ordered)
+        if len(images) > 1:
+            done = [image for image in images if rows[image]["done"]]
+            write_mosaic(run_folder, settings, done)
+    finally:
+        stopping.join()
     failed = [row for row in ordered if row["status"] == "failed"]
     if failed:
         raise InputError(
@@ -451,6 +458,14 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
             f"see {run_folder / SUMMARY_CSV}."
         )
     return ordered
+
+
+def stop_client(client, scheduler: str) -> None:
+    """Close the client; an embedded cluster stops with its workers, a cluster's own stays up."""
+    if scheduler == "local":
+        client.shutdown()
+    else:
+        client.close()
 
 
 def common_folder(images: list[Path]) -> Path:
