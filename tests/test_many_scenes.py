@@ -203,6 +203,10 @@ def test_outputs_are_cloud_optimized_with_names_and_colours(case, tmp_path):
     assert info["metadata"]["IMAGE_STRUCTURE"]["LAYOUT"] == "COG"
     assert len(info["bands"][0]["overviews"]) >= 1
     assert info["bands"][0]["colorTable"]["count"] == 256
+    # Mode overviews hold only class values; average ones would blend them.
+    big_label = gdal.Open(str(tmp_path / "big_label.tif"))
+    overview = big_label.GetRasterBand(1).GetOverview(0).ReadAsArray()
+    assert set(np.unique(overview)) <= set(np.unique(big_label.ReadAsArray()))
 
 
 # ---------------------------------------------------------------------------

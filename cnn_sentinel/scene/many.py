@@ -26,6 +26,7 @@ functions that need it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import glob
 import hashlib
@@ -178,15 +179,18 @@ def start_client(scheduler: str, workers: int, threads_per_worker: int):
 _LOADED_MODELS: dict[tuple[str, int], tuple[object, ModelInfo]] = {}
 
 
-def match_tensorflow_threads() -> None:
-    """In a Dask worker, give TensorFlow as many threads as the worker has (before
-    TensorFlow starts; later it keeps its own)."""
+def set_up_worker_process() -> None:
+    """In a Dask worker process, before its first model: give TensorFlow as many threads
+    as the worker has (before TensorFlow starts; later it keeps its own), and let the
+    process end without TensorFlow's clean-up (seconds of a cluster's shutdown; every
+    output is closed by then, its task finished)."""
     try:
         from distributed import get_worker
 
         threads = get_worker().state.nthreads
     except (ImportError, ValueError):
         return
+    atexit.register(os._exit, 0)
     import tensorflow as tf
 
     try:
@@ -201,7 +205,7 @@ def cached_model(path: str) -> tuple[object, ModelInfo]:
     resolved = Path(path).resolve()
     key = (str(resolved), resolved.stat().st_mtime_ns)
     if key not in _LOADED_MODELS:
-        match_tensorflow_threads()
+        set_up_worker_process()
         _LOADED_MODELS[key] = load_scene_model(resolved)
     return _LOADED_MODELS[key]
 
