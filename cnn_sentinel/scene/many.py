@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -342,16 +343,17 @@ def run_in_process(settings, todo: list[Path], finished) -> None:
             finished(image, summary, None)
 
 
-def submit_scene(client, settings, image: Path) -> list:
+def submit_scene(client, settings, image: Path, run: str) -> list:
     """The futures of one scene, the one that ends it last: a whole-scene task, or
-    its band tasks and the assembling task."""
+    its band tasks and the assembling task (keys named by scene and by `run`, so two
+    runs on one cluster never share a task)."""
     scene = job.open_settings_scene(settings, image)
     bands = [(0, scene.RasterYSize)]
     if settings.band_rows:
         bands = job.row_bands(
             scene.RasterYSize, settings.band_rows, settings.stride, settings.block_rows
         )
-    name = f"{scene_stem(image)}-{hashlib.sha1(str(image).encode()).hexdigest()[:8]}"
+    name = f"{scene_stem(image)}-{hashlib.sha1(str(image).encode()).hexdigest()[:8]}-{run}"
     if len(bands) == 1:
         return [client.submit(scene_task, settings, str(image), key=f"scene-{name}")]
     outputs = job.scene_outputs(settings, image)
@@ -373,14 +375,15 @@ def run_on_dask(client, settings, todo: list[Path], finished) -> None:
     """The scenes as Dask tasks; a progress bar counts scenes (bands in its postfix)."""
     from dask.distributed import as_completed
 
-    # Existing outputs were refused here (submit_scene); a task run again after its worker
-    # died may find the outputs it had written, and replaces them.
+    # Existing outputs are refused here, once; a task run again after its worker died may
+    # find the outputs it had written, and replaces them.
     worker_settings = argparse.Namespace(**{**vars(settings), "progress": False, "overwrite": True})
     last_futures, all_futures = {}, []
+    run = uuid.uuid4().hex[:8]
     for image in todo:
         try:
             refuse_existing(job.scene_outputs(settings, image).files, settings.overwrite)
-            futures = submit_scene(client, worker_settings, image)
+            futures = submit_scene(client, worker_settings, image, run)
         except InputError as error:
             print(f"error: {error}")
             finished(image, None, error)
