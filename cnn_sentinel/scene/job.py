@@ -289,7 +289,6 @@ def classify_band(
     label_path, probability_path, counts_path = band_files(Path(folder), first_row)
     if counts_path.exists():
         return json.loads(counts_path.read_text(encoding="utf-8"))
-    Path(folder).mkdir(parents=True, exist_ok=True)  # bands of a scene may start together
     prepared = prepare_scene(settings, image, load_model)
     classification = prepared.classification
     scene = prepared.scene
