@@ -304,6 +304,18 @@ def test_the_model_is_loaded_once_per_worker(case, cluster, tmp_path):
     assert set(threads.values()) <= {0, 1}
 
 
+def test_a_cached_model_comes_back_with_its_weights_as_loaded(case):
+    """A task that changes the model (the scene adaptation sets batch-normalisation
+    statistics) leaves nothing for the next task of the worker."""
+    model, _ = many.cached_model(str(case["model"]))
+    loaded = [weights.copy() for weights in model.get_weights()]
+    model.set_weights([weights + 1.0 for weights in loaded])
+    again, _ = many.cached_model(str(case["model"]))
+    assert again is model
+    for weights, expected in zip(again.get_weights(), loaded, strict=True):
+        np.testing.assert_array_equal(weights, expected)
+
+
 def test_local_cluster_from_the_flags(case, tmp_path, capsys):
     summary = run(
         [case["cloudy"], case["plain"]], case["model"], tmp_path,

@@ -175,9 +175,11 @@ def start_client(scheduler: str, workers: int, threads_per_worker: int):
 # Worker side: the model cache and the tasks
 # ---------------------------------------------------------------------------
 
-# Models loaded in this process, by (path, modification time): a Dask worker process
-# keeps its models between tasks, so each is read from disk once per worker.
-_LOADED_MODELS: dict[tuple[str, int], tuple[object, ModelInfo]] = {}
+# Models loaded in this process, by (path, modification time, thread): a Dask worker keeps
+# its models between tasks, so each is read from disk once per worker thread, with its
+# weights as loaded (a task may change a model's weights: the scene adaptation of issue 18
+# sets its batch-normalisation statistics, so two threads never share one model).
+_LOADED_MODELS: dict[tuple[str, int, int], tuple[object, ModelInfo, list]] = {}
 
 
 def set_up_worker_process() -> None:
@@ -202,13 +204,17 @@ def set_up_worker_process() -> None:
 
 
 def cached_model(path: str) -> tuple[object, ModelInfo]:
-    """The model at `path` and its ModelInfo, loaded once per process."""
+    """The model at `path` and its ModelInfo, loaded once per process and thread, its
+    weights set back to the file's at every call (what an earlier task changed is undone)."""
     resolved = Path(path).resolve()
-    key = (str(resolved), resolved.stat().st_mtime_ns)
+    key = (str(resolved), resolved.stat().st_mtime_ns, threading.get_ident())
     if key not in _LOADED_MODELS:
         set_up_worker_process()
-        _LOADED_MODELS[key] = load_scene_model(resolved)
-    return _LOADED_MODELS[key]
+        model, config = load_scene_model(resolved)
+        _LOADED_MODELS[key] = (model, config, model.get_weights())
+    model, config, weights = _LOADED_MODELS[key]
+    model.set_weights(weights)
+    return model, config
 
 
 def scene_task(settings: argparse.Namespace, image: str) -> dict:
