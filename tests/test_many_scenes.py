@@ -30,7 +30,10 @@ from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 classify_image = load_script("06_classify_image.py", "classify_image_many")
 
 # Flags of every run here: small blocks and bands, so a 96-row scene has several.
-SMALL = ["--block-rows", "16", "--band-rows", "32", "--no-progress"]
+# --adapt off: every band would measure and adapt to the whole scene again (the same
+# numbers, at a cost); the tests that check it with adaptation say so.
+SMALL = ["--block-rows", "16", "--band-rows", "32", "--no-progress", "--adapt", "off"]
+ADAPTED = ["--adapt", "on", "--adapt-windows", "128"]
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +152,7 @@ def test_bands_assemble_into_the_whole_scene_outputs(
     flags = [
         "--model", case["model"], "--stride", stride, "--cloud-mask", cloud_mask,
         "--block-rows", "16", "--probabilities", probabilities, "--no-progress",
+        *(ADAPTED if stride == 1 and cloud_mask == "auto" else ["--adapt", "off"]),
     ]  # fmt: skip
     whole = classify_image.main(
         [str(value) for value in ["--image", case["cloudy"], "--output-dir", tmp_path / "whole",
@@ -263,9 +267,10 @@ def test_many_scenes_in_process_resume_and_a_bad_scene(case, tmp_path, capsys):
 @pytest.mark.parametrize("stride", [1, 16])
 def test_dask_gives_the_in_process_outputs(case, cluster, tmp_path, stride):
     """Two scenes, one cut into bands across 2 workers, one with clouds, plus a bad one:
-    --scheduler none and the cluster give the same labels and probabilities (1e-6)."""
+    --scheduler none and the cluster give the same labels and probabilities (1e-6), also
+    with the scene adaptation (stride 16)."""
     images = [case["cloudy"], case["plain"], tmp_path / "missing.tif"]
-    flags = ["--stride", stride]
+    flags = ["--stride", stride, *(ADAPTED if stride == 16 else [])]  # adapted per band too
     with pytest.raises(InputError, match="1 of 3 scenes failed"):
         run(images, case["model"], tmp_path / "none", "--scheduler", "none", *flags)
     with pytest.raises(InputError, match="1 of 3 scenes failed"):
