@@ -15,6 +15,9 @@ Sections (--sections, comma-separated; default "phase,dense,tile-dense"):
   tile        4. a full tile at --tile-stride through 06 per window: time and peak RSS,
               and peak RSS by where 06 was when it was reached (--tile-side 5490
               --tile-model vgg16: the quarter tile of issue 21 with an untrained VGG16).
+  adapt       the cost of 06's scene adaptation (ADAPT): preparing the classification of a
+              whole 10980 x 10980 tile with --adapt off, auto and on in fresh processes
+              (time, peak RSS), against the tile-dense estimate of the whole tile.
 
 Run from the repository root:
     .venv/bin/python benchmarks/classify_scene.py                       # dense sections
@@ -340,6 +343,9 @@ def main() -> None:
             if "tile-dense" in sections:
                 for precision in arguments.tile_precisions.split(","):
                     tile_estimate(folder, model_path, arguments.tile_rows, precision)
+        if "adapt" in sections:
+            model_path = Path(arguments.model) if arguments.model else SHIPPED_MS
+            adapt_cost(folder, model_path)
         if "windows" in sections:
             model = build_model(arguments.window_model, 13)
             small_scene_comparisons(model, folder, arguments)
@@ -533,6 +539,39 @@ def tile_estimate(folder: Path, model_path: Path, rows: int, precision: str) -> 
         f"rows); peak RSS {max(peak, before) / 2**20:.2f} GiB"
         f"{' (the largest child so far)' if peak == before else ''}"
     )
+
+
+SHIPPED_MS = REPO_ROOT / "models" / "eurosat-ms-resnet-valid-narrow" / "model.keras"
+PREPARE = """
+import resource, sys, time
+sys.path.insert(0, {root!r})
+from cnn_sentinel.scene import clouds, predictors, reading
+scene = reading.open_scene({vrt!r})
+names = reading.scene_band_names(scene)
+started = time.perf_counter()
+classification = predictors.prepare_classification(
+    scene, {model!r}, adapt={mode!r}, cloud_bands=clouds.cloud_band_indices(names),
+    cloud_settings=clouds.CloudSettings())
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(seconds, peak, classification.describe())
+"""
+
+
+def adapt_cost(folder: Path, model_path: Path) -> None:
+    """Time and peak RSS of preparing a whole tile's classification, per ADAPT mode."""
+    vrt = folder / "tile.vrt" if (folder / "tile.vrt").exists() else tile_vrt(folder, real_scene())
+    for mode in ("off", "auto", "on"):
+        code = PREPARE.format(root=str(REPO_ROOT), vrt=str(vrt), model=str(model_path), mode=mode)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if result.returncode != 0:
+            print(result.stderr[-2000:])
+            raise SystemExit("the adaptation run failed")
+        seconds, peak, words = result.stdout.strip().splitlines()[-1].split(" ", 2)
+        print(
+            f"adapt {mode:4s}: prepare {float(seconds):6.1f} s, peak RSS of the process "
+            f"{int(peak) / 2**20:.2f} GiB; {words.split('; ')[-1]}"
+        )
 
 
 def small_scene_comparisons(model, folder: Path, arguments: argparse.Namespace) -> None:

@@ -187,3 +187,29 @@ def test_auto_scale_warns_on_values_of_another_scale(tmp_path):
     factor, words = radiometry.reflectance_factor("1000", dataset, [0], "x1000.tif")
     assert factor == 10.0 and "reflectance x 1000" in words
     assert blocks.LABEL_NODATA == 255
+
+
+def test_auto_share_follows_the_scene_shift():
+    assert adaptation.blend_for_shift(0.09, 0.5) == 0.0  # EuroSAT's own patches: none
+    assert adaptation.blend_for_shift(adaptation.SHIFT_FULL, 0.5) == 0.5
+    assert adaptation.blend_for_shift(3.0, 0.5) == 0.5
+    middle = (adaptation.SHIFT_NONE + adaptation.SHIFT_FULL) / 2
+    assert adaptation.blend_for_shift(middle, 0.5) == pytest.approx(0.25)
+
+
+def test_auto_leaves_a_close_scene_alone_and_measures_the_shift(scene_case, monkeypatch):
+    _, path, _ = scene_case
+    windows = windows_of(path, count=32)
+    model = valid_model()
+    before = [weight.copy() for weight in model.get_weights()]
+    shift = adaptation.scene_shift(model, windows)
+    assert shift > adaptation.SHIFT_FULL  # random statistics are far from any scene
+    full = adaptation.adapt(valid_model(), windows, "auto", 0.5)
+    assert full.shift == pytest.approx(shift) and full.blend == 0.5 and full.statistics
+    monkeypatch.setattr(adaptation, "scene_shift", lambda model, windows: 0.1)
+    close = adaptation.adapt(model, windows, "auto", 0.5)
+    assert close.statistics == {} and close.blend == 0.0
+    assert close.record()["ADAPTATION"] == "none needed"
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    forced = adaptation.adapt(model, windows, "on", 0.3)
+    assert forced.shift is None and forced.blend == 0.3 and forced.statistics

@@ -287,6 +287,16 @@ def test_nodata_mask_nan_value_and_all_zero():
     assert mask.tolist() == [[True, True, False], [False, False, True]]
 
 
+def talk_with_filled_holes(image, holes, model):
+    """The talk's answer on the scene mirrored by half a window (the block 06 reads) whose
+    holes hold the nearest valid pixel of their row: windows that touch no data see the
+    scene continued, not zeros."""
+    padded = np.pad(image, ((32, 32), (32, 32), (0, 0)), "symmetric")
+    scenes.fill_nodata(padded, np.pad(holes, 32, "symmetric"))
+    labels, probabilities = talk_classify(padded, model)
+    return labels[32:-32, 32:-32], probabilities[32:-32, 32:-32]
+
+
 def test_nodata_windows_are_skipped_and_marked(rgb_case, tmp_path):
     _, _, image, model, _ = rgb_case
     floats = image.astype(np.float32)
@@ -300,16 +310,9 @@ def test_nodata_windows_are_skipped_and_marked(rgb_case, tmp_path):
     holes = np.isnan(floats[..., 0]) | (floats[..., 0] == 7) | (floats[..., 0] == 0)
     assert np.all(labels[holes] == blocks.LABEL_NODATA)
     assert np.all(np.isnan(probabilities[holes]))
-    # Elsewhere: the talk's answer on the scene mirrored by half a window (the block
-    # 06 reads) whose holes hold the nearest valid pixel of their row: windows that
-    # touch no data see the scene continued, not zeros. Row 20 has no valid pixel.
-    padded = np.pad(np.nan_to_num(floats), ((32, 32), (32, 32), (0, 0)), "symmetric")
-    padded_holes = np.pad(holes, 32, "symmetric")
-    scenes.fill_nodata(padded, padded_holes)
-    assert np.all(padded[padded_holes & ~np.pad(floats[..., 0] == 7, 32, "symmetric")] > 7)
-    talk_labels, talk_probabilities = (
-        result[32:-32, 32:-32] for result in talk_classify(padded, model)
-    )
+    # Elsewhere: the talk's answer with the holes filled as 06 fills them (row 20 has no
+    # valid pixel and stays as it is).
+    talk_labels, talk_probabilities = talk_with_filled_holes(np.nan_to_num(floats), holes, model)
     assert np.array_equal(labels[~holes], talk_labels[~holes])
     np.testing.assert_allclose(probabilities[~holes], talk_probabilities[~holes], atol=1e-5)
 
@@ -791,8 +794,8 @@ def test_dense_pass_at_stride_1_is_the_talk_answer(valid_case, tmp_path):
     labels, probabilities = run_classification(
         tmp_path, scene_path, model, raw_config(RGB_BAND_NAMES), method="dense", stride=1
     )
-    talk_labels, talk_probabilities = talk_classify(image, model)
     holes = np.all(image == 0, axis=-1)
+    talk_labels, talk_probabilities = talk_with_filled_holes(image, holes, model)
     np.testing.assert_allclose(probabilities[~holes], talk_probabilities[~holes], atol=1e-4)
     assert np.mean(labels[~holes] == talk_labels[~holes]) > 0.999
 

@@ -19,6 +19,7 @@ the user's file stays as it is, and the statistics are a small record
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +30,14 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.scene.clouds import CloudSettings, scene_cloud_mask
 from cnn_sentinel.scene.reading import read_block, window_view
 
-ADAPT_MODES = ("auto", "off")
+ADAPT_MODES = ("auto", "on", "off")
+# How far a scene is from the training data: the mean over every batch-normalisation
+# layer of |scene mean - training mean| / training standard deviation, per channel.
+# At or below SHIFT_NONE (EuroSAT's own validation patches: 0.09 RGB, 0.11 13-band) auto
+# leaves the model as it is; at or above SHIFT_FULL (an L2A scene: 0.93) it takes the
+# scene's share BLEND in full, and linearly in between (the winter T33UUU scene: 0.46-0.50).
+SHIFT_NONE = 0.15
+SHIFT_FULL = 0.9
 # Strips of the scene the sample comes from (fewer when the scene is small).
 SAMPLE_STRIPS = 16
 PREDICT_BATCH = 128
@@ -44,20 +52,26 @@ class Adaptation:
     windows: int = 0
     blend: float = 0.0
     seed: int = 0
+    shift: float | None = None
 
     def words(self) -> str:
         """For 06's banner."""
+        shift = "" if self.shift is None else f"shift {self.shift:.2f}, "
+        if not self.statistics:
+            return f"batch normalisation as trained (the scene is close to it: {shift[:-2]})"
         return (
-            f"batch normalisation adapted to the scene ({self.windows} windows, "
-            f"scene share {self.blend:g})"
+            f"batch normalisation adapted to the scene ({shift}scene share {self.blend:.2f}, "
+            f"{self.windows} windows)"
         )
 
     def record(self) -> dict[str, str]:
-        """For the label map's metadata (the run's record)."""
+        """For the label map's metadata (the run's record); "none needed": auto measured
+        the scene close to the training data and left the model as it is."""
         return {
-            "ADAPTATION": "batchnorm",
+            "ADAPTATION": "batchnorm" if self.statistics else "none needed",
+            "ADAPTATION_SHIFT": "" if self.shift is None else f"{self.shift:.4f}",
             "ADAPTATION_WINDOWS": str(self.windows),
-            "ADAPTATION_BLEND": f"{self.blend:g}",
+            "ADAPTATION_BLEND": f"{self.blend:.4g}",
             "ADAPTATION_SEED": str(self.seed),
             "ADAPTATION_LAYERS": str(len(self.statistics)),
         }
@@ -89,24 +103,37 @@ def batch_normalization_layers(model) -> list[tuple[list, object]]:
     return found
 
 
-def _layer_inputs(chain: Sequence, layer, windows: np.ndarray) -> np.ndarray:
-    """What `layer` receives for `windows`, through the nested models of `chain`."""
+def _input_statistics(chain: Sequence, layers: Sequence, windows: np.ndarray) -> list:
+    """Per-channel (mean, variance) of what each of `layers` (all inside the last model
+    of `chain`) receives for `windows`, through the nested models of `chain`; one pass,
+    batch by batch, so memory holds one batch of features."""
     import keras
 
-    values = windows
-    for outer, inner in zip(chain, [*chain[1:], layer], strict=True):
-        tensor = inner.input if inner is layer else inner._inbound_nodes[0].input_tensors[0]
-        if isinstance(tensor, (list, tuple)):
-            tensor = tensor[0]
-        part = keras.Model(outer.input, tensor)
+    parts = []
+    for outer, inner in zip(chain[:-1], chain[1:], strict=True):
+        tensor = inner._inbound_nodes[0].input_tensors[0]
+        parts.append(keras.Model(outer.input, tensor))
+    parts.append(keras.Model(chain[-1].input, [layer.input for layer in layers]))
+    count, totals, squares = 0, [0.0] * len(layers), [0.0] * len(layers)
+    for start in range(0, len(windows), PREDICT_BATCH):
         # Called eagerly batch by batch: `predict` would trace a new function per layer.
-        values = np.concatenate(
-            [
-                np.asarray(part(values[start : start + PREDICT_BATCH], training=False))
-                for start in range(0, len(values), PREDICT_BATCH)
-            ]
-        )
-    return np.asarray(values, np.float64)
+        values = windows[start : start + PREDICT_BATCH].astype(np.float32)
+        for part in parts:
+            values = part(values, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        count += len(windows[start : start + PREDICT_BATCH])
+        for number, value in enumerate(values):
+            value = np.asarray(value, np.float64)
+            axes = tuple(range(value.ndim - 1))
+            totals[number] = totals[number] + value.sum(axis=axes) / math.prod(value.shape[1:-1])
+            squares[number] = squares[number] + np.square(value).sum(axis=axes) / math.prod(
+                value.shape[1:-1]
+            )
+    means = [total / count for total in totals]
+    return [
+        (mean, np.maximum(square / count - np.square(mean), 0.0))
+        for mean, square in zip(means, squares, strict=True)
+    ]
 
 
 def _layer_key(chain: Sequence, layer) -> str:
@@ -161,16 +188,50 @@ def sample_windows(
     return np.concatenate(picked)[:count]
 
 
+def scene_shift(model, windows: np.ndarray) -> float:
+    """How far `windows` are from the model's training data, as its batch-normalisation
+    layers see them (as trained): the mean over layers and channels of |scene mean -
+    training mean| / training standard deviation."""
+    groups: dict[tuple, list] = {}  # layers by the nested model that holds them
+    for chain, layer in batch_normalization_layers(model):
+        groups.setdefault(tuple(chain), []).append(layer)
+    shifts = []
+    for chain, layers in groups.items():
+        statistics = _input_statistics(chain, layers, windows)
+        for layer, (mean, _) in zip(layers, statistics, strict=True):
+            trained_mean = np.asarray(layer.moving_mean, np.float64)
+            trained_std = np.sqrt(np.asarray(layer.moving_variance, np.float64) + layer.epsilon)
+            shifts.append(np.mean(np.abs(mean - trained_mean) / trained_std))
+    return float(np.mean(shifts))
+
+
+def blend_for_shift(shift: float, blend: float) -> float:
+    """The scene's share under ADAPT auto: none up to SHIFT_NONE, `blend` from SHIFT_FULL."""
+    return blend * float(np.clip((shift - SHIFT_NONE) / (SHIFT_FULL - SHIFT_NONE), 0.0, 1.0))
+
+
+def adapt(model, windows: np.ndarray, mode: str, blend: float, seed: int = 0) -> Adaptation:
+    """06's adaptation: "on" estimates with the scene's share `blend`; "auto" first
+    measures the scene's shift and scales the share by it (`blend_for_shift`), leaving
+    the model untouched when the scene is close to the training data."""
+    shift = scene_shift(model, windows) if mode == "auto" else None
+    share = blend if shift is None else blend_for_shift(shift, blend)
+    if share == 0.0:
+        return Adaptation(windows=len(windows), blend=0.0, seed=seed, shift=shift)
+    adaptation = estimate(model, windows, share, seed)
+    adaptation.shift = shift
+    return adaptation
+
+
 def estimate(model, windows: np.ndarray, blend: float, seed: int = 0) -> Adaptation:
     """Re-estimate the model's batch-normalisation statistics on `windows`, layer by
     layer, each blended as blend * scene + (1 - blend) * training; applies them to
     `model` (in memory) and returns them."""
     adaptation = Adaptation(windows=len(windows), blend=blend, seed=seed)
     for chain, layer in batch_normalization_layers(model):
-        inputs = _layer_inputs(chain, layer, windows)
-        axes = tuple(range(inputs.ndim - 1))
-        mean = blend * inputs.mean(axis=axes) + (1 - blend) * np.asarray(layer.moving_mean)
-        variance = blend * inputs.var(axis=axes) + (1 - blend) * np.asarray(layer.moving_variance)
+        ((scene_mean, scene_variance),) = _input_statistics(chain, [layer], windows)
+        mean = blend * scene_mean + (1 - blend) * np.asarray(layer.moving_mean)
+        variance = blend * scene_variance + (1 - blend) * np.asarray(layer.moving_variance)
         layer.moving_mean.assign(mean.astype(np.float32))
         layer.moving_variance.assign(variance.astype(np.float32))
         adaptation.statistics[_layer_key(chain, layer)] = (

@@ -38,8 +38,10 @@ from cnn_sentinel.scene.adaptation import (
     Adaptation,
     batch_normalization_layers,
     check_adapt_settings,
-    estimate,
     sample_windows,
+)
+from cnn_sentinel.scene.adaptation import (
+    adapt as adapt_model,
 )
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA, PredictedBlock, ReadBlock, prefetch
 from cnn_sentinel.scene.clouds import CloudSettings
@@ -463,9 +465,10 @@ def prepare_classification(
     georeferenced. InputError for every mismatch, and for "dense" with a model that
     has zero padding inside the window (or, with `tta`, is not symmetric enough).
     reflectance_scale: the scene's (auto, or 10000, 1000, 1): values are taken to
-    EuroSAT's x 10000. adapt "auto": the model's batch normalisation is adapted to
-    the scene (`adaptation`: `adapt_windows` windows, the scene's share `adapt_blend`,
-    cloudy windows left out when `cloud_bands` is given); "off": as trained.
+    EuroSAT's x 10000. adapt "on": the model's batch normalisation is adapted to the
+    scene (`adaptation`: `adapt_windows` windows, the scene's share `adapt_blend`,
+    cloudy windows left out when `cloud_bands` is given); "auto": the share scaled by
+    how far the scene is from the training data (none when it is close); "off": as trained.
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method}.")
@@ -486,7 +489,7 @@ def prepare_classification(
     check_adapt_settings(adapt, adapt_blend, adapt_windows)
     model = with_precision(model, precision)
     adaptation = None
-    if adapt == "auto" and batch_normalization_layers(model):
+    if adapt != "off" and batch_normalization_layers(model):
         windows = sample_windows(
             dataset,
             band_indices,
@@ -497,7 +500,7 @@ def prepare_classification(
             cloud_bands=cloud_bands,
             cloud_settings=cloud_settings,
         )
-        adaptation = estimate(model, windows, adapt_blend)
+        adaptation = adapt_model(model, windows, adapt, adapt_blend)
     reason = (dihedral_unsupported_reason if tta else dense_unsupported_reason)(model)
     if method == "dense" and reason is not None:
         what = "--method dense --tta" if tta else "--method dense"
