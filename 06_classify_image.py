@@ -12,6 +12,13 @@ centred on each s x s block classifies the block (s*s times fewer forward passes
 A model without zero padding inside its window (resnet-valid) is run over whole
 blocks at once (METHOD dense, exact: the same numbers as one pass per window).
 TTA averages each window's probabilities over its 8 flips and 90-degree rotations.
+
+Several scenes (paths, globs, folders, a .txt list) run on Dask distributed: an
+embedded LocalCluster (SCHEDULER local, the default for several) or a cluster's
+scheduler (tcp://host:8786); scenes taller than BAND_ROWS are cut into row bands
+that run on every worker and are assembled into the same outputs. manifest.json
+in the output folder lets a rerun skip finished scenes; summary.csv/.json,
+mosaic.vrt and mosaic_quicklook.png describe the run. See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from pathlib import Path
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.precision import PRECISION_MODES
 from cnn_sentinel.scene.job import classify_one
+from cnn_sentinel.scene.many import choose_scheduler, classify_many, list_scenes
 from cnn_sentinel.scene.predictors import check_run_settings
 from cnn_sentinel.settings import parse_settings, run_script
 
-IMAGE = None  # scene: GeoTIFF/VRT, Sentinel-2 .SAFE folder or its .zip
+IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE folder or .zip): paths, globs, folders, .txt lists
 MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
 OUTPUT_DIR = None  # folder for the outputs; None: the scene's folder
 STRIDE = 16  # one window every STRIDE pixels fills its STRIDE x STRIDE block; 1: every pixel
@@ -47,6 +55,11 @@ CLOUD_THRESHOLD = 0.65  # cloud probability above which a pixel is Cloud (s2clou
 GDAL_CACHE_MB = 256  # GDAL's block cache: enough for the tiles of about two row blocks
 QUICKLOOK = True  # also write <stem>_quicklook.png
 PROGRESS = True  # show a progress bar
+COG = True  # label and probability maps as Cloud-Optimized GeoTIFFs (overviews: mode, average)
+SCHEDULER = "auto"  # auto: none for one scene, local for several; none; local; or tcp://host:8786
+WORKERS = 0  # workers of the local Dask cluster; 0: the cores / THREADS_PER_WORKER
+THREADS_PER_WORKER = 2  # threads (scenes at a time) of each Dask worker; TensorFlow's there too
+BAND_ROWS = 2048  # Dask: a scene taller than this is cut into row bands, one task each; 0: never
 OVERWRITE = False  # replace existing outputs
 
 
@@ -58,6 +71,8 @@ def check_flags(settings) -> None:
     check_run_settings(settings.stride, settings.batch_size, settings.block_rows)
     check_adapt_settings(settings.adapt, settings.adapt_blend, settings.adapt_windows)
     check_reflectance_scale(settings.reflectance_scale)
+    if settings.workers < 0 or settings.band_rows < 0:
+        raise InputError("workers and band rows must be 0 or more.")
     if settings.gdal_cache_mb < 1:
         raise InputError(f"GDAL cache must be at least 1 MB, not {settings.gdal_cache_mb}.")
     if settings.output_dir and Path(settings.output_dir).exists():
@@ -66,6 +81,7 @@ def check_flags(settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """One scene: its counts (as job.classify_one); several: {"scenes": summary rows}."""
     settings = parse_settings(
         __file__,
         argv,
@@ -74,7 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not settings.image:
         raise InputError("give the scene with --image (and a trained model with --model).")
     check_flags(settings)
-    return classify_one(settings, settings.image)
+    images = list_scenes(settings.image)
+    scheduler = choose_scheduler(settings.scheduler, len(images))
+    if scheduler == "none" and len(images) == 1:
+        return classify_one(settings, images[0])
+    return {"scenes": classify_many(settings, images, scheduler)}
 
 
 if __name__ == "__main__":

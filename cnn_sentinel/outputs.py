@@ -185,8 +185,8 @@ def atomic_output(
     if path.exists() and not (path.is_file() or path.is_dir()):
         raise InputError(f"output {path} exists and is not a regular file or folder.")
     if not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True)
+        try:  # another thread or process may create it at the same time
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise InputError(
                 f"cannot create output folder {path.parent}: {error.strerror}."

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal
 
+import demo_data
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.scene import predictors, writers
 from cnn_sentinel.scene import reading as scenes
@@ -175,6 +176,20 @@ def write_scene(
             raster_band.SetDescription(descriptions[band])
     dataset = None
     return path
+
+
+# Digital numbers of a bright cloud top in MS_BAND_NAMES order (B01..B12, B8A).
+CLOUD_SPECTRUM = (4500, 4300, 4200, 4200, 4400, 4500, 4600, 4600, 1500, 80, 3500, 2500, 4700)
+
+
+def cloudy_scene(rows: int = 64, cols: int = 72, seed: int = 0) -> np.ndarray:
+    """(rows, cols, 13) uint16 demo scene with a soft cloud band across it."""
+    surface, _ = demo_data.demo_scene(max(rows, 64), max(cols, 64), seed)
+    surface = np.moveaxis(surface, 0, -1)[:rows, :cols].astype(np.float64)
+    row, col = np.mgrid[0:rows, 0:cols]
+    cover = np.clip(1.0 - np.abs(row - 0.6 * col - rows / 4) / 12.0, 0.0, 1.0)[..., None]
+    scene = (1.0 - cover) * surface + cover * np.array(CLOUD_SPECTRUM)
+    return np.round(scene).astype(np.uint16)
 
 
 def read_raster(path: Path) -> np.ndarray:

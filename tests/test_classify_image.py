@@ -214,7 +214,7 @@ def test_safe_product_with_bbox_into_an_rgb_model(case, tmp_path):
         ([], "give the scene with --image"),
         (["--image", "{folder}/missing.tif", "--model", "{rgb_model}"], "missing.tif does not"),
         (["--image", "{folder}/rgb_scene.tif", "--model", "{folder}/no.keras"], "no.keras does"),
-        (["--image", "{folder}/notes.txt", "--model", "{rgb_model}"], "is not a raster"),
+        (["--image", "{folder}/notes.dat", "--model", "{rgb_model}"], "is not a raster"),
         (["--image", "{folder}/rgb_scene.tif", "--model", "{ms_model}"],
          "expects 13 bands: B01, B02, B03, B04, B05, B06, B07, B08, B09, B10, B11, B12, B8A"),
         (["--image", "{folder}/ms_scene.tif", "--model", "{rgb_model}", "--bands", "B02,B03"],
@@ -226,7 +226,7 @@ def test_safe_product_with_bbox_into_an_rgb_model(case, tmp_path):
     ],
 )  # fmt: skip
 def test_bad_input_is_one_clear_sentence(case, tmp_path, arguments, message):
-    (case["folder"] / "notes.txt").write_text("not a raster")
+    (case["folder"] / "notes.dat").write_text("not a raster")
     values = {
         "folder": case["folder"],
         "rgb_model": case["rgb_model_path"],

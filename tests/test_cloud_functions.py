@@ -30,8 +30,6 @@ from image_functions import (
 
 gdal.UseExceptions()
 
-# Digital numbers of a bright cloud top in MS_BAND_NAMES order (B01..B12, B8A).
-CLOUD_SPECTRUM = (4500, 4300, 4200, 4200, 4400, 4500, 4600, 4600, 1500, 80, 3500, 2500, 4700)
 # Crops of the real T33UUU scene (xoff, yoff, xsize, ysize), picked by looking at it
 # (docs/cloud_mask_T33UUU_field.png and docs/cloud_mask_T33UUU_streak.png).
 T33UUU = "sentinel2_l1c_T33UUU_20170216_13band_1536x768.tif"
@@ -42,16 +40,6 @@ RAVAEN = "sentinel2_ravaen_lahinch_2017-09-26_15band.tif"
 S2CLOUDLESS_13_ORDER = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
-
-
-def cloudy_scene(rows: int = 64, cols: int = 72, seed: int = 0) -> np.ndarray:
-    """(rows, cols, 13) uint16 demo scene with a soft cloud band across it."""
-    surface, _ = demo_data.demo_scene(max(rows, 64), max(cols, 64), seed)
-    surface = np.moveaxis(surface, 0, -1)[:rows, :cols].astype(np.float64)
-    row, col = np.mgrid[0:rows, 0:cols]
-    cover = np.clip(1.0 - np.abs(row - 0.6 * col - rows / 4) / 12.0, 0.0, 1.0)[..., None]
-    scene = (1.0 - cover) * surface + cover * np.array(CLOUD_SPECTRUM)
-    return np.round(scene).astype(np.uint16)
 
 
 def write_scene(path, pixels: np.ndarray, band_names) -> gdal.Dataset:
@@ -84,7 +72,7 @@ def test_mask_of_single_pixel_cells_is_s2cloudless_own_mask():
     selection, the EuroSAT -> s2cloudless reordering and the reflectance scaling."""
     from s2cloudless import S2PixelCloudDetector
 
-    pixels = cloudy_scene()
+    pixels = helpers.cloudy_scene()
     reordered = pixels[..., [MS_BAND_NAMES.index(name) for name in S2CLOUDLESS_13_ORDER]]
     detector = S2PixelCloudDetector(
         threshold=clouds.CLOUD_THRESHOLD,
@@ -100,7 +88,7 @@ def test_mask_of_single_pixel_cells_is_s2cloudless_own_mask():
 
 @pytest.mark.parametrize(("cell", "block_rows"), [(1, 5), (3, 16), (4, 37), (4, 64)])
 def test_blocks_with_their_halo_give_the_whole_scene_mask(tmp_path, cell, block_rows):
-    pixels = cloudy_scene(rows=61, cols=66)
+    pixels = helpers.cloudy_scene(rows=61, cols=66)
     dataset = write_scene(tmp_path / "scene.tif", pixels, MS_BAND_NAMES)
     indices = clouds.cloud_band_indices(MS_BAND_NAMES)
     probability = clouds.cell_probability(
@@ -120,7 +108,7 @@ def test_blocks_with_their_halo_give_the_whole_scene_mask(tmp_path, cell, block_
 def test_step_gives_any_row_blocks_from_its_chunks(tmp_path):
     """06's step computes the mask in its own chunks ahead of the blocks; the rows it
     hands out equal the whole-scene mask whatever the block and chunk sizes."""
-    pixels = cloudy_scene(rows=61, cols=66)
+    pixels = helpers.cloudy_scene(rows=61, cols=66)
     dataset = write_scene(tmp_path / "scene.tif", pixels, MS_BAND_NAMES)
     whole = clouds.cloud_mask_block(pixels, MS_BAND_NAMES)
     indices = clouds.cloud_band_indices(MS_BAND_NAMES)
@@ -132,7 +120,7 @@ def test_step_gives_any_row_blocks_from_its_chunks(tmp_path):
 
 
 def test_missing_values_are_not_cloud():
-    pixels = cloudy_scene()
+    pixels = helpers.cloudy_scene()
     mask = clouds.cloud_mask_block(pixels, MS_BAND_NAMES)
     assert 0.1 < mask.mean() < 0.9
     reflectance = np.full((2, 3, len(clouds.CLOUD_BANDS)), 0.45, np.float32)
@@ -177,7 +165,7 @@ def test_true_colour_bands_and_scaling(tmp_path):
     assert quicklook.true_colour_bands(MS_BAND_NAMES) == [3, 2, 1]
     assert quicklook.true_colour_bands(RGB_BAND_NAMES) == [0, 1, 2]
     assert quicklook.true_colour_bands(("band1", "band2", "band3")) is None
-    pixels = cloudy_scene(rows=20, cols=24)
+    pixels = helpers.cloudy_scene(rows=20, cols=24)
     dataset = write_scene(tmp_path / "ms.tif", pixels, MS_BAND_NAMES)
     picture = quicklook.true_colour(dataset, [3, 2, 1], (20, 24))
     np.testing.assert_array_equal(picture, eurosat_rgb_from_l1c(pixels[..., [3, 2, 1]]))
@@ -192,7 +180,9 @@ def test_quicklook_legend_gives_the_share_of_every_label(tmp_path):
     labels = labels.astype(np.uint8)
     labels[:, :3] = 2  # a class present in only 90 pixels
     write_scene(tmp_path / "label.tif", labels[..., None], ("label",))
-    scene = write_scene(tmp_path / "scene.tif", cloudy_scene(rows=30, cols=40), MS_BAND_NAMES)
+    scene = write_scene(
+        tmp_path / "scene.tif", helpers.cloudy_scene(rows=30, cols=40), MS_BAND_NAMES
+    )
     output = tmp_path / "quicklook.png"
     texts = quicklook.write_side_by_side_quicklook(
         tmp_path / "label.tif", output, CLASS_NAMES, "test", scene, [3, 2, 1]
@@ -274,7 +264,7 @@ def run_06(scene, model, output, *flags) -> dict:
 def test_06_labels_clouds_of_a_13_band_scene(models, tmp_path, capsys):
     """The demo scene with a cloud band: cloudy pixels get CLOUD_LABEL and NaN, the rest
     the labels of a run without the mask; the label raster names and colours Cloud."""
-    pixels = cloudy_scene(rows=64, cols=72)
+    pixels = helpers.cloudy_scene(rows=64, cols=72)
     helpers.write_scene(tmp_path / "cloudy.tif", pixels, descriptions=MS_BAND_NAMES)
     summary = run_06(tmp_path / "cloudy.tif", models["ms"], tmp_path / "on")
     assert "cloud mask on (auto: s2cloudless, threshold 0.65)" in capsys.readouterr().out

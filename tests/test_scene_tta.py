@@ -39,9 +39,11 @@ def classify(scene_path, model, tmp_path, method: str, tta: bool, stride: int):
 
 
 def turned_mean(model, image: np.ndarray, row: int, col: int) -> np.ndarray:
-    """The oracle: the window centred on (row, col), mirrored at the edges as 06 does,
-    turned 8 ways by NumPy, through the model, averaged."""
+    """The oracle: the window centred on (row, col), mirrored at the edges and its no-data
+    (all-zero) pixels filled from their row as 06 does, turned 8 ways by NumPy, through
+    the model, averaged."""
     padded = np.pad(image, ((32, 31), (32, 31), (0, 0)), "symmetric").astype(np.float32)
+    scenes.fill_nodata(padded, np.all(padded == 0, axis=-1))
     window = padded[row : row + 64, col : col + 64]
     turns = [np.rot90(window, k) for k in range(4)]
     batch = np.stack(turns + [np.fliplr(turn) for turn in turns])

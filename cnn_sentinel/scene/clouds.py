@@ -254,7 +254,8 @@ class CloudMaskStep:
     The mask is computed in chunks of `chunk_rows` rows, top to bottom, in a
     background thread up to `depth` chunks ahead of the blocks asking for them,
     so it overlaps with inference; chunks are dropped once the blocks are past
-    them. Any chunking gives the same rows (`scene_cloud_mask` adds the halo).
+    them. Any chunking gives the same rows (`scene_cloud_mask` adds the halo), so
+    first_row, last_row limit it to a band of rows with the whole scene's mask there.
     """
 
     def __init__(
@@ -264,16 +265,19 @@ class CloudMaskStep:
         settings: CloudSettings = CloudSettings(),
         chunk_rows: int = CLOUD_CHUNK_ROWS,
         depth: int = 2,
+        first_row: int = 0,
+        last_row: int | None = None,
     ):
         self.dataset, self.band_indices, self.settings = dataset, list(band_indices), settings
         self.chunk_rows, self.depth = chunk_rows, depth
+        self.first_row = first_row
+        self.last_row = dataset.RasterYSize if last_row is None else last_row
         self.chunks: Iterator | None = None
         self.ready: list[tuple[int, np.ndarray]] = []  # (first row, mask rows), in order
 
     def chunk_masks(self) -> Iterator[tuple[int, np.ndarray]]:
-        rows = self.dataset.RasterYSize
-        for top in range(0, rows, self.chunk_rows):
-            bottom = min(rows, top + self.chunk_rows)
+        for top in range(self.first_row, self.last_row, self.chunk_rows):
+            bottom = min(self.last_row, top + self.chunk_rows)
             mask = scene_cloud_mask(self.dataset, self.band_indices, top, bottom, self.settings)
             yield top, mask
 

@@ -325,6 +325,8 @@ class SceneClassification:
         prefetch_depth: int = 4,
         steps: Sequence[Callable[[PredictedBlock], PredictedBlock]] = (),
         predictor: Predictor | None = None,
+        first_row: int = 0,
+        last_row: int | None = None,
     ) -> dict:
         """Classify the scene into `writers`; returns counts: "windows", "classified",
         "pixels" per class name, "cloud" and "nodata" pixels.
@@ -332,6 +334,8 @@ class SceneClassification:
         Pixel (r, c) at stride 1 gets the class of its window, rows r-size/2..
         r+size/2-1; at stride s the window centred on each s x s cell fills the
         cell. Streams `block_rows` output rows at a time (rounded to the stride).
+        first_row, last_row: only that band of output rows (reading.read_blocks), the
+        counts those of the band.
         """
         check_run_settings(stride, batch_size, block_rows)
         rows, cols = self.dataset.RasterYSize, self.dataset.RasterXSize
@@ -347,8 +351,13 @@ class SceneClassification:
             block_rows,
             self.rgb_scaling,
             self.reflectance_factor,
+            first_row,
+            last_row,
         )
-        total = len(window_centres(rows, stride)) * len(window_centres(cols, stride))
+        band_rows = window_centres(rows, stride)[first_row // stride :]
+        if last_row is not None:
+            band_rows = band_rows[: -(-last_row // stride) - first_row // stride]
+        total = len(band_rows) * len(window_centres(cols, stride))
         label_counts = np.zeros(256, np.int64)
         classified = 0
         try:

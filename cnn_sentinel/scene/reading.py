@@ -457,31 +457,40 @@ def read_blocks(
     block_rows: int,
     rgb_scaling: bool,
     reflectance_factor: float = 1.0,
+    first_row: int = 0,
+    last_row: int | None = None,
 ) -> Iterator[ReadBlock]:
     """Read the scene in blocks of `block_rows` output rows (rounded to the stride).
 
     A block is read with a halo of half a window above and below, mirrored only
-    at the true scene edges, and mirrored left and right (`read_block`). Lazy:
-    one block at a time.
+    at the true scene edges, and mirrored left and right (`read_block`). Lazy: one
+    block at a time.
+    first_row, last_row (multiples of the stride, or the scene's end): only the
+    output rows of that band, in the same blocks as the whole scene when first_row
+    is a multiple of the rounded block rows; the halo comes from the scene's rows
+    around the band, so a band gives exactly those rows of the whole-scene run.
     """
     rows, cols = dataset.RasterYSize, dataset.RasterXSize
     before = size // 2
     all_centre_rows = window_centres(rows, stride)
     centre_cols = window_centres(cols, stride)
     grid_rows_per_block = max(1, block_rows // stride)
-    for first_grid_row in range(0, len(all_centre_rows), grid_rows_per_block):
-        centre_rows = all_centre_rows[first_grid_row : first_grid_row + grid_rows_per_block]
-        first_row = first_grid_row * stride
-        last_row = min(rows, first_row + len(centre_rows) * stride)
-        top = min(int(centre_rows[0]) - before, first_row)
-        bottom = max(int(centre_rows[-1]) - before + size, last_row)
+    band_end = len(all_centre_rows) if last_row is None else -(-last_row // stride)
+    for first_grid_row in range(first_row // stride, band_end, grid_rows_per_block):
+        centre_rows = all_centre_rows[
+            first_grid_row : min(first_grid_row + grid_rows_per_block, band_end)
+        ]
+        block_first = first_grid_row * stride
+        block_last = min(rows, block_first + len(centre_rows) * stride)
+        top = min(int(centre_rows[0]) - before, block_first)
+        bottom = max(int(centre_rows[-1]) - before + size, block_last)
         # Block column j holds scene column j - before (mirrored past the edges).
         pixels, pixel_nodata = read_block(
             dataset, band_indices, size, top, bottom, rgb_scaling, reflectance_factor
         )
         yield ReadBlock(
-            first_row=first_row,
-            last_row=last_row,
+            first_row=block_first,
+            last_row=block_last,
             top=top,
             size=size,
             stride=stride,
@@ -489,7 +498,7 @@ def read_blocks(
             centre_rows=centre_rows,
             centre_cols=centre_cols,
             centre_nodata=pixel_nodata[np.ix_(centre_rows - top, centre_cols + before)],
-            nodata=pixel_nodata[first_row - top : last_row - top, before : before + cols],
+            nodata=pixel_nodata[block_first - top : block_last - top, before : before + cols],
         )
 
 

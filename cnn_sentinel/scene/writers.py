@@ -32,6 +32,17 @@ gdal.UseExceptions()
 
 # Creation options of every output GeoTIFF.
 GEOTIFF_OPTIONS = ("TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER")
+# Creation options of the Cloud-Optimized GeoTIFFs (GDAL's COG driver), by output kind:
+# labels are averaged by the most common class in overviews, probabilities by their mean.
+COG_OPTIONS = {
+    "label": ("COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "OVERVIEW_RESAMPLING=MODE"),
+    "probability": (
+        "COMPRESS=DEFLATE",
+        "PREDICTOR=YES",
+        "BIGTIFF=IF_SAFER",
+        "OVERVIEW_RESAMPLING=AVERAGE",
+    ),
+}
 
 
 def create_geotiff(
@@ -58,13 +69,20 @@ def create_geotiff(
 
 class GeoTiffWriter:
     """Common part of the GeoTIFF writers: block rows written as they come, finished
-    tiles flushed at once (GDAL would otherwise keep them in its cache)."""
+    tiles flushed at once (GDAL would otherwise keep them in its cache). A writer
+    made on a band of a scene (`dataset` a crop of its rows) writes scene rows from
+    `first_row` on."""
 
     output: gdal.Dataset | None = None
+    first_row: int = 0
 
     def write(self, block: PredictedBlock) -> None:
-        for number, values in enumerate(self.bands(block), start=1):
-            self.output.GetRasterBand(number).WriteArray(values, 0, block.first_row)
+        self.write_rows(block.first_row, self.bands(block))
+
+    def write_rows(self, first_row: int, bands: Sequence[np.ndarray]) -> None:
+        """Arrays (rows, cols), one per output band, of scene rows from `first_row` on."""
+        for number, values in enumerate(bands, start=1):
+            self.output.GetRasterBand(number).WriteArray(values, 0, first_row - self.first_row)
         self.output.FlushCache()
 
     def bands(self, block: PredictedBlock) -> list[np.ndarray]:
@@ -83,8 +101,14 @@ class LabelWriter(GeoTiffWriter):
     `write_category_names` once the file has its final name)."""
 
     def __init__(
-        self, dataset: gdal.Dataset, path: Path, class_names: Sequence[str], clouds: bool = False
+        self,
+        dataset: gdal.Dataset,
+        path: Path,
+        class_names: Sequence[str],
+        clouds: bool = False,
+        first_row: int = 0,
     ):
+        self.first_row = first_row
         self.output = create_geotiff(dataset, path, 1, gdal.GDT_Byte)
         band = self.output.GetRasterBand(1)
         band.SetNoDataValue(LABEL_NODATA)
@@ -107,8 +131,14 @@ class ProbabilityWriter(GeoTiffWriter):
     probability ("max"), or one band per class described by its name ("all")."""
 
     def __init__(
-        self, dataset: gdal.Dataset, path: Path, class_names: Sequence[str], probabilities: str
+        self,
+        dataset: gdal.Dataset,
+        path: Path,
+        class_names: Sequence[str],
+        probabilities: str,
+        first_row: int = 0,
     ):
+        self.first_row = first_row
         self.all = probabilities == "all"
         count = len(class_names) if self.all else 1
         self.output = create_geotiff(dataset, path, count, gdal.GDT_Float32, ["PREDICTOR=3"])
@@ -127,20 +157,34 @@ class ProbabilityWriter(GeoTiffWriter):
         return [block.spread(grid.max(axis=-1), PROBABILITY_NODATA)]
 
 
-def write_category_names(
-    label_path: Path, class_names: Sequence[str], record: dict[str, str] | None = None
-) -> None:
-    """Give a finished label GeoTIFF its class names as category names, and the run's
-    record (how the scene was read and adapted) as metadata items.
+def convert_to_cog(path: Path, kind: str) -> None:
+    """Rewrite the finished GeoTIFF `path` as a Cloud-Optimized GeoTIFF in place, with
+    overviews (`kind` "label": mode; "probability": average); nodata, colour table and
+    band descriptions are kept. The pixels do not change."""
+    cog = path.with_name(f"{path.stem}.cog{path.suffix}")
+    try:
+        gdal.Translate(str(cog), str(path), format="COG", creationOptions=list(COG_OPTIONS[kind]))
+        cog.replace(path)
+    finally:
+        cog.unlink(missing_ok=True)
+
+
+def write_record(label_path: Path, record: dict[str, str]) -> None:
+    """Write the run's record (how the scene was read and adapted) into a written label
+    GeoTIFF as metadata items, before it is made Cloud-Optimized (a later update
+    would break the COG layout)."""
+    dataset = gdal.Open(str(label_path), gdal.GA_Update)
+    dataset.SetMetadata({**(dataset.GetMetadata() or {}), **record})
+    dataset = None
+
+
+def write_category_names(label_path: Path, class_names: Sequence[str]) -> None:
+    """Give a finished label GeoTIFF its class names as category names.
 
     GeoTIFF has no tag for category names, so GDAL keeps them in `<label>.aux.xml`
     beside the file (QGIS and GDAL read it); call this after the label file has its
     final name, or the sidecar would keep the temporary name.
     """
-    if record:  # into the TIFF itself; a second opening keeps the names in the sidecar
-        dataset = gdal.Open(str(label_path), gdal.GA_Update)
-        dataset.SetMetadata({**(dataset.GetMetadata() or {}), **record})
-        dataset = None
     dataset = gdal.Open(str(label_path), gdal.GA_Update)
     dataset.GetRasterBand(1).SetCategoryNames(list(class_names))
     dataset = None
