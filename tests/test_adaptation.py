@@ -214,3 +214,18 @@ def test_auto_leaves_a_close_scene_alone_and_measures_the_shift(scene_case, monk
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
     forced = adaptation.adapt(model, windows, "on", 0.3)
     assert forced.shift is None and forced.blend == 0.3 and forced.statistics
+
+
+def test_a_model_object_given_to_06_keeps_its_statistics(scene_case):
+    """A worker's cached model serves scene after scene: adapting works on a copy."""
+    from cnn_sentinel.scene import predictors
+
+    _, path, _ = scene_case
+    model = valid_model()
+    before = [weight.copy() for weight in model.get_weights()]
+    classification = predictors.prepare_classification(
+        scenes.open_scene(path), model, raw_config(RGB_BAND_NAMES), rgb_scaling="none",
+        adapt="on", adapt_windows=64,
+    )  # fmt: skip
+    assert classification.adaptation.statistics and classification.model is not model
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))

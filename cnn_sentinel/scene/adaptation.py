@@ -243,6 +243,16 @@ def estimate(model, windows: np.ndarray, blend: float, seed: int = 0) -> Adaptat
     return adaptation
 
 
+def copy_model(model):
+    """A copy of a Keras model with the same weights (and dtype policies), so adapting it
+    leaves the original as it is."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def apply(model, adaptation: Adaptation) -> None:
     """Set the statistics of an `estimate` on another copy of the same model."""
     for chain, layer in batch_normalization_layers(model):

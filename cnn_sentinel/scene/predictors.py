@@ -38,6 +38,7 @@ from cnn_sentinel.scene.adaptation import (
     Adaptation,
     batch_normalization_layers,
     check_adapt_settings,
+    copy_model,
     sample_windows,
 )
 from cnn_sentinel.scene.adaptation import (
@@ -509,6 +510,8 @@ def prepare_classification(
             cloud_bands=cloud_bands,
             cloud_settings=cloud_settings,
         )
+        # A copy: the caller's model (a worker's cached one) keeps its trained statistics.
+        model = copy_model(model)
         adaptation = adapt_model(model, windows, adapt, adapt_blend)
     reason = (dihedral_unsupported_reason if tta else dense_unsupported_reason)(model)
     if method == "dense" and reason is not None:
