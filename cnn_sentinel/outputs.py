@@ -259,6 +259,8 @@ def exclusive_lock(lock_path: str | Path, what: str, advice: str) -> Iterator[No
     while True:
         try:
             handle = lock_path.open("a+", encoding="utf-8")
+        except PermissionError:
+            raise InputError(f"output folder {lock_path.parent} is not writable.") from None
         except OSError as error:
             raise InputError(f"cannot create lock file {lock_path}: {error.strerror}.") from None
         try:
