@@ -72,7 +72,14 @@ def start_paused(command: list[str], folder: Path) -> subprocess.Popen:
         "RELEASE_FILE": str(folder / "release"),
     }
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        # A suite started in the background (nohup, `&`) hands its children SIGINT ignored,
+        # and Python then installs no Ctrl-C handler: give 06 the terminal's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for _ in range(1200):
         if (folder / "paused").exists() or process.poll() is not None:
