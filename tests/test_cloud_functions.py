@@ -86,6 +86,20 @@ def test_mask_of_single_pixel_cells_is_s2cloudless_own_mask():
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_a_scene_of_another_reflectance_scale_gets_the_same_mask():
+    """06's --reflectance-scale reaches the cloud mask: reflectance x 1000 masked with
+    scale 1000 is the x 10000 mask; read as x 10000 it would be ten times too dark."""
+    pixels = helpers.cloudy_scene().astype(np.float64)
+    expected = clouds.cloud_mask_block(pixels, MS_BAND_NAMES, clouds.CloudSettings(cell=1))
+    x1000 = clouds.CloudSettings(cell=1, reflectance_scale=1000)
+    np.testing.assert_array_equal(
+        clouds.cloud_mask_block(pixels / 10, MS_BAND_NAMES, x1000), expected
+    )
+    assert not clouds.cloud_mask_block(
+        pixels / 10, MS_BAND_NAMES, clouds.CloudSettings(cell=1)
+    ).any()
+
+
 @pytest.mark.parametrize(("cell", "block_rows"), [(1, 5), (3, 16), (4, 37), (4, 64)])
 def test_blocks_with_their_halo_give_the_whole_scene_mask(tmp_path, cell, block_rows):
     pixels = helpers.cloudy_scene(rows=61, cols=66)

@@ -19,7 +19,6 @@ the user's file stays as it is, and the statistics are a small record
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -123,14 +122,12 @@ def _input_statistics(chain: Sequence, layers: Sequence, windows: np.ndarray) ->
         for part in parts:
             values = part(values, training=False)
         values = values if isinstance(values, (list, tuple)) else [values]
-        count += len(windows[start : start + PREDICT_BATCH])
+        count += len(values[0])
         for number, value in enumerate(values):
             value = np.asarray(value, np.float64)
-            axes = tuple(range(value.ndim - 1))
-            totals[number] = totals[number] + value.sum(axis=axes) / math.prod(value.shape[1:-1])
-            squares[number] = squares[number] + np.square(value).sum(axis=axes) / math.prod(
-                value.shape[1:-1]
-            )
+            spatial = tuple(range(1, value.ndim - 1))  # per window, then summed over windows
+            totals[number] = totals[number] + value.mean(axis=spatial).sum(axis=0)
+            squares[number] = squares[number] + np.square(value).mean(axis=spatial).sum(axis=0)
     means = [total / count for total in totals]
     return [
         (mean, np.maximum(square / count - np.square(mean), 0.0))

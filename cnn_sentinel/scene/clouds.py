@@ -76,13 +76,15 @@ def cloud_band_indices(band_names: Sequence[str], scene_label: str = "the scene"
 
 @dataclasses.dataclass(frozen=True)
 class CloudSettings:
-    """How the mask is made: probability threshold, cell side in pixels, and radii in
-    pixels of the averaging and dilation disks."""
+    """How the mask is made: probability threshold, cell side in pixels, radii in
+    pixels of the averaging and dilation disks, and the scene's values per unit of
+    reflectance (06's REFLECTANCE_SCALE: 10000 for L1C products)."""
 
     threshold: float = CLOUD_THRESHOLD
     cell: int = CLOUD_CELL
     average_over: int = CLOUD_AVERAGE_OVER
     dilation_size: int = CLOUD_DILATION
+    reflectance_scale: float = EUROSAT_REFLECTANCE_SCALE
 
     @property
     def halo(self) -> int:
@@ -150,9 +152,9 @@ def mask_from_cell_probability(
     return detector.get_mask_from_prob(pixels[None], settings.threshold)[0].astype(bool)
 
 
-def cell_reflectance(means: np.ndarray) -> np.ndarray:
-    """Cell means of digital numbers -> top-of-atmosphere reflectance."""
-    return means / EUROSAT_REFLECTANCE_SCALE  # top-of-atmosphere reflectance, as s2cloudless
+def cell_reflectance(means: np.ndarray, scale: float = EUROSAT_REFLECTANCE_SCALE) -> np.ndarray:
+    """Cell means of digital numbers -> top-of-atmosphere reflectance, as s2cloudless takes."""
+    return means / scale
 
 
 def cloud_mask_block(
@@ -166,7 +168,7 @@ def cloud_mask_block(
     block of a larger scene use `scene_cloud_mask`, which adds the halo.
     """
     means = cell_means(bands[..., cloud_band_indices(band_names)], settings.cell)
-    probability = cell_probability(cell_reflectance(means))
+    probability = cell_probability(cell_reflectance(means, settings.reflectance_scale))
     return mask_from_cell_probability(probability, bands.shape[:2], settings)
 
 
@@ -193,7 +195,7 @@ def scene_cloud_mask(
     for position, index in enumerate(band_indices):
         values = dataset.GetRasterBand(index + 1).ReadAsArray(0, top, cols, bottom - top)
         means[..., position] = cell_means(values, cell)
-    probability = cell_probability(cell_reflectance(means))
+    probability = cell_probability(cell_reflectance(means, settings.reflectance_scale))
     mask = mask_from_cell_probability(probability, (bottom - top, cols), settings)
     return mask[first_row - top : last_row - top]
 

@@ -41,6 +41,7 @@ from cnn_sentinel.outputs import (
 from cnn_sentinel.precision import precision_policy
 from cnn_sentinel.scene import clouds, predictors, writers
 from cnn_sentinel.scene import reading as scenes
+from cnn_sentinel.scene.radiometry import check_reflectance_scale
 from image_functions import MS_BAND_NAMES
 
 # The models the project ships, trained by its own scripts (see models/*/README.md).
@@ -130,12 +131,11 @@ class PreparedScene:
         """The block steps of the run (the cloud mask when on), for rows first..last."""
         if not self.masking:
             return []
-        cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)
         return [
             clouds.CloudMaskStep(
                 self.scene,
                 self.cloud_bands,
-                cloud_settings,
+                cloud_settings(settings),
                 first_row=first_row,
                 last_row=last_row,
             )
@@ -147,6 +147,16 @@ class PreparedScene:
             f"stride {settings.stride}; "
             f"{self.masking_words}"
         )
+
+
+def cloud_settings(settings) -> clouds.CloudSettings:
+    """The cloud mask of 06's settings: its threshold, and the scene's reflectance scale
+    (REFLECTANCE_SCALE; auto is 10000, what L1C products hold)."""
+    scale = check_reflectance_scale(settings.reflectance_scale)
+    return clouds.CloudSettings(
+        threshold=settings.cloud_threshold,
+        reflectance_scale=scale or clouds.EUROSAT_REFLECTANCE_SCALE,
+    )
 
 
 def prepare_scene(
@@ -175,7 +185,6 @@ def prepare_scene(
         scenes.band_names_assumed(scene),
     )
     cloud_bands = tuple(clouds.cloud_band_indices(scene_names)) if masking else ()
-    cloud_settings = clouds.CloudSettings(threshold=settings.cloud_threshold)
     loaded, config = load_model(str(model)) if load_model else (model, None)
     classification = predictors.prepare_classification(
         scene,
@@ -192,7 +201,7 @@ def prepare_scene(
         adapt_blend=settings.adapt_blend,
         adapt_windows=settings.adapt_windows,
         cloud_bands=cloud_bands or None,
-        cloud_settings=cloud_settings,
+        cloud_settings=cloud_settings(settings),
     )
     return PreparedScene(
         scene, classification, str(model), model_words, masking, masking_words, cloud_bands
