@@ -29,7 +29,8 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.precision import PRECISION_MODES
 from cnn_sentinel.scene.job import classify_one
 from cnn_sentinel.scene.many import choose_scheduler, classify_many, list_scenes
-from cnn_sentinel.scene.predictors import check_run_settings
+from cnn_sentinel.scene.plan import plan_run, plan_scene
+from cnn_sentinel.scene.runner import check_run_settings
 from cnn_sentinel.settings import parse_settings, run_script
 
 IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE folder or .zip): paths, globs, folders, .txt lists
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     images = list_scenes(settings.image)
     scheduler = choose_scheduler(settings.scheduler, len(images))
     if scheduler == "none" and len(images) == 1:
-        return classify_one(settings, images[0])
-    return {"scenes": classify_many(settings, images, scheduler)}
+        return classify_one(plan_scene(settings, images[0]))
+    return {"scenes": classify_many(plan_run(settings), images, scheduler)}
 
 
 if __name__ == "__main__":

@@ -243,6 +243,19 @@ def scene_band_names(dataset: gdal.Dataset) -> tuple[str, ...]:
     return default_band_names(dataset.RasterCount)
 
 
+def band_spec_items(spec: str | None) -> list[str]:
+    """The items of a band choice: "B04,B03,B02" -> ["B04", "B03", "B02"]; "4,3,2" and
+    "4 3 2" -> ["4", "3", "2"]; None or "" -> []."""
+    return str(spec).replace(",", " ").split() if spec else []
+
+
+def band_numbers(items: Sequence[str]) -> list[int] | None:
+    """GDAL band numbers (1-based) when every item of a band choice is one, else None."""
+    if not items or not all(item.isdigit() for item in items):
+        return None
+    return [int(item) for item in items]
+
+
 def choose_scene_bands(
     scene_names: Sequence[str],
     model_bands: Sequence[str],
@@ -258,9 +271,10 @@ def choose_scene_bands(
     """
     expected = ", ".join(model_bands)
     if spec:
-        items = [item.strip() for item in spec.split(",") if item.strip()]
-        if all(item.isdigit() for item in items):
-            indices = [int(item) - 1 for item in items]
+        items = band_spec_items(spec)
+        numbers = band_numbers(items)
+        if numbers is not None:
+            indices = [number - 1 for number in numbers]
             if any(index < 0 or index >= len(scene_names) for index in indices):
                 raise InputError(
                     f"bands {spec} are not all among the {len(scene_names)} bands of scene "
