@@ -14,6 +14,7 @@ import pytest
 from helpers import FAST, SCRIPTS, WRONG_WEIGHTS_WARNING, make_split, read_history
 from script_modules import load_script
 
+import image_functions as imf
 from cnn_sentinel import networks as nf
 from cnn_sentinel import training
 from cnn_sentinel.errors import InputError
@@ -328,7 +329,7 @@ def test_random_shift_moves_each_image_by_its_own_offset_with_reflected_edges():
 
     tf.random.set_seed(0)
     images = np.random.default_rng(0).normal(size=(96, 9, 9, 2)).astype(np.float32)
-    shifted = training.random_shift(tf.constant(images), 1).numpy()
+    shifted = imf.random_shift(tf.constant(images), 1).numpy()
     offsets = []
     for image, result in zip(images, shifted, strict=True):
         found = [
@@ -350,11 +351,11 @@ def test_random_shift_moves_each_image_by_its_own_offset_with_reflected_edges():
 def test_pipeline_augmentation_is_a_symmetry_then_a_shift_and_only_in_training():
     import tensorflow as tf
 
-    assert training.pipeline_augmentation("none", 0) is None
-    assert training.pipeline_augmentation("talk", 0) is None
+    assert imf.pipeline_augmentation("none", 0) is None
+    assert imf.pipeline_augmentation("talk", 0) is None
     tf.random.set_seed(1)
     images = np.random.default_rng(1).normal(size=(32, 8, 8, 3)).astype(np.float32)
-    augment = training.pipeline_augmentation("dihedral", 2)
+    augment = imf.pipeline_augmentation("dihedral", 2)
     results = augment(tf.constant(images)).numpy()
     moved = 0
     for image, result in zip(images, results, strict=True):
@@ -368,7 +369,7 @@ def test_pipeline_augmentation_is_a_symmetry_then_a_shift_and_only_in_training()
         moved += all(offset != (0, 0) for offset in candidates)
     assert moved > 16  # 24 of 25 offsets move the image
     assert np.array_equal(augment(tf.constant(images), training=False).numpy(), images)
-    only_shift = training.pipeline_augmentation("none", 3)(tf.constant(images)).numpy()
+    only_shift = imf.pipeline_augmentation("none", 3)(tf.constant(images)).numpy()
     assert all(
         any(np.array_equal(shifted, result) for *_, shifted in shifted_variants(image, 3))
         for image, result in zip(images, only_shift, strict=True)
