@@ -147,6 +147,38 @@ def test_recipe_talk_takes_the_talks_settings_except_flags_given(rgb_split, tmp_
     )
 
 
+@pytest.mark.parametrize("number", ["03", "05"])
+def test_recipe_talk_keeps_a_constant_edited_at_the_top_of_the_script(number, tmp_path, capsys):
+    from cnn_sentinel import recipes
+    from cnn_sentinel.settings import script_constants
+
+    script = REPO_ROOT / SCRIPTS[number]
+    # The shipped constants are what the recipe compares with: unedited, all talk values.
+    shipped = {name.lower(): value for name, value, _ in script_constants(script)}
+    expected = recipes.shipped_fast_recipe(script)
+    assert {key: shipped[key] for key in expected} == expected
+    assert set(expected) == set(recipes.TALK_SCRATCH_RECIPE)
+    untouched = recipes.parse_training_settings(str(script), ["--recipe", "talk"])
+    for key, value in recipes.TALK_SCRATCH_RECIPE.items():
+        assert getattr(untouched, key) == value, key
+    # A copy with BATCH_SIZE and EPOCHS edited: both kept, each named in a note.
+    edited = tmp_path / script.name
+    source = script.read_text(encoding="utf-8")
+    source = source.replace("BATCH_SIZE = 128  #", "BATCH_SIZE = 32  #")
+    source = source.replace(f"EPOCHS = {expected['epochs']}  #", "EPOCHS = 7  #")
+    edited.write_text(source, encoding="utf-8")
+    settings = recipes.parse_training_settings(str(edited), ["--recipe", "talk", "--shift", "2"])
+    assert (settings.batch_size, settings.epochs, settings.shift) == (32, 7, 2)
+    assert (settings.arch, settings.optimizer, settings.learning_rate) == ("vgg16", "adam", 0.001)
+    assert (settings.augmentation, settings.patience) == ("talk", 50)
+    notes = capsys.readouterr().out
+    assert "keeps BATCH_SIZE = 32" in notes and "keeps EPOCHS = 7" in notes
+    assert "SHIFT" not in notes  # given as a flag: kept without a note
+    # The fast recipe leaves every edited constant as it is.
+    fast = recipes.parse_training_settings(str(edited), [])
+    assert (fast.batch_size, fast.epochs, fast.arch) == (32, 7, "resnet-valid-narrow")
+
+
 @pytest.mark.parametrize("variant", ["adapter", "first-conv"])
 def test_04_ms_finetuning_both_variants(ms_split, tiny_weights, tmp_path, variant):
     script_main("04")(
