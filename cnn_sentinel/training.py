@@ -318,7 +318,7 @@ def train_stages(
             model.fit(
                 train_data,
                 validation_data=validation_data,
-                shuffle=False,  # the dataset reshuffles itself every epoch
+                shuffle=False,  # the pipeline reshuffles itself every epoch
                 epochs=state["stage_start"] + epochs,
                 initial_epoch=state["epoch"],
                 steps_per_epoch=steps_per_epoch or None,
