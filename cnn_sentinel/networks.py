@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.layers import custom_layers, custom_objects, fused_batch_normalization_class
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.precision import dtype_policy
 from image_functions import (
     IMAGE_SIZE,
     RGB_BAND_NAMES,
     augmentation_layers,
-    custom_layers,
     normalization_layer,
 )
 
@@ -181,62 +181,6 @@ def resolve_weights(arch: str, weights: str | None) -> Path | None:
             f"cannot download the ImageNet weights of {arch} from {url}; copy {file_name} "
             f"into {cached} or pass --weights PATH to a local copy."
         ) from None
-
-
-_FUSED_BATCH_NORMALIZATION = []
-
-
-def fused_batch_normalization_class():
-    """BatchNormalization computed by TensorFlow's fused kernel in the input's dtype.
-
-    Keras 3's BatchNormalization casts bfloat16/float16 input to float32 and
-    computes moments, normalisation and the casts as separate small ops; in
-    DenseNet201 (about 200 BN layers on small feature maps) those dominate the
-    step and eat the bfloat16 gain. FusedBatchNormV3 (oneDNN on CPU, cuDNN on
-    GPU) takes 16-bit input with float32 statistics in one op. Same weights and
-    config as BatchNormalization; the moving variance is updated with the
-    unbiased batch variance (TensorFlow's fused kernel), a negligible difference.
-    """
-    if _FUSED_BATCH_NORMALIZATION:
-        return _FUSED_BATCH_NORMALIZATION[0]
-    import keras
-    import tensorflow as tf
-
-    @keras.saving.register_keras_serializable(package="cnn_sentinel")
-    class FusedBatchNormalization(keras.layers.BatchNormalization):
-        def call(self, inputs, training=None, mask=None):
-            # Keras 3 keeps `axis` as an int (3 for NHWC after build, -1 before).
-            if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
-                return super().call(inputs, training=training, mask=mask)
-            if training and self.trainable:
-                empty = tf.constant([], tf.float32)
-                outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-                    x=inputs, scale=self.gamma, offset=self.beta, mean=empty, variance=empty,
-                    epsilon=self.epsilon, data_format="NHWC", is_training=True,
-                )  # fmt: skip
-                self.moving_mean.assign(
-                    self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
-                )
-                self.moving_variance.assign(
-                    self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-                )
-                return outputs
-            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=self.gamma, offset=self.beta, mean=self.moving_mean,
-                variance=self.moving_variance, epsilon=self.epsilon, data_format="NHWC",
-                is_training=False,
-            )  # fmt: skip
-            return outputs
-
-    _FUSED_BATCH_NORMALIZATION.append(FusedBatchNormalization)
-    return FusedBatchNormalization
-
-
-def custom_objects() -> dict:
-    """Layers of ours that saved models may hold; pass to keras.saving.load_model."""
-    fused = fused_batch_normalization_class()
-    layers = {"FusedBatchNormalization": fused, **custom_layers()}
-    return {**layers, **{f"cnn_sentinel>{name}": layer for name, layer in layers.items()}}
 
 
 def with_fused_batch_normalization(model):

@@ -1,5 +1,5 @@
 """Tests of cnn_sentinel.networks (heads, freezing, weight transfer) and precision, of the
-optimisers and strategy of training.py, and of the metrics of reports.py."""
+optimisers of optimisation.py and the strategy of strategy.py, and of the metrics of reports.py."""
 
 from __future__ import annotations
 
@@ -13,13 +13,8 @@ from helpers import WRONG_WEIGHTS_WARNING
 from cnn_sentinel import fonts, precision, reports
 from cnn_sentinel import networks as nf
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.training import (
-    Stage,
-    choose_strategy,
-    compile_for_stage,
-    is_chief,
-    make_optimizer,
-)
+from cnn_sentinel.optimisation import Stage, compile_for_stage, make_optimizer
+from cnn_sentinel.strategy import choose_strategy, is_chief
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES
 
 MEAN3, STD3 = [100.0, 100.0, 100.0], [30.0, 30.0, 30.0]
