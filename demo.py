@@ -33,7 +33,7 @@ IMAGES_PER_CLASS = 300  # generated patches per class
 SCENE_SIZE = 768  # generated scene: rows = cols
 ARCH = None  # backbone; None: tiny-valid for demo data, vgg16 (the talk's) for EUROSAT_DIR
 EPOCHS = 0  # training epochs; 0: 30 for demo data, 100 (early stopping) for EUROSAT_DIR
-PATIENCE = 0  # early-stopping patience; 0: 5 for demo data, the talk's 50 for EUROSAT_DIR
+PATIENCE = 0  # early-stopping patience; 0: 3 for demo data, the talk's 50 for EUROSAT_DIR
 STRIDE = 4  # 06 stride: one window every STRIDE pixels
 SEED = 0  # seed of the generated data and of training
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     run_folder = demo_dir / "runs" / run_name
     model = run_folder / "model.keras"
     epochs = settings.epochs or (100 if real else 30)
-    patience = settings.patience or (50 if real else 5)
+    patience = settings.patience or (50 if real else 3)
     if (run_folder / "model.json").is_file() and model.is_file():
         skip(f"training ({recipe})", f"{model} exists")
     else:

@@ -7,7 +7,7 @@ talk's augmentation is a training-only layer that the saved file leaves out
 (inference_model), so model.keras holds stock Keras layers only.
 Training lives in training.py, reports in reports.py, precision in precision.py.
 TensorFlow and Keras are imported inside functions: importing this module is cheap.
-About 640 lines: every use of the backbone table (build, the two transfers, freezing,
+About 710 lines: every use of the backbone table (build, the two transfers, freezing,
 the saved and runtime forms of a model) stays beside it.
 """
 
@@ -79,8 +79,8 @@ TINY_VALID_BN_MOMENTUM = 0.9
 # classified in one fully convolutional pass that equals the per-window result;
 # "resnet-valid-narrow" is its candidate at 3/4 of the filters (benchmarks/README.md).
 # "tiny-valid" is the demo's network (`make demo`): a stride-4 stem and three small
-# 'valid' convolutions, so 06 classifies a scene in one dense pass; about 1/4 of tiny's
-# FLOPs (benchmarks/demo.py).
+# 'valid' convolutions, so 06 classifies a scene in one dense pass; under 1/5 of tiny's
+# FLOPs (benchmarks/README.md#demo).
 BACKBONES = {
     "vgg16": Backbone(
         build=lambda shape: keras_application("VGG16", shape),
@@ -406,7 +406,7 @@ def tiny_valid(shape, widths: Sequence[int] = TINY_VALID_WIDTHS, name: str = "ti
     stem: 4x4 convolution, stride 4 (64 -> 16); conv2: 3x3 convolution (-> 14),
     2x2 max pooling (-> 7); conv3: 3x3 convolution (-> 5). Every convolution is
     'valid', followed by batch normalisation and ReLU, so 06 runs it densely and
-    exactly (cnn_sentinel/scene/dense.py). About 6.5 MFLOPs per 13-band patch.
+    exactly (cnn_sentinel/scene/dense.py). About 4.4 MFLOPs per 13-band patch (tiny: 25).
     """
     import keras
 
