@@ -42,7 +42,7 @@ def step_times(stdout: str) -> dict[str, float]:
     times, title = {}, None
     for line in stdout.splitlines():
         if match := STEP_LINE.match(line):
-            title = match.group(1).split()[0]
+            title = match.group(1).split()[0].rstrip(":")
         elif (match := SECONDS_LINE.match(line)) and title:
             times[title] = float(match.group(1))
     return times
@@ -80,6 +80,10 @@ def run_demo(code: Path, demo_dir: Path, extra: list[str]) -> tuple[float, str]:
     return seconds, result.stdout
 
 
+def load_average() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> None:
     from cnn_sentinel.precision import cpu_model
 
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(settings.keep or temporary).resolve()
         work.mkdir(parents=True, exist_ok=True)
         codes = {"old": export_revision(settings.old_revision, work / "old_code"), "new": REPO_ROOT}
-        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()}")
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {load_average()}")
         print(f"old: demo.py of {settings.old_revision}; new: {REPO_ROOT}; {sys.executable}")
         for round_number in range(1, settings.rounds + 1):
             order = ("old", "new") if round_number % 2 else ("new", "old")
@@ -98,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds, stdout = run_demo(codes[name], work / f"{name}_{round_number}", extra)
                 results[name] = (seconds, step_times(stdout), accuracies(stdout))
                 print(
-                    f"round {round_number} {name}: {seconds:.0f} s, load average "
-                    f"{os.getloadavg()[0]:.1f}",
+                    f"round {round_number} {name}: {seconds:.0f} s, load average {load_average()}",
                     flush=True,
                 )
             (old_s, old_steps, old_acc), (new_s, new_steps, new_acc) = (
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{'whole demo':<12} {old_s:7.0f} {new_s:7.0f} {new_s / old_s:8.2f}")
             for key in old_acc:
                 print(f"{key}: old {old_acc[key]:.3f}, new {new_acc.get(key, float('nan')):.3f}")
-        print(f"load average after: {os.getloadavg()}")
+        print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
