@@ -51,7 +51,7 @@ def output_folder(map_path: Path, output_dir: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    settings = parse_settings(__file__, argv)
+    settings = parse_settings(__file__, argv, common_flags=())  # no TensorFlow, no bars
     if not settings.map or not settings.reference:
         raise InputError("give the label map with --map and the reference with --reference.")
     label_map = evaluation.read_label_map(settings.map)

@@ -1,12 +1,13 @@
 """Pixels: the facts about EuroSAT images, reading them, band statistics, the
 normalisation and augmentation that training shares, and tf.data pipelines.
 
-One table of classes, bands and talk constants lives here; every other module
-refers to it. Augmentation has its one home here: the talk's flips and rotations as a
-layer inside the model (built on cnn_sentinel.layers, where the layer classes live),
-and the 8 symmetries of the square and a random shift in the input pipeline.
-Words: a *folder* holds images on disk, a *pipeline* is a tf.data.Dataset of batches,
-a *raster* is a file GDAL opened. TensorFlow and Keras are imported inside the
+The classes, bands and patch size are named here as the talk named them (their home
+is cnn_sentinel/facts.py, with the class colours and reserved label values); the talk's
+normalisation constants live here. Augmentation has its one home here: the talk's flips
+and rotations as a layer inside the model (built on cnn_sentinel.layers, where the layer
+classes live), and the 8 symmetries of the square and a random shift in the input
+pipeline. Words: a *folder* holds images on disk, a *pipeline* is a tf.data.Dataset of
+batches, a *raster* is a file GDAL opened. TensorFlow and Keras are imported inside the
 functions that need them, so importing this module is cheap.
 
 About 630 lines: the last 60 are the talk's own helpers (its normalisation functions
@@ -28,33 +29,19 @@ from osgeo import gdal
 
 from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
+
+# The talk's facts (classes, bands, patch size), named here as the talk did; their home
+# is cnn_sentinel/facts.py, with the class colours and the reserved label values.
+from cnn_sentinel.facts import CLASS_NAMES as CLASS_NAMES
+from cnn_sentinel.facts import IMAGE_SIZE as IMAGE_SIZE
+from cnn_sentinel.facts import MS_BAND_NAMES as MS_BAND_NAMES
+from cnn_sentinel.facts import RGB_BAND_NAMES as RGB_BAND_NAMES
 from cnn_sentinel.layers import custom_layers
 
 gdal.UseExceptions()
 # A truncated JPEG is an error, not a warning with grey pixels.
 gdal.SetConfigOption("GDAL_ERROR_ON_LIBJPEG_WARNING", "TRUE")
 
-# EuroSAT class folder names; the class index is the position in this tuple.
-CLASS_NAMES = (
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-)
-# Band order of the EuroSAT MS GeoTIFFs (B8A last, as stored in the files).
-MS_BAND_NAMES = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07",
-    "B08", "B09", "B10", "B11", "B12", "B8A",
-)  # fmt: skip
-# Channels of the EuroSAT RGB JPEGs, as Sentinel-2 bands.
-RGB_BAND_NAMES = ("B04", "B03", "B02")
-IMAGE_SIZE = 64
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff")
 
 # Normalisation constants of the talk models (mean of per-image means and of

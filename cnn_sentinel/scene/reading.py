@@ -2,15 +2,17 @@
 their bands, loading the model, and reading row blocks with a mirrored halo.
 
 Scene classification (cnn_sentinel/scene/) is split by what changes together:
-  blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch, label values, colours
+  blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch
   reading.py      scenes and models in: open, bands, block reads (this module)
   products.py     .SAFE folders and .zip files as one 13-band stack
-  predictors.py   blocks of class probabilities out: the per-window predictor,
-                  the entry point `prepare_classification` -> SceneClassification.run
+  plan.py         ScenePlan: 06's settings for one scene, decided once (plan_scene)
+  predictors.py   blocks of class probabilities out, one pass per window
   dense.py        the whole-block (fully convolutional) pass, exact for models
                   without zero padding inside the window
+  runner.py       a plan's model made ready and run: prepare_classification(plan).run
   clouds.py       the s2cloudless cloud mask, a block step
   writers.py      outputs: label and probability GeoTIFFs; quicklooks.py the PNG
+  job.py, many.py 06 on one planned scene, on many (Dask)
 A new output format is one writer; a new way to compute probabilities is one predictor.
 
 The window of pixel (r, c) covers rows r-32..r+31 and cols c-32..c+31 (for the
