@@ -64,7 +64,7 @@ RESNET_VALID_NARROW_WIDTHS = (24, 48, 96, 192)
 # Filters of tiny-valid: stem (16 x 16), conv2 (14 x 14, pooled to 7 x 7), conv3 (5 x 5).
 TINY_VALID_WIDTHS = (16, 32, 64)
 # Its batch normalisation forgets faster than Keras' 0.99: a demo epoch is 17 steps, and
-# at 0.99 the statistics used for validation lag the weights by about 6 epochs.
+# at 0.99 the statistics used for validation lagged the weights by about 8 epochs.
 TINY_VALID_BN_MOMENTUM = 0.9
 # The backbones (adding one is one entry). vgg16 and densenet201 are the talk's; the
 # talk froze VGG16's layers[:4] (input + block 1) and DenseNet201's layers[:7] (stem
