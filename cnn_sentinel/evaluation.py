@@ -597,3 +597,36 @@ def save_picture(
     )
     figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def crop_to_box(label_map: LabelMap, box: Sequence[float]) -> tuple[LabelMap, list[int]]:
+    """The part of the map whose pixel centres lie inside `box` (xmin, ymin, xmax, ymax
+    in the map's CRS, edges included), and that part as [first row, first column,
+    rows, columns]. InputError when the box is no box or holds no pixel centre."""
+    xmin, ymin, xmax, ymax = (float(value) for value in box)
+    if not (xmin < xmax and ymin < ymax):
+        raise InputError(f"box {xmin:g} {ymin:g} {xmax:g} {ymax:g} is not XMIN YMIN XMAX YMAX.")
+    x0, width, _, y0, _, height = label_map.transform
+    rows, cols = label_map.labels.shape
+    xs = x0 + (np.arange(cols) + 0.5) * width
+    ys = y0 + (np.arange(rows) + 0.5) * height
+    picked_cols = np.flatnonzero((xs >= xmin) & (xs <= xmax))
+    picked_rows = np.flatnonzero((ys >= ymin) & (ys <= ymax))
+    if not len(picked_cols) or not len(picked_rows):
+        minx, miny, maxx, maxy = label_map.bounds
+        raise InputError(
+            f"box {xmin:g} {ymin:g} {xmax:g} {ymax:g} holds no pixel of map {label_map.path} "
+            f"(x {minx:g} to {maxx:g}, y {miny:g} to {maxy:g})."
+        )
+    top, left = int(picked_rows[0]), int(picked_cols[0])
+    bottom, right = int(picked_rows[-1]) + 1, int(picked_cols[-1]) + 1
+    transform = (x0 + left * width, width, 0.0, y0 + top * height, 0.0, height)
+    cropped = LabelMap(
+        label_map.path,
+        label_map.labels[top:bottom, left:right].copy(),
+        label_map.class_names,
+        transform,
+        label_map.projection,
+        label_map.nodata,
+    )
+    return cropped, [top, left, bottom - top, right - left]
