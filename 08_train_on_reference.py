@@ -60,9 +60,10 @@ REPLAY = 0.25  # EuroSAT patches replayed per scene window (0: none)
 SAMPLES_PER_CLASS = 500  # training windows per reference class (repeated if it has fewer)
 MIN_SAMPLES = 20  # a reference class with fewer usable pixels is an error
 ERODE = 1  # pixels taken off the edge of every reference class against edge noise
+KEEP_AGREEING = False  # a window the start model already calls a compatible class keeps that class
 PSEUDO_LABELS = 0  # windows per class the start model is sure of, where no reference is
 PSEUDO_CONFIDENCE = 0.9  # the start model's probability a pseudo-label needs
-TRAIN_LAYERS = "all"  # all | head | last-block | bn: the layers that learn
+TRAIN_LAYERS = "all"  # all | frozen-bn | head | last-block | bn: the layers that learn
 LEARNING_RATE = 0.0001  # Adam's learning rate
 EPOCHS = 5  # passes over the training windows
 BATCH_SIZE = 64  # windows per step
@@ -122,14 +123,14 @@ def training_windows(settings, scene, reference, targets, part, before_map):
 
     usable = teaching.usable_pixels(scene)
     allowed = teaching.training_allowed(scene.shape, part, scene.size) & usable
-    if not (allowed & (reference.classes >= 0)).any():
-        raise InputError(
-            f"reference {settings.reference} has no usable pixel outside the hold-out box "
-            "(and its 64-pixel margin), so there is nothing to train on."
-        )
     masks = {
         name: teaching.class_pixels(reference, name, settings.erode) & allowed for name in targets
     }
+    if not any(mask.any() for mask in masks.values()):
+        raise InputError(
+            f"reference {settings.reference} has no usable pixel outside the hold-out box "
+            f"(and its {scene.size}-pixel margin), so there is nothing to train on."
+        )
     centres = teaching.sample_centres(
         masks, settings.samples_per_class, settings.min_samples, settings.seed
     )
@@ -137,8 +138,15 @@ def training_windows(settings, scene, reference, targets, part, before_map):
     cols = [centres[name][1] for name in targets]
     masks_out = [np.repeat(targets[name][None], len(centres[name][0]), 0) for name in targets]
     counts = {name: len(centres[name][0]) for name in targets}
-    if settings.pseudo_labels and before_map is not None:
-        labels = gdal.Open(str(before_map)).ReadAsArray()
+    labels = gdal.Open(str(before_map)).ReadAsArray() if before_map is not None else None
+    if settings.keep_agreeing and labels is not None:
+        width = len(scene.class_names)
+        for position, (row, col) in enumerate(zip(rows, cols, strict=True)):
+            before = labels[row, col].astype(np.int64)
+            agree = before < width
+            agree[agree] = masks_out[position][np.flatnonzero(agree), before[agree]] > 0
+            masks_out[position][agree] = teach.one_hot(before[agree], width)
+    if settings.pseudo_labels and labels is not None:
         probability = gdal.Open(str(before_map).replace("_label.tif", "_prob.tif")).ReadAsArray()
         free = allowed & (reference.classes == teaching.evaluation.NO_REFERENCE)
         free &= probability >= settings.pseudo_confidence
@@ -261,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
             targets_array = np.concatenate(
                 [targets_array, teach.one_hot(train_y[picked], len(info.class_names))]
             )
+    import keras
+
+    keras.utils.set_random_seed(settings.seed)
     trainable = teach.set_trainable(model, settings.train_layers)
     print(f"{len(windows)} windows, {trainable} weights learn ({settings.train_layers})")
     fit(settings, model, windows, targets_array, run_folder, state)

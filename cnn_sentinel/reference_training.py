@@ -21,7 +21,7 @@ from cnn_sentinel import evaluation
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.scene.quicklooks import QUICKLOOK_MAX_SIDE, decimation, label_colours
 
-TRAIN_LAYERS = ("all", "head", "last-block", "bn")
+TRAIN_LAYERS = ("all", "frozen-bn", "head", "last-block", "bn")
 # Layers that end a block: "last-block" trains what follows the last of them.
 BLOCK_ENDS = ("Add", "Concatenate", "MaxPooling2D", "AveragePooling2D")
 
@@ -36,7 +36,7 @@ def flat_layers(model) -> list:
 
 def set_trainable(model, which: str) -> int:
     """Make `which` layers trainable (all: every layer but the input normalisation;
-    head: the last layer with weights; last-block: the layers after the last block end;
+    frozen-bn: those but batch normalisation, which keeps its statistics; head: the last layer with weights; last-block: the layers after the last block end;
     bn: batch normalisation and the head), the rest frozen. Returns the trainable
     weight count."""
     if which not in TRAIN_LAYERS:
@@ -50,6 +50,7 @@ def set_trainable(model, which: str) -> int:
         kind = type(layer).__name__
         learns = {
             "all": kind != "Normalization",
+            "frozen-bn": kind not in ("Normalization", "BatchNormalization"),
             "head": layer is weighted[-1],
             "last-block": index > (ends[-1] if ends else len(layers) - 2),
             "bn": kind == "BatchNormalization" or layer is weighted[-1],
