@@ -35,10 +35,10 @@ def flat_layers(model) -> list:
 
 
 def set_trainable(model, which: str) -> int:
-    """Make `which` layers trainable (all: every layer but the input normalisation;
-    frozen-bn: those but batch normalisation, which keeps its statistics; head: the last layer with weights; last-block: the layers after the last block end;
-    bn: batch normalisation and the head), the rest frozen. Returns the trainable
-    weight count."""
+    """Make `which` layers trainable, the rest frozen: all (every layer but the input
+    normalisation), frozen-bn (those but batch normalisation, which keeps its statistics),
+    head (the last layer with weights), last-block (the layers after the last block end),
+    bn (batch normalisation and the head). Returns the trainable weight count."""
     if which not in TRAIN_LAYERS:
         raise InputError(f"train layers must be one of {', '.join(TRAIN_LAYERS)}, not {which}.")
     layers = flat_layers(model)
