@@ -59,12 +59,12 @@ EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accura
 REPLAY = 0.25  # EuroSAT patches replayed per scene window (0: none)
 SAMPLES_PER_CLASS = 500  # training windows per reference class (repeated if it has fewer)
 MIN_SAMPLES = 20  # a reference class with fewer usable pixels is an error
-ERODE = 1  # pixels taken off the edge of every reference class against edge noise
+ERODE = 0  # pixels taken off the edge of every reference class against edge noise
 KEEP_AGREEING = False  # a window the start model already calls a compatible class keeps that class
 PSEUDO_LABELS = 0  # windows per class the start model is sure of, where no reference is
 PSEUDO_CONFIDENCE = 0.9  # the start model's probability a pseudo-label needs
 TRAIN_LAYERS = "all"  # all | frozen-bn | head | last-block | bn: the layers that learn
-LEARNING_RATE = 0.0001  # Adam's learning rate
+LEARNING_RATE = 0.0002  # Adam's learning rate
 EPOCHS = 5  # passes over the training windows
 BATCH_SIZE = 64  # windows per step
 AUGMENT = True  # each window under one of the 8 flips and 90-degree rotations
@@ -116,11 +116,9 @@ def classify(settings, model: str, folder: Path) -> Path:
     return scene_job.scene_outputs(settings06, settings.image).label
 
 
-def training_windows(settings, scene, reference, targets, part, before_map):
-    """The training windows and their target masks: SAMPLES_PER_CLASS per taught
-    reference class, PSEUDO_LABELS per class of the start model where no reference is."""
-    from osgeo import gdal
-
+def training_centres(settings, scene, reference, targets, part):
+    """SAMPLES_PER_CLASS centres per taught reference class, outside the hold-out box and
+    its margin, with data and without cloud; and where centres may lie at all."""
     usable = teaching.usable_pixels(scene)
     allowed = teaching.training_allowed(scene.shape, part, scene.size) & usable
     masks = {
@@ -134,6 +132,14 @@ def training_windows(settings, scene, reference, targets, part, before_map):
     centres = teaching.sample_centres(
         masks, settings.samples_per_class, settings.min_samples, settings.seed
     )
+    return centres, allowed
+
+
+def training_windows(settings, scene, reference, targets, centres, allowed, before_map):
+    """The training windows and their target masks: the reference classes' centres, and
+    PSEUDO_LABELS per class of the start model where no reference is."""
+    from osgeo import gdal
+
     rows = [centres[name][0] for name in targets]
     cols = [centres[name][1] for name in targets]
     masks_out = [np.repeat(targets[name][None], len(centres[name][0]), 0) for name in targets]
@@ -238,6 +244,14 @@ def main(argv: list[str] | None = None) -> dict:
     reference, table_name, targets = teaching.reference_targets(
         scene, settings.reference, settings.reference_field, settings.table
     )
+    centres, allowed = training_centres(settings, scene, reference, targets, part)
+    if settings.eurosat:
+        train_x, train_y = teach.eurosat_arrays(
+            settings.eurosat, "train", info.band_names, info.class_names
+        )
+        val_x, val_y = teach.eurosat_arrays(
+            settings.eurosat, "validation", info.band_names, info.class_names
+        )
     check_writable(run_folder)
     if settings.overwrite or not state["epoch"]:
         clear_run_folder(run_folder)
@@ -250,17 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{held_out}")  # fmt: skip
     before_map = classify(settings, start, report / "before") if settings.maps else None
     windows, targets_array, counts = training_windows(
-        settings, scene, reference, targets, part, before_map
+        settings, scene, reference, targets, centres, allowed, before_map
     )
     print("training windows: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     eurosat = {}
     if settings.eurosat:
-        train_x, train_y = teach.eurosat_arrays(
-            settings.eurosat, "train", info.band_names, info.class_names
-        )
-        val_x, val_y = teach.eurosat_arrays(
-            settings.eurosat, "validation", info.band_names, info.class_names
-        )
         eurosat["before"] = teach.accuracy(model, val_x, val_y)
         replayed = int(round(settings.replay * len(windows)))
         if replayed:

@@ -176,10 +176,13 @@ def test_bad_input_is_one_sentence(generated, tmp_path):
         valid_model(13), tmp_path / "ms", [f"B{n:02d}" for n in range(1, 13)] + ["B8A"]
     )
     expect_error(generated, "B08", "--model", wide)
+    # Every bad input is found before the run folder is made.
+    assert not (generated["folder"] / "runs" / "reference-scene").exists()
 
 
 def test_eurosat_split_folder_must_exist(generated, tmp_path):
     expect_error(generated, "has no train/", "--eurosat", tmp_path, "--no-maps")
+    assert not (generated["folder"] / "runs" / "reference-scene").exists()
 
 
 @pytest.mark.slow
