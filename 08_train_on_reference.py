@@ -36,6 +36,7 @@ from cnn_sentinel import reference_training as teach
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.outputs import atomic_output, write_atomic
 from cnn_sentinel.scene import job as scene_job
+from cnn_sentinel.scene import plan as scene_plan
 from cnn_sentinel.scene import teaching
 from cnn_sentinel.scene.reading import load_scene_model, scene_stem
 from cnn_sentinel.settings import parse_settings, run_script, settings_values
@@ -112,8 +113,9 @@ def start_model_path(model: str) -> str:
 def classify(settings, model: str, folder: Path) -> Path:
     """The scene classified by 06's code with `model` into `folder`; its label map."""
     settings06 = settings_for_06(settings, model, folder)
-    scene_job.classify_one(settings06, settings.image, report=lambda _line: None)
-    return scene_job.scene_outputs(settings06, settings.image).label
+    plan = scene_plan.plan_scene(settings06, settings.image)
+    scene_job.classify_one(plan, report=lambda _line: None)
+    return plan.outputs.label
 
 
 def training_centres(settings, scene, reference, targets, part):
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError("give the scene with --image and your reference with --reference.")
     if settings.epochs < 1 or settings.batch_size < 1 or settings.samples_per_class < 1:
         raise InputError("epochs, batch size and samples per class must be at least 1.")
-    box = scene_job.parse_numbers(settings.holdout_bbox, float, "hold-out box")
+    box = scene_plan.parse_numbers(settings.holdout_bbox, float, "hold-out box")
     run_folder = Path(settings.output) / (
         settings.run_name or f"reference-{scene_stem(settings.image)}"
     )
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         return model_cache[path]
 
     scene = teaching.open_teaching_scene(settings06, settings.image, load)
-    start = scene.prepared.model
+    start = scene.plan.model_path
     model, info = load(start)
     part = teaching.holdout_part(scene, box)
     reference, table_name, targets = teaching.reference_targets(

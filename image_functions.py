@@ -1,8 +1,9 @@
 """Pixels: the facts about EuroSAT images, reading them, band statistics,
 normalisation and augmentation as Keras layers, and tf.data datasets.
 
-One table of classes, bands and talk constants lives here; every other module
-refers to it. TensorFlow and Keras are imported inside the functions that need
+The classes, bands and patch size are named here as the talk named them (their home
+is cnn_sentinel/facts.py, with the class colours and reserved label values); the talk's
+normalisation constants live here. TensorFlow and Keras are imported inside the functions that need
 them, so importing this module is cheap.
 
 About 630 lines: the last 60 are the talk's own helpers (its normalisation functions
@@ -25,31 +26,17 @@ from osgeo import gdal
 from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
 
+# The talk's facts (classes, bands, patch size), named here as the talk did; their home
+# is cnn_sentinel/facts.py, with the class colours and the reserved label values.
+from cnn_sentinel.facts import CLASS_NAMES as CLASS_NAMES
+from cnn_sentinel.facts import IMAGE_SIZE as IMAGE_SIZE
+from cnn_sentinel.facts import MS_BAND_NAMES as MS_BAND_NAMES
+from cnn_sentinel.facts import RGB_BAND_NAMES as RGB_BAND_NAMES
+
 gdal.UseExceptions()
 # A truncated JPEG is an error, not a warning with grey pixels.
 gdal.SetConfigOption("GDAL_ERROR_ON_LIBJPEG_WARNING", "TRUE")
 
-# EuroSAT class folder names; the class index is the position in this tuple.
-CLASS_NAMES = (
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-)
-# Band order of the EuroSAT MS GeoTIFFs (B8A last, as stored in the files).
-MS_BAND_NAMES = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07",
-    "B08", "B09", "B10", "B11", "B12", "B8A",
-)  # fmt: skip
-# Channels of the EuroSAT RGB JPEGs, as Sentinel-2 bands.
-RGB_BAND_NAMES = ("B04", "B03", "B02")
-IMAGE_SIZE = 64
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff")
 
 # Normalisation constants of the talk models (mean of per-image means and of

@@ -11,12 +11,17 @@ Cloud (CLOUD_LABEL) and nodata pixels of the map are left out and counted. Per
 reference class: its pixels, its agreement (the producer's accuracy: the share
 of its pixels the map gives a compatible class) and what the map called it;
 over all classes the area-weighted agreement and the class-balanced one (the
-unweighted mean over the classes with pixels).
+unweighted mean over the classes with pixels). `crop_to_box` limits all of it to
+the pixels centred in a box (07's --bbox, 08's hold-out part).
+
+About 615 lines: 07's whole measure in one place (reading any reference, the tables,
+the assessment and its picture), so a reader checks the numbers in one file.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,13 +32,14 @@ from osgeo import gdal, ogr, osr
 
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA
+from cnn_sentinel.scene.geometry import centred_in_box
 from cnn_sentinel.scene.quicklooks import (
     QUICKLOOK_MAX_SIDE,
     decimation,
     label_colours,
     true_colour_bands,
 )
-from cnn_sentinel.scene.reading import scene_band_names
+from cnn_sentinel.scene.reading import band_numbers, band_spec_items, open_scene, scene_band_names
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -482,20 +488,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def open_scene(path: str | Path, spec: str | None) -> tuple[gdal.Dataset, list[int]]:
-    """The scene to show beside the map, and its 1-based red, green, blue bands: `spec`
-    ("3,2,1"), else B04, B03, B02 by band name, else the bands of a 3-band image."""
-    if not Path(path).exists():
-        raise InputError(f"scene {path} does not exist.")
-    try:
-        scene = gdal.Open(str(path))
-    except RuntimeError:
-        raise InputError(f"scene {path} is not a raster GDAL can read.") from None
+def open_picture_scene(path: str | Path, spec: str | None) -> tuple[gdal.Dataset, list[int]]:
+    """The scene to show beside the map (reading.open_scene: GeoTIFF/VRT, .SAFE or .zip),
+    and its 1-based red, green, blue bands: `spec` ("3,2,1"), else B04, B03, B02 by band
+    name, else the bands of a 3-band image."""
+    scene = open_scene(path)
     count = scene.RasterCount
     if spec:
-        items = str(spec).replace(",", " ").split()
-        bands = [int(item) for item in items if item.isdigit()]
-        if len(bands) != 3 or len(items) != 3 or not all(1 <= band <= count for band in bands):
+        bands = band_numbers(band_spec_items(spec)) or []
+        if len(bands) != 3 or not all(1 <= band <= count for band in bands):
             raise InputError(
                 f"scene bands {spec} must be three band numbers of {path} (1-{count})."
             )
@@ -600,33 +601,14 @@ def save_picture(
 
 
 def crop_to_box(label_map: LabelMap, box: Sequence[float]) -> tuple[LabelMap, list[int]]:
-    """The part of the map whose pixel centres lie inside `box` (xmin, ymin, xmax, ymax
-    in the map's CRS, edges included), and that part as [first row, first column,
-    rows, columns]. InputError when the box is no box or holds no pixel centre."""
-    xmin, ymin, xmax, ymax = (float(value) for value in box)
-    if not (xmin < xmax and ymin < ymax):
-        raise InputError(f"box {xmin:g} {ymin:g} {xmax:g} {ymax:g} is not XMIN YMIN XMAX YMAX.")
-    x0, width, _, y0, _, height = label_map.transform
-    rows, cols = label_map.labels.shape
-    xs = x0 + (np.arange(cols) + 0.5) * width
-    ys = y0 + (np.arange(rows) + 0.5) * height
-    picked_cols = np.flatnonzero((xs >= xmin) & (xs <= xmax))
-    picked_rows = np.flatnonzero((ys >= ymin) & (ys <= ymax))
-    if not len(picked_cols) or not len(picked_rows):
-        minx, miny, maxx, maxy = label_map.bounds
-        raise InputError(
-            f"box {xmin:g} {ymin:g} {xmax:g} {ymax:g} holds no pixel of map {label_map.path} "
-            f"(x {minx:g} to {maxx:g}, y {miny:g} to {maxy:g})."
-        )
-    top, left = int(picked_rows[0]), int(picked_cols[0])
-    bottom, right = int(picked_rows[-1]) + 1, int(picked_cols[-1]) + 1
-    transform = (x0 + left * width, width, 0.0, y0 + top * height, 0.0, height)
-    cropped = LabelMap(
-        label_map.path,
-        label_map.labels[top:bottom, left:right].copy(),
-        label_map.class_names,
-        transform,
-        label_map.projection,
-        label_map.nodata,
+    """The map's pixels centred in `box` (xmin ymin xmax ymax, its CRS; edges included)
+    and where: [first row, first column, rows, columns] (geometry.centred_in_box)."""
+    top, left, rows, cols = centred_in_box(
+        label_map.transform, label_map.labels.shape, box, f"map {label_map.path}"
     )
-    return cropped, [top, left, bottom - top, right - left]
+    x0, width, _, y0, _, height = label_map.transform
+    return dataclasses.replace(
+        label_map,
+        labels=label_map.labels[top : top + rows, left : left + cols].copy(),
+        transform=(x0 + left * width, width, 0.0, y0 + top * height, 0.0, height),
+    ), [top, left, rows, cols]

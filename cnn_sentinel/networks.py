@@ -90,7 +90,7 @@ BACKBONES = {
         build=lambda shape: keras_application("DenseNet201", shape),
         first_conv="conv1_conv",
         frozen_through="pool1",
-        channel_bands=("B04", "B03", "B02"),
+        channel_bands=RGB_BAND_NAMES,
         imagenet=(
             "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "densenet",

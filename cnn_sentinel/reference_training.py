@@ -206,7 +206,7 @@ def save_before_after(
     scale = max(1.0, max(rows, cols) / QUICKLOOK_MAX_SIDE)
     picked = np.ix_(decimation(rows, scale), decimation(cols, scale))
     colours = label_colours(first.class_names)
-    scene = evaluation.open_scene(scene_path, None)
+    scene = evaluation.open_picture_scene(scene_path, None)
     panels = [("scene", evaluation.scene_picture(*scene, first, first.labels[picked].shape))]
     panels += [
         (name, colours[m.labels[picked]])

@@ -26,26 +26,24 @@ import numpy as np
 
 from cnn_sentinel import evaluation
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import clouds
-from cnn_sentinel.scene import job as scene_job
-from cnn_sentinel.scene.reading import read_block, window_view
+from cnn_sentinel.scene import plan as scene_plan
 
-# Scene rows read at a time when windows are gathered and the usable pixels found.
+# Scene rows read at a time when the usable pixels are found.
 STRIP_ROWS = 256
 
 
 @dataclass
 class TeachingScene:
-    """A scene prepared by 06's code (bands, reflectance factor, RGB scaling, cloud
-    mask) and its grid as a LabelMap (labels unused) for 07's reference reading."""
+    """A scene planned by 06's code (scene_plan.plan_scene: bands, reflectance factor,
+    RGB scaling, cloud mask) and its grid as a LabelMap (labels unused) for 07's
+    reference reading."""
 
-    prepared: scene_job.PreparedScene
+    plan: scene_plan.ScenePlan
     grid: evaluation.LabelMap
-    settings06: object
 
     @property
     def size(self) -> int:
-        return int(self.prepared.classification.config.input_size)
+        return int(self.plan.window_size)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -53,75 +51,41 @@ class TeachingScene:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.prepared.classification.config.class_names)
+        return list(self.plan.info.class_names)
 
 
 def open_teaching_scene(settings06, image, load_model=None) -> TeachingScene:
-    """`image` prepared exactly as 06 prepares it with `settings06` (06's namespace)."""
-    prepared = scene_job.prepare_scene(settings06, image, load_model)
-    dataset = prepared.scene
+    """`image` planned exactly as 06 plans it with `settings06` (06's namespace)."""
+    plan = scene_plan.plan_scene(settings06, image, load_model)
+    dataset = plan.scene
     transform = dataset.GetGeoTransform(can_return_null=True)
     if transform is None or not dataset.GetProjection():
         raise InputError(f"scene {image} has no georeference, so no reference can be laid on it.")
     grid = evaluation.LabelMap(
         path=image,
         labels=np.zeros((dataset.RasterYSize, dataset.RasterXSize), np.uint8),
-        class_names=list(prepared.classification.config.class_names),
+        class_names=list(plan.info.class_names),
         transform=tuple(transform),
         projection=dataset.GetProjection(),
         nodata=255,
     )
-    return TeachingScene(prepared, grid, settings06)
+    return TeachingScene(plan, grid)
 
 
 def read_windows(scene: TeachingScene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The model-input windows (n, size, size, bands) centred on scene pixels
-    (rows[i], cols[i]), read exactly as 06 reads them (reading.read_block: its bands,
-    mirrored edges, no data filled, reflectance factor, RGB scaling), in input order."""
-    classification = scene.prepared.classification
-    size, before = scene.size, scene.size // 2
-    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-    out = None
-    for first in np.unique(rows // STRIP_ROWS * STRIP_ROWS):
-        picked = np.flatnonzero((rows >= first) & (rows < first + STRIP_ROWS))
-        last = int(min(first + STRIP_ROWS, rows[picked].max() + 1))
-        pixels, _ = read_block(
-            classification.dataset,
-            classification.band_indices,
-            size,
-            int(first) - before,
-            last - before + size,
-            classification.rgb_scaling,
-            classification.reflectance_factor,
-        )
-        windows = window_view(pixels, size)[rows[picked] - first, cols[picked]]
-        if out is None:
-            out = np.empty((len(rows), *windows.shape[1:]), windows.dtype)
-        out[picked] = windows
-    if out is None:
-        return np.empty((0, size, size, len(classification.band_indices)), np.float32)
-    return out
+    (rows[i], cols[i]), read exactly as 06 reads them (the plan's `windows_at`)."""
+    return scene_plan.windows_at(scene.plan, rows, cols)
 
 
 def usable_pixels(scene: TeachingScene) -> np.ndarray:
     """(rows, cols) bool: pixels with data and, when 06 masks clouds, without cloud."""
-    prepared, classification = scene.prepared, scene.prepared.classification
-    dataset, size = classification.dataset, scene.size
     rows, cols = scene.shape
     usable = np.zeros((rows, cols), bool)
     for first in range(0, rows, STRIP_ROWS):
         last = min(rows, first + STRIP_ROWS)
-        # One row of padding each side is enough for the centres' no-data flags.
-        _, nodata = read_block(dataset, classification.band_indices, size, first, last, False, 1.0)
-        usable[first:last] = ~nodata[:, size // 2 : size // 2 + cols]
-        if prepared.masking:
-            usable[first:last] &= ~clouds.scene_cloud_mask(
-                dataset,
-                prepared.cloud_bands,
-                first,
-                last,
-                scene_job.cloud_settings(scene.settings06),
-            )
+        usable[first:last] = ~scene_plan.nodata_rows(scene.plan, first, last)
+        usable[first:last] &= ~scene_plan.cloud_rows(scene.plan, first, last)
     return usable
 
 
