@@ -310,10 +310,13 @@ def main(argv: list[str] | None = None) -> dict:
         }
         result["held_out"] = {"bbox": box, "pixels": part, **scores}
         write_atomic(report / "held_out.json", result, overwrite=True)
+        # An RGB model's bands are red, green, blue: the picture takes them by number.
+        indices = scene.plan.band_indices
+        picture_bands = ",".join(str(i + 1) for i in indices) if len(indices) == 3 else None
         teach.save_before_after(
             settings.image, [before_map, after_map], settings.reference,
             settings.reference_field, box, report / "before_after.png",
-            f"{scene_stem(settings.image)}: before and after 08",
+            f"{scene_stem(settings.image)}: before and after 08", picture_bands,
         )  # fmt: skip
     state["finished"] = True
     write_atomic(run_folder / STATE_FILE, state, overwrite=True)

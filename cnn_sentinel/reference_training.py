@@ -189,10 +189,10 @@ def held_out_lines(before: dict, after: dict) -> list[str]:
 
 
 def save_before_after(
-    scene_path, maps: Sequence[str | Path], reference_path, class_field, box, output_path, title
+    scene_path, maps, reference_path, class_field, box, output_path, title, scene_bands=None
 ) -> None:
-    """PNG: the scene's true colour, the map before and the map after, the reference
-    outlines on all three and the hold-out box drawn."""
+    """PNG: the scene's true colour (`scene_bands` "r,g,b", or B04, B03, B02 by name), the
+    map before and the map after, the reference outlines on all three, the hold-out box."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +206,7 @@ def save_before_after(
     scale = max(1.0, max(rows, cols) / QUICKLOOK_MAX_SIDE)
     picked = np.ix_(decimation(rows, scale), decimation(cols, scale))
     colours = label_colours(first.class_names)
-    scene = evaluation.open_picture_scene(scene_path, None)
+    scene = evaluation.open_picture_scene(scene_path, scene_bands)
     panels = [("scene", evaluation.scene_picture(*scene, first, first.labels[picked].shape))]
     panels += [
         (name, colours[m.labels[picked]])
