@@ -2,7 +2,7 @@
 07 on a generated scene, the run folder's resume and refusal, every bad input, and the
 real T33UUU scene with its OSM reference where ../shared exists.
 
-The generated scene is 96 x 192 pixels of 10 m (RGB, B04 B03 B02) in UTM 33N; the
+The generated scene is 96 x 192 pixels of 10 m (three unnamed bands) in UTM 33N; the
 hold-out box is its columns 144-191, so training centres may only lie in columns 0-80
 (64 pixels or more from column 144).
 """
@@ -72,7 +72,8 @@ def write_reference(path, classes: dict) -> str:
 def generated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("teach")
     pixels = smooth_scene(ROWS, COLS, 3, np.uint16, 300.0)
-    scene = write_scene(folder / "scene.tif", pixels, descriptions=["B04", "B03", "B02"])
+    # No band names: 06 takes the bands in order, and the report picture by number.
+    scene = write_scene(folder / "scene.tif", pixels)
     model = save_model(valid_model(3), folder / "start", ["B04", "B03", "B02"])
     reference = write_reference(folder / "osm.geojson", REFERENCE)
     return {"folder": folder, "scene": str(scene), "model": str(model), "reference": reference}
@@ -202,3 +203,13 @@ def test_real_t33uuu_taught_on_the_west_half_scored_on_the_east(scenes_dir, tmp_
         "farm", "forest", "grass", "meadow", "residential", "water",
     }  # fmt: skip
     assert "held-out class-balanced agreement: before 0.4296" in capsys.readouterr().out
+
+
+def test_report_picture_of_a_scene_without_band_names_takes_the_models_bands(generated, tmp_path):
+    # Four unnamed bands: neither B04, B03, B02 by name nor a 3-band image, so the picture
+    # takes the RGB model's bands (--bands 3,2,1) by number.
+    scene = write_scene(tmp_path / "four.tif", smooth_scene(ROWS, COLS, 4, np.uint16, 300.0, 1))
+    run({**generated, "scene": str(scene)}, "--bands", "3,2,1", "--run-name", "four",
+        "--epochs", "1")  # fmt: skip
+    picture = generated["folder"] / "runs" / "four" / "report" / "before_after.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
