@@ -7,7 +7,8 @@ it. A compatibility table says which EuroSAT classes agree with each reference
 class (built in: OpenStreetMap land use, the Aberystwyth layers; or a JSON/CSV
 file); classes with no compatible class (OSM scrub, wetland) are not assessed.
 Cloud and nodata pixels of the map, and pixels inside polygons of two different
-reference classes, are left out and counted.
+reference classes, are left out and counted. BBOX limits the assessment to the
+pixels whose centres lie in a box (a held-out part of the scene, see 08).
 
 Per reference class: its pixels, its agreement (producer's accuracy: the share
 of its pixels given a compatible class) and what the map called it; then the
@@ -27,6 +28,7 @@ from cnn_sentinel import evaluation
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.fonts import fonts_for
 from cnn_sentinel.outputs import atomic_output, refuse_existing
+from cnn_sentinel.scene.plan import parse_numbers
 from cnn_sentinel.settings import parse_settings, run_script
 
 MAP = None  # label GeoTIFF written by 06 (<stem>_label.tif, class names in its .aux.xml)
@@ -35,6 +37,7 @@ REFERENCE_FIELD = "auto"  # field with the class; layer: the layer names; auto: 
 TABLE = "auto"  # auto: the built-in table that fits; or a JSON/CSV file: class -> EuroSAT classes
 SCENE = None  # the classified scene, in true colour beside the map; None: the map alone
 SCENE_BANDS = None  # red, green, blue bands of SCENE ("3,2,1"); None: B04,B03,B02 by name
+BBOX = ()  # xmin ymin xmax ymax in the map's CRS: assess only the pixels centred in this box
 OUTPUT_DIR = None  # folder for evaluation.json and .png; None: <map stem>_evaluation beside it
 PICTURE = True  # also draw evaluation.png
 OVERWRITE = False  # replace existing outputs
@@ -55,6 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not settings.map or not settings.reference:
         raise InputError("give the label map with --map and the reference with --reference.")
     label_map = evaluation.read_label_map(settings.map)
+    box = parse_numbers(settings.bbox, float, "bounding box")
+    if box is not None and len(box) != 4:
+        raise InputError(f"bounding box {' '.join(map(str, settings.bbox))} must be four numbers.")
+    part = None
+    if box is not None:
+        label_map, part = evaluation.crop_to_box(label_map, box)
     folder = output_folder(Path(settings.map), settings.output_dir)
     json_path, picture_path = folder / "evaluation.json", folder / "evaluation.png"
     outputs = [json_path] + ([picture_path] if settings.picture else [])
@@ -69,12 +78,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{settings.map} against {settings.reference} (classes from {reference.source}, "
         f"{table_name} compatibility table)"
+        + (f", inside box {' '.join(f'{v:g}' for v in box)} (pixels {part})" if box else "")
     )
     report = {
         "map": str(settings.map),
         "reference": str(settings.reference),
         "reference_classes_from": reference.source,
         "table": table_name,
+        **({"bbox": box, "bbox_pixels": part} if box is not None else {}),
         **evaluation.assess(label_map, reference, table),
     }
     print(evaluation.format_report(report))

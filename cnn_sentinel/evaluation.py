@@ -11,12 +11,17 @@ Cloud (CLOUD_LABEL) and nodata pixels of the map are left out and counted. Per
 reference class: its pixels, its agreement (the producer's accuracy: the share
 of its pixels the map gives a compatible class) and what the map called it;
 over all classes the area-weighted agreement and the class-balanced one (the
-unweighted mean over the classes with pixels).
+unweighted mean over the classes with pixels). `crop_to_box` limits all of it to
+the pixels centred in a box (07's --bbox, 08's hold-out part).
+
+About 615 lines: 07's whole measure in one place (reading any reference, the tables,
+the assessment and its picture), so a reader checks the numbers in one file.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +32,7 @@ from osgeo import gdal, ogr, osr
 
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA
+from cnn_sentinel.scene.geometry import centred_in_box
 from cnn_sentinel.scene.quicklooks import (
     QUICKLOOK_MAX_SIDE,
     decimation,
@@ -592,3 +598,17 @@ def save_picture(
     )
     figure.savefig(output_path, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def crop_to_box(label_map: LabelMap, box: Sequence[float]) -> tuple[LabelMap, list[int]]:
+    """The map's pixels centred in `box` (xmin ymin xmax ymax, its CRS; edges included)
+    and where: [first row, first column, rows, columns] (geometry.centred_in_box)."""
+    top, left, rows, cols = centred_in_box(
+        label_map.transform, label_map.labels.shape, box, f"map {label_map.path}"
+    )
+    x0, width, _, y0, _, height = label_map.transform
+    return dataclasses.replace(
+        label_map,
+        labels=label_map.labels[top : top + rows, left : left + cols].copy(),
+        transform=(x0 + left * width, width, 0.0, y0 + top * height, 0.0, height),
+    ), [top, left, rows, cols]

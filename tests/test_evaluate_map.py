@@ -389,3 +389,34 @@ def test_real_aberystwyth_classified_by_06_then_scored(scenes_dir, tmp_path, cap
     assert 0.0 <= report["class_balanced_agreement"] <= 1.0
     assert "class-balanced agreement" in capsys.readouterr().out
     assert (tmp_path / "evaluation.png").exists()
+
+
+def test_bbox_limits_the_assessment_to_the_pixels_centred_in_it(generated_map, tmp_path):
+    # Columns 8-19 (x 330080-330200), rows 2-19 (y 5819800-5819980): centres at +5 m, so a
+    # box from x 330081 (inside pixel 8, left of its centre 330085) takes columns 8-19.
+    box = [330081, 5819800, 330200, 5819980]
+    report = run("--map", generated_map, "--reference", osm_like(tmp_path), "--bbox", *box,
+                 "--output-dir", tmp_path / "box")  # fmt: skip
+    assert report["bbox"] == box
+    assert report["bbox_pixels"] == [2, 8, 18, 12]
+    classes = report["classes"]
+    # forest's rectangles lie in columns 2-7 and 5-6: no pixel in the box.
+    assert classes["forest"]["pixels"] == 0 and classes["forest"]["agreement"] is None
+    # farm (rows 4-7, columns 8-13, minus the 4 shared with meadow): 2 Forest + 18 AnnualCrop,
+    # of them in columns 8-9 Forest (8), 10-13 AnnualCrop (12, 4 of them conflicting).
+    assert (classes["farm"]["pixels"], classes["farm"]["agreed"]) == (20, 12)
+    assert (classes["meadow"]["pixels"], classes["meadow"]["agreement"]) == (12, 0.0)
+    # water: rows 0-3, columns 12-17; rows 0-1 are outside the box: 12 AnnualCrop only.
+    assert (classes["water"]["pixels"], classes["water"]["cloud"]) == (12, 0)
+    assert report["class_balanced_agreement"] == pytest.approx((12 / 20 + 0 + 0) / 3)
+    written = json.loads((tmp_path / "box" / "evaluation.json").read_text())
+    assert written["bbox"] == box
+
+
+def test_bbox_outside_the_map_is_one_sentence(generated_map, tmp_path):
+    expect_error("holds no pixel of map", "--map", generated_map, "--reference",
+                 osm_like(tmp_path), "--bbox", 0, 0, 10, 10)  # fmt: skip
+    expect_error("is not XMIN YMIN XMAX YMAX", "--map", generated_map, "--reference",
+                 osm_like(tmp_path), "--bbox", 330200, 5819800, 330081, 5819980)  # fmt: skip
+    expect_error("must be four numbers", "--map", generated_map, "--reference",
+                 osm_like(tmp_path), "--bbox", 1, 2, 3)  # fmt: skip

@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 from osgeo import gdal, osr
 
 from cnn_sentinel.errors import InputError
@@ -136,3 +137,29 @@ def warn_if_pixel_size_differs(
     problem = pixel_size_problem(dataset, model_pixel_size, scene_label)
     if problem:
         warnings.warn(problem + ".", UserWarning, stacklevel=2)
+
+
+def centred_in_box(
+    transform: Sequence[float], shape: tuple[int, int], box: Sequence[float], what: str
+) -> list[int]:
+    """[first row, first column, rows, columns] of the pixels of a north-up grid
+    (`transform`, `shape` rows and columns) whose centres lie in `box` (xmin, ymin, xmax,
+    ymax in the grid's CRS, edges included). InputError when the box is no box or holds
+    no pixel centre of `what` (words for the message, e.g. "map x.tif")."""
+    xmin, ymin, xmax, ymax = (float(value) for value in box)
+    if not (xmin < xmax and ymin < ymax):
+        raise InputError(f"box {xmin:g} {ymin:g} {xmax:g} {ymax:g} is not XMIN YMIN XMAX YMAX.")
+    x0, width, _, y0, _, height = transform
+    rows, cols = shape
+    xs = x0 + (np.arange(cols) + 0.5) * width
+    ys = y0 + (np.arange(rows) + 0.5) * height
+    picked_cols = np.flatnonzero((xs >= xmin) & (xs <= xmax))
+    picked_rows = np.flatnonzero((ys >= ymin) & (ys <= ymax))
+    if not len(picked_cols) or not len(picked_rows):
+        xs_edge, ys_edge = (x0, x0 + cols * width), (y0, y0 + rows * height)
+        raise InputError(
+            f"box {xmin:g} {ymin:g} {xmax:g} {ymax:g} holds no pixel of {what} (x "
+            f"{min(xs_edge):g} to {max(xs_edge):g}, y {min(ys_edge):g} to {max(ys_edge):g})."
+        )
+    top, left = int(picked_rows[0]), int(picked_cols[0])
+    return [top, left, int(picked_rows[-1]) + 1 - top, int(picked_cols[-1]) + 1 - left]

@@ -1,0 +1,334 @@
+"""Teach a model your scene: fine-tune it on your own reference polygons or points.
+
+A model trained on EuroSAT's summer L1C patches can be wrong on a scene of another
+season or landscape (the winter T33UUU forests come out as fields). This script
+takes the reference 07 reads (any OGR vector in any CRS with a class field or layer
+names, or a class raster; the built-in tables or a JSON/CSV table say which EuroSAT
+classes each reference class means) and fine-tunes the model on windows of the scene
+centred on reference pixels, the same number per reference class, read exactly as 06
+reads the scene (its bands, reflectance scale, no-data fill and cloud mask; clouds
+and no data are never a centre). A window counts as right when the model gives any
+compatible class (OSM farm: AnnualCrop, PermanentCrop, Pasture or
+HerbaceousVegetation). HOLDOUT_BBOX keeps a part of the scene out: no training centre
+lies within one window's width (64 px) of it, so the part can be scored fairly.
+EUROSAT replays patches of a split of 01 against forgetting, and both models are
+measured on its validation set. PSEUDO_LABELS adds windows the start model is sure
+of where the reference says nothing (the lakes and fields it already knows).
+
+Writes runs/<run name>/ like 02-05: model.keras (plain Keras), model.json (where the
+model came from and how it was taught), history.csv, report/ (the maps before and
+after, 06 at stride 1 over the whole scene; held_out.json, 07's scores inside the
+hold-out box; before_after.png: scene | before | after with the reference outlines).
+The last lines give the held-out class-balanced agreement before and after, per class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from cnn_sentinel import reference_training as teach
+from cnn_sentinel.errors import InputError
+from cnn_sentinel.outputs import atomic_output, write_atomic
+from cnn_sentinel.scene import job as scene_job
+from cnn_sentinel.scene import plan as scene_plan
+from cnn_sentinel.scene import teaching
+from cnn_sentinel.scene.reading import load_scene_model, scene_stem
+from cnn_sentinel.settings import parse_settings, run_script, settings_values
+from cnn_sentinel.training import (
+    CHECKPOINTS,
+    HISTORY_FILE,
+    STATE_FILE,
+    check_writable,
+    clear_run_folder,
+    open_run_folder,
+    write_history_csv,
+)
+
+IMAGE = None  # the scene (GeoTIFF/VRT, .SAFE folder or .zip), as 06 reads it
+REFERENCE = None  # OGR vector (polygons or points, any CRS) or a class raster, as 07 reads it
+REFERENCE_FIELD = "auto"  # field with the class; layer: the layer names; auto: fclass, class...
+TABLE = "auto"  # auto: the built-in table that fits; or a JSON/CSV file: class -> EuroSAT classes
+MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run folder or a .keras
+HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of training, scored
+EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
+REPLAY = 0.25  # EuroSAT patches replayed per scene window (0: none)
+SAMPLES_PER_CLASS = 500  # training windows per reference class (repeated if it has fewer)
+MIN_SAMPLES = 20  # a reference class with fewer usable pixels is an error
+ERODE = 0  # pixels taken off the edge of every reference class against edge noise
+KEEP_AGREEING = False  # a window the start model already calls a compatible class keeps that class
+PSEUDO_LABELS = 0  # windows per class the start model is sure of, where no reference is
+PSEUDO_CONFIDENCE = 0.9  # the start model's probability a pseudo-label needs
+TRAIN_LAYERS = "all"  # all | frozen-bn | head | last-block | bn: the layers that learn
+LEARNING_RATE = 0.0002  # Adam's learning rate
+EPOCHS = 5  # passes over the training windows
+BATCH_SIZE = 64  # windows per step
+AUGMENT = True  # each window under one of the 8 flips and 90-degree rotations
+BANDS = None  # scene bands for the model (06's --bands); None: by band name or in order
+REFLECTANCE_SCALE = "auto"  # 06's: auto (10000), or 1000, 1
+RGB_SCALING = "auto"  # auto | eurosat | none: 06's scaling of L1C values for RGB models
+CLOUD_MASK = "auto"  # auto | on | off: 06's cloud mask (cloudy pixels are never a centre)
+CLOUD_THRESHOLD = 0.65  # 06's cloud probability threshold
+MAPS = True  # classify the scene before and after (06, stride 1) and score the hold-out box
+OUTPUT = "runs"  # folder that receives the run folder
+RUN_NAME = ""  # run folder name; empty: reference-<scene stem>; the same name resumes a run
+SEED = 0  # seed of sampling, shuffling and augmentation
+PROGRESS = True  # show Keras' progress
+OVERWRITE = False  # replace a finished run of the same name
+
+SCRIPT_06: Final = Path(__file__).resolve().parent / "06_classify_image.py"
+# Settings a resumed run may change (they do not change what is trained).
+FREE_ON_RESUME: Final = ("progress", "output", "run_name", "overwrite", "maps")
+
+
+def settings_for_06(settings, model: str, output_dir: Path | None = None):
+    """06's namespace for this scene and model: 06's defaults, 08's scene flags, stride 1."""
+    argv = ["--image", str(settings.image), "--model", str(model), "--stride", "1",
+            "--reflectance-scale", str(settings.reflectance_scale),
+            "--rgb-scaling", settings.rgb_scaling, "--cloud-mask", settings.cloud_mask,
+            "--cloud-threshold", str(settings.cloud_threshold), "--no-progress", "--overwrite",
+            "--method", "dense"]  # fmt: skip
+    argv += ["--bands", settings.bands] if settings.bands else []
+    argv += ["--output-dir", str(output_dir)] if output_dir else []
+    return parse_settings(SCRIPT_06, argv)
+
+
+def start_model_path(model: str) -> str:
+    """MODEL as a path: auto stays auto (06 picks); a run folder gives its model.keras."""
+    if model in (None, "", "auto"):
+        return "auto"
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise InputError(f"model {model} is neither a .keras file nor a run folder with one.")
+    return str(path)
+
+
+def classify(settings, model: str, folder: Path) -> Path:
+    """The scene classified by 06's code with `model` into `folder`; its label map."""
+    settings06 = settings_for_06(settings, model, folder)
+    plan = scene_plan.plan_scene(settings06, settings.image)
+    scene_job.classify_one(plan, report=lambda _line: None)
+    return plan.outputs.label
+
+
+def training_centres(settings, scene, reference, targets, part):
+    """SAMPLES_PER_CLASS centres per taught reference class, outside the hold-out box and
+    its margin, with data and without cloud; and where centres may lie at all."""
+    usable = teaching.usable_pixels(scene)
+    allowed = teaching.training_allowed(scene.shape, part, scene.size) & usable
+    masks = {
+        name: teaching.class_pixels(reference, name, settings.erode) & allowed for name in targets
+    }
+    if not any(mask.any() for mask in masks.values()):
+        raise InputError(
+            f"reference {settings.reference} has no usable pixel outside the hold-out box "
+            f"(and its {scene.size}-pixel margin), so there is nothing to train on."
+        )
+    centres = teaching.sample_centres(
+        masks, settings.samples_per_class, settings.min_samples, settings.seed
+    )
+    return centres, allowed
+
+
+def training_windows(settings, scene, reference, targets, centres, allowed, before_map):
+    """The training windows and their target masks: the reference classes' centres, and
+    PSEUDO_LABELS per class of the start model where no reference is."""
+    from osgeo import gdal
+
+    rows = [centres[name][0] for name in targets]
+    cols = [centres[name][1] for name in targets]
+    masks_out = [np.repeat(targets[name][None], len(centres[name][0]), 0) for name in targets]
+    counts = {name: len(centres[name][0]) for name in targets}
+    labels = gdal.Open(str(before_map)).ReadAsArray() if before_map is not None else None
+    if settings.keep_agreeing and labels is not None:
+        width = len(scene.class_names)
+        for position, (row, col) in enumerate(zip(rows, cols, strict=True)):
+            before = labels[row, col].astype(np.int64)
+            agree = before < width
+            agree[agree] = masks_out[position][np.flatnonzero(agree), before[agree]] > 0
+            masks_out[position][agree] = teach.one_hot(before[agree], width)
+    if settings.pseudo_labels and labels is not None:
+        probability = gdal.Open(str(before_map).replace("_label.tif", "_prob.tif")).ReadAsArray()
+        free = allowed & (reference.classes == teaching.evaluation.NO_REFERENCE)
+        free &= probability >= settings.pseudo_confidence
+        random = np.random.default_rng(settings.seed + 1)
+        for index, name in enumerate(scene.class_names):
+            pixels = np.flatnonzero(free & (labels == index))
+            if len(pixels) < settings.min_samples:
+                continue
+            chosen = random.choice(pixels, min(settings.pseudo_labels, len(pixels)), replace=False)
+            row, col = np.divmod(chosen, scene.shape[1])
+            rows.append(row)
+            cols.append(col)
+            masks_out.append(teach.one_hot(np.full(len(row), index), len(scene.class_names)))
+            counts[f"pseudo {name}"] = len(row)
+    windows = teaching.read_windows(scene, np.concatenate(rows), np.concatenate(cols))
+    return windows, np.concatenate(masks_out), counts
+
+
+def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> None:
+    """Train for EPOCHS, saving weights, state.json and history.csv after every epoch;
+    a run stopped between epochs resumes from its last one."""
+    import keras
+
+    checkpoint = run_folder / CHECKPOINTS / "last.weights.h5"
+    if state["epoch"] and checkpoint.is_file():
+        model.load_weights(checkpoint)
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss=teach.compatible_loss,
+        metrics=[teach.compatible_accuracy],
+    )
+
+    class SaveEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            partial = checkpoint.with_name(f"partial-{os.getpid()}.weights.h5")
+            self.model.save_weights(partial)
+            os.replace(partial, checkpoint)
+            state["epoch"] = epoch + 1
+            state["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+            state["training_seconds"] += time.perf_counter() - self.started
+            self.started = time.perf_counter()
+            write_atomic(run_folder / STATE_FILE, state, overwrite=True)
+            write_history_csv(run_folder / HISTORY_FILE, state["history"])
+
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+    batches = teach.window_batches(
+        windows, targets, settings.batch_size, settings.augment, settings.seed, state["epoch"]
+    )
+    if state["epoch"] < settings.epochs:
+        model.fit(
+            batches,
+            epochs=settings.epochs,
+            initial_epoch=state["epoch"],
+            callbacks=[SaveEpoch()],
+            verbose=1 if settings.progress else 2,
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    settings = parse_settings(__file__, argv)
+    if not settings.image or not settings.reference:
+        raise InputError("give the scene with --image and your reference with --reference.")
+    if settings.epochs < 1 or settings.batch_size < 1 or settings.samples_per_class < 1:
+        raise InputError("epochs, batch size and samples per class must be at least 1.")
+    box = scene_plan.parse_numbers(settings.holdout_bbox, float, "hold-out box")
+    run_folder = Path(settings.output) / (
+        settings.run_name or f"reference-{scene_stem(settings.image)}"
+    )
+    values = settings_values(settings)
+    identity = {k: v for k, v in values.items() if k not in FREE_ON_RESUME}
+    identity = json.loads(json.dumps(identity, default=str))
+    state = open_run_folder(run_folder, identity, settings.overwrite)
+    start = start_model_path(settings.model)
+
+    settings06 = settings_for_06(settings, start)
+    model_cache = {}
+
+    def load(path: str):
+        model_cache.setdefault(path, load_scene_model(path))
+        return model_cache[path]
+
+    scene = teaching.open_teaching_scene(settings06, settings.image, load)
+    start = scene.plan.model_path
+    model, info = load(start)
+    part = teaching.holdout_part(scene, box)
+    reference, table_name, targets = teaching.reference_targets(
+        scene, settings.reference, settings.reference_field, settings.table
+    )
+    centres, allowed = training_centres(settings, scene, reference, targets, part)
+    if settings.eurosat:
+        train_x, train_y = teach.eurosat_arrays(
+            settings.eurosat, "train", info.band_names, info.class_names
+        )
+        val_x, val_y = teach.eurosat_arrays(
+            settings.eurosat, "validation", info.band_names, info.class_names
+        )
+    check_writable(run_folder)
+    if settings.overwrite or not state["epoch"]:
+        clear_run_folder(run_folder)
+    run_folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_folder / STATE_FILE, state, overwrite=True)
+    report = run_folder / "report"
+    started = time.perf_counter()
+    held_out = f", hold-out box {' '.join(f'{v:.0f}' for v in box)} (pixels {part})" if box else ""
+    print(f"{settings.image}: teaching {start} with {settings.reference} ({table_name} table)"
+          f"{held_out}")  # fmt: skip
+    before_map = classify(settings, start, report / "before") if settings.maps else None
+    windows, targets_array, counts = training_windows(
+        settings, scene, reference, targets, centres, allowed, before_map
+    )
+    print("training windows: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    eurosat = {}
+    if settings.eurosat:
+        eurosat["before"] = teach.accuracy(model, val_x, val_y)
+        replayed = int(round(settings.replay * len(windows)))
+        if replayed:
+            picked = np.random.default_rng(settings.seed + 2).choice(len(train_x), replayed)
+            windows = np.concatenate([windows, train_x[picked].astype(windows.dtype)])
+            targets_array = np.concatenate(
+                [targets_array, teach.one_hot(train_y[picked], len(info.class_names))]
+            )
+    import keras
+
+    keras.utils.set_random_seed(settings.seed)
+    trainable = teach.set_trainable(model, settings.train_layers)
+    print(f"{len(windows)} windows, {trainable} weights learn ({settings.train_layers})")
+    fit(settings, model, windows, targets_array, run_folder, state)
+    model_path = run_folder / "model.keras"
+    with atomic_output(model_path, overwrite=True) as temporary:
+        teach.clean_copy(model, start).save(temporary)
+    if eurosat:
+        eurosat["after"] = teach.accuracy(model, val_x, val_y)
+    info.recipe = "train-on-reference"
+    info.settings = identity
+    info.epochs_trained = state["epoch"]
+    info.training_seconds = state["training_seconds"]
+    info.metrics = {"eurosat_validation_accuracy": eurosat}
+    info.extra = {**info.extra, "started_from": start, "scene": str(settings.image),
+                  "reference": str(settings.reference), "table": table_name,
+                  "holdout_bbox": box, "training_windows": counts}  # fmt: skip
+    info.save(run_folder / "model.json")
+    result = {"training_windows": counts, "eurosat_validation_accuracy": eurosat}
+    if settings.maps:
+        after_map = classify(settings, str(model_path), report / "after")
+        scores = {
+            when: teach.score_part(
+                path, settings.reference, settings.reference_field, settings.table, box
+            )  # fmt: skip
+            for when, path in (("before", before_map), ("after", after_map))
+        }
+        result["held_out"] = {"bbox": box, "pixels": part, **scores}
+        write_atomic(report / "held_out.json", result, overwrite=True)
+        # An RGB model's bands are red, green, blue: the picture takes them by number.
+        indices = scene.plan.band_indices
+        picture_bands = ",".join(str(i + 1) for i in indices) if len(indices) == 3 else None
+        teach.save_before_after(
+            settings.image, [before_map, after_map], settings.reference,
+            settings.reference_field, box, report / "before_after.png",
+            f"{scene_stem(settings.image)}: before and after 08", picture_bands,
+        )  # fmt: skip
+    state["finished"] = True
+    write_atomic(run_folder / STATE_FILE, state, overwrite=True)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"wrote {run_folder} in {minutes:.1f} min")
+    if eurosat:
+        print(f"EuroSAT validation accuracy: before {eurosat['before']:.4f}, "
+              f"after {eurosat['after']:.4f}")  # fmt: skip
+    if settings.maps:
+        print("\n".join(teach.held_out_lines(scores["before"], scores["after"])))
+    return result
+
+
+if __name__ == "__main__":
+    run_script(main)
