@@ -24,7 +24,8 @@ from script_modules import load_script
 
 import demo_data
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, job, many
+from cnn_sentinel.scene import blocks, job, listing, manifest, many
+from cnn_sentinel.scene.cluster import choose_scheduler
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 classify_image = load_script("06_classify_image.py", "classify_image_many")
@@ -106,30 +107,46 @@ def test_scene_lists_take_paths_globs_folders_and_text_files(tmp_path):
     for name in ("b.tif", "a.tif", "c.vrt", "a_label.tif", "a_prob.tif", ".hidden.tif", "x.txt"):
         (folder / name).write_text("")
     (tmp_path / "list.txt").write_text("# my scenes\nscenes/c.vrt\n\nscenes/a.tif\n")
-    assert many.list_scenes([str(folder)]) == [folder / "a.tif", folder / "b.tif", folder / "c.vrt"]
-    assert many.list_scenes([str(folder / "[ab].tif")]) == [folder / "a.tif", folder / "b.tif"]
-    assert many.list_scenes([str(tmp_path / "list.txt"), str(folder / "a.tif")]) == [
+    assert listing.list_scenes([str(folder)]) == [
+        folder / "a.tif",
+        folder / "b.tif",
+        folder / "c.vrt",
+    ]
+    assert listing.list_scenes([str(folder / "[ab].tif")]) == [folder / "a.tif", folder / "b.tif"]
+    assert listing.list_scenes([str(tmp_path / "list.txt"), str(folder / "a.tif")]) == [
         folder / "c.vrt",
         folder / "a.tif",
     ]
-    assert many.list_scenes(["missing.tif"]) == [Path("missing.tif")]  # fails as its scene
+    assert listing.list_scenes(["missing.tif"]) == [Path("missing.tif")]  # fails as its scene
     with pytest.raises(InputError, match=r"no scene matches .*\*\.jp2"):
-        many.list_scenes([str(folder / "*.jp2")])
+        listing.list_scenes([str(folder / "*.jp2")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="folder .*empty holds no scene"):
-        many.list_scenes([str(tmp_path / "empty")])
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "a.tif").write_text("")
-    with pytest.raises(InputError, match="would both write a_label.tif"):
-        many.list_scenes([str(folder / "a.tif"), str(tmp_path / "other" / "a.tif")])
+        listing.list_scenes([str(tmp_path / "empty")])
+
+
+def test_same_names_in_different_folders_collide_only_in_one_output_folder(tmp_path):
+    """Without --output-dir each scene writes beside itself: a.tif in two folders is fine;
+    with one --output-dir both would write a_label.tif there."""
+    scenes = [tmp_path / "one" / "a.tif", tmp_path / "two" / "a.tif"]
+    for scene in scenes:
+        scene.parent.mkdir()
+        scene.write_text("")
+    listed = listing.list_scenes([str(scene) for scene in scenes])
+    assert listed == scenes
+    settings = classify_image.parse_settings(classify_image.__file__, [])
+    listing.refuse_shared_outputs(settings, listed)
+    settings.output_dir = str(tmp_path / "maps")
+    with pytest.raises(InputError, match=r"would both write .*maps/a_label.tif; classify them"):
+        listing.refuse_shared_outputs(settings, listed)
 
 
 def test_scheduler_choice():
-    assert many.choose_scheduler("auto", 1) == "none"
-    assert many.choose_scheduler("auto", 3) == "local"
-    assert many.choose_scheduler("tcp://10.0.0.1:8786", 3) == "tcp://10.0.0.1:8786"
+    assert choose_scheduler("auto", 1) == "none"
+    assert choose_scheduler("auto", 3) == "local"
+    assert choose_scheduler("tcp://10.0.0.1:8786", 3) == "tcp://10.0.0.1:8786"
     with pytest.raises(InputError, match="scheduler must be auto, none, local or an address"):
-        many.choose_scheduler("slurm", 2)
+        choose_scheduler("slurm", 2)
 
 
 def test_row_bands_are_whole_row_blocks():
@@ -237,11 +254,12 @@ def test_many_scenes_in_process_resume_and_a_bad_scene(case, tmp_path, capsys):
     csv_lines = (output / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("scene,status,seconds,windows_per_second,share_")
     assert len(csv_lines) == 4 and ",failed," in csv_lines[2]
-    manifest = json.loads((output / "manifest.json").read_text())["scenes"]
-    assert sorted(manifest) == sorted(str(Path(path).resolve()) for path in images[::2])
-    record = manifest[str(case["cloudy"].resolve())]
+    records = json.loads((output / "manifest.json").read_text())["scenes"]
+    finished = [path for path, record in records.items() if record["status"] == "finished"]
+    assert sorted(finished) == sorted(str(Path(path).resolve()) for path in images[::2])
+    record = records[str(case["cloudy"].resolve())]
     assert record["settings"]["stride"] == 8
-    assert record["outputs"][str(output / "cloudy_label.tif")] == many.file_sha256(
+    assert record["outputs"][str(output / "cloudy_label.tif")] == manifest.file_sha256(
         output / "cloudy_label.tif"
     )
     assert (output / "mosaic.vrt").exists() and (output / "mosaic_quicklook.png").exists()
@@ -262,6 +280,9 @@ def test_many_scenes_in_process_resume_and_a_bad_scene(case, tmp_path, capsys):
     assert (output / "cloudy_label.tif").stat().st_mtime_ns != written
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         run(images[:1], case["model"], output, "--scheduler", "none", "--stride", "4")
+    # Many scenes: the manifest says why their outputs are not replaced.
+    with pytest.raises(InputError, match=r"other settings \(stride 8, now 4\); pass --overwrite"):
+        run(images[::2], case["model"], output, "--scheduler", "none", "--stride", "4")
 
 
 @pytest.mark.parametrize("stride", [1, 16])

@@ -108,6 +108,25 @@ def scene_outputs(settings, image: str | Path) -> SceneOutputs:
     )
 
 
+def scene_model(settings, scene: gdal.Dataset) -> tuple[str, str]:
+    """The model for `scene` and words for the banner: MODEL, or under auto the shipped
+    model that fits the scene's bands."""
+    if settings.model in (None, "", "auto"):
+        return shipped_model_for(scenes.scene_band_names(scene), settings.bands)
+    return settings.model, ""
+
+
+def stop_step(stop: Callable[[], None]):
+    """A block step that calls `stop` before each block is written (it raises to end
+    the run early, e.g. a Dask task whose run was interrupted)."""
+
+    def step(block):
+        stop()
+        return block
+
+    return step
+
+
 def open_settings_scene(settings, image: str | Path):
     """The scene `image` opened as 06's --bbox / --window ask (a virtual crop)."""
     bbox = parse_numbers(settings.bbox, float, "bounding box")
@@ -172,9 +191,7 @@ def prepare_scene(
     if scene is None:
         scene = open_settings_scene(settings, image)
     scene_names = scenes.scene_band_names(scene)
-    model, model_words = settings.model, ""
-    if model in (None, "", "auto"):
-        model, model_words = shipped_model_for(scene_names, settings.bands)
+    model, model_words = scene_model(settings, scene)
     if not Path(model).exists():
         raise InputError(f"model {model} does not exist.")
     masking, masking_words = clouds.cloud_mask_choice(
@@ -234,12 +251,14 @@ def classify_one(
     image: str | Path,
     load_model: Callable[[str], tuple[object, ModelInfo]] | None = None,
     report: Callable[[str], object] = print,
+    stop: Callable[[], None] | None = None,
 ) -> dict:
     """Classify the scene `image` with 06's `settings`: writes <stem>_label.tif,
     <stem>_prob.tif (Cloud-Optimized with COG) and (QUICKLOOK) <stem>_quicklook.png,
     prints (through `report`) the banner, the timing, the class shares and the files
     written; returns the run's counts (predictors.SceneClassification.run) with
-    "seconds" and "method". InputError for every bad input."""
+    "seconds" and "method". InputError for every bad input. `stop`: called before each
+    block is written, it may raise to end the run (nothing is left half-written)."""
     image = Path(image)
     scene = open_settings_scene(settings, image)
     outputs = scene_outputs(settings, image)
@@ -251,10 +270,10 @@ def classify_one(
         f"output folder {outputs.label.parent} (outputs {stem}_*)",
         "wait for that run to end or give another --output-dir",
     ):
-        return _classify_into(settings, image, scene, outputs, load_model, report)
+        return _classify_into(settings, image, scene, outputs, load_model, report, stop)
 
 
-def _classify_into(settings, image: Path, scene, outputs, load_model, report) -> dict:
+def _classify_into(settings, image: Path, scene, outputs, load_model, report, stop) -> dict:
     """classify_one's work once the outputs' folder is locked."""
     stem = scenes.scene_stem(image)
     refuse_existing(outputs.files, settings.overwrite)
@@ -291,7 +310,7 @@ def _classify_into(settings, image: Path, scene, outputs, load_model, report) ->
             batch_size=settings.batch_size,
             block_rows=settings.block_rows,
             progress=settings.progress,
-            steps=prepared.steps(settings),
+            steps=[*prepared.steps(settings), *([stop_step(stop)] if stop else [])],
         )
         writers.write_record(temporary[0], classification.record())
         finish_rasters(settings, temporary)
@@ -330,11 +349,13 @@ def classify_band(
     last_row: int,
     folder: str | Path,
     load_model: Callable[[str], tuple[object, ModelInfo]] | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> dict:
     """Classify output rows first_row..last_row-1 of `image` into band files in `folder`
     (their windows read the scene's rows around the band); returns the band's counts
     with its rows, classes, cloud mask and seconds. A band finished before (its counts
-    file exists, e.g. written just before its worker died) is not redone."""
+    file exists, e.g. written just before its worker died) is not redone. `stop` as
+    classify_one's."""
     label_path, probability_path, counts_path = band_files(Path(folder), first_row)
     if counts_path.exists():
         return json.loads(counts_path.read_text(encoding="utf-8"))
@@ -361,7 +382,10 @@ def classify_band(
             batch_size=settings.batch_size,
             block_rows=settings.block_rows,
             progress=False,
-            steps=prepared.steps(settings, first_row, last_row),
+            steps=[
+                *prepared.steps(settings, first_row, last_row),
+                *([stop_step(stop)] if stop else []),
+            ],
             first_row=first_row,
             last_row=last_row,
         )
@@ -380,11 +404,17 @@ def classify_band(
     return counts
 
 
-def assemble_scene(settings, image: str | Path, bands: list[dict], folder: str | Path) -> dict:
+def assemble_scene(
+    settings,
+    image: str | Path,
+    bands: list[dict],
+    folder: str | Path,
+    stop: Callable[[], None] | None = None,
+) -> dict:
     """Write the outputs of `image` from its band files in `folder` (classify_band's
     counts of every band, any order), then delete the folder. Returns the scene's
     counts as classify_one does (seconds: the bands' time added up) and "text", the
-    lines classify_one prints."""
+    lines classify_one prints. `stop`: called before each band is copied (it may raise)."""
     image, folder = Path(image), Path(folder)
     bands = sorted(bands, key=lambda band: band["first_row"])
     first = bands[0]
@@ -407,6 +437,8 @@ def assemble_scene(settings, image: str | Path, bands: list[dict], folder: str |
         )
         try:
             for band in bands:
+                if stop:
+                    stop()
                 copy_band(folder, band, scene_writers, settings.block_rows)
             for writer in scene_writers:
                 writer.finish()

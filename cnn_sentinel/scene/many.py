@@ -1,5 +1,5 @@
 """Many scenes through 06: in this process, or on Dask distributed (an embedded
-LocalCluster or an existing cluster), resumable, with a summary and a mosaic.
+LocalCluster or an existing cluster), resumable.
 
     results = classify_many(settings, scenes, scheduler)
 
@@ -10,170 +10,81 @@ LocalCluster or an existing cluster), resumable, with a summary and a mosaic.
 - Each worker process loads a model once and keeps it (`cached_model`, keyed by
   path and modification time): tasks carry the model's path, never the model.
   TensorFlow's threads in a worker follow the worker's threads.
+- Paths are made absolute here, on the client, before they are sent: a worker of a
+  cluster runs in its own working folder (scenes and outputs must be on storage that
+  every worker sees at the same paths: one machine, or a shared file system).
 - A worker that dies: Dask runs its tasks again elsewhere; band files are written
   atomically and a finished band is not redone, so outputs end complete.
-- A manifest (manifest.json in the run folder) records each finished scene: its
-  inputs (size, modification time), the settings that change outputs and the
-  outputs' SHA-256. A rerun skips those scenes; --overwrite redoes them. A scene
-  that fails (bad input) fails alone, with its sentence in summary.csv/summary.json.
-- Several scenes also give mosaic.vrt (every label map, one layer) and its quicklook.
-
-Scenes and outputs must be on storage that every worker sees (one machine, or a
-shared file system for a cluster). dask.distributed is imported inside the
-functions that need it.
+- Interrupted (Ctrl-C, SIGTERM): the run's tasks are cancelled and a running one stops
+  before its next block (`stop_if_cancelled`; also when its client or its scheduler
+  is gone), so no output appears after the run has ended. manifest.py records what
+  was started and finished: the same command again skips finished scenes and redoes
+  the others, also those whose outputs an interrupted run left.
+- A scene that fails (bad input) fails alone, with its sentence in summary.csv/.json
+  (summary.py, with the mosaic of several scenes).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import csv
-import glob
 import hashlib
-import io
-import json
 import os
 import shutil
+import sys
 import threading
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-
-import numpy as np
-from osgeo import gdal
 
 from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
-from cnn_sentinel.outputs import atomic_output, refuse_existing, write_atomic
-from cnn_sentinel.scene import job, quicklooks
-from cnn_sentinel.scene.blocks import CLOUD_LABEL, CLOUD_NAME, LABEL_NODATA
-from cnn_sentinel.scene.products import is_sentinel2_product
+from cnn_sentinel.outputs import refuse_existing
+from cnn_sentinel.scene import cluster, job
+from cnn_sentinel.scene.listing import refuse_shared_outputs
+from cnn_sentinel.scene.manifest import MANIFEST_FILE, Manifest
 from cnn_sentinel.scene.reading import load_scene_model, scene_stem
-
-gdal.UseExceptions()
-
-# Files taken as scenes in a folder given to --image (a .SAFE folder is one scene).
-SCENE_SUFFIXES = (".tif", ".tiff", ".vrt", ".zip", ".safe")
-# Files in a scene folder that are 06's own outputs, never scenes.
-OUTPUT_SUFFIXES = ("_label.tif", "_prob.tif", "_quicklook.png")
-# The run's own files, in OUTPUT_DIR (or the scenes' common folder).
-MANIFEST_FILE = "manifest.json"
-SUMMARY_CSV = "summary.csv"
-SUMMARY_JSON = "summary.json"
-MOSAIC_FILE = "mosaic.vrt"
-MOSAIC_QUICKLOOK = "mosaic_quicklook.png"
-# 06's settings that change a scene's outputs (a finished scene is redone when one differs).
-OUTPUT_SETTINGS = (
-    "model",
-    "stride",
-    "bands",
-    "bbox",
-    "window",
-    "probabilities",
-    "rgb_scaling",
-    "mixed_precision",
-    "method",
-    "tta",
-    "cloud_mask",
-    "cloud_threshold",
-    "quicklook",
-    "cog",
-)
-# Bytes read at a time for a checksum.
-HASH_CHUNK = 2**22
+from cnn_sentinel.scene.summary import SUMMARY_CSV, summary_row, write_mosaic, write_summary
 
 
-# ---------------------------------------------------------------------------
-# Scenes and schedulers from the settings
-# ---------------------------------------------------------------------------
+def changed(settings: argparse.Namespace, **values) -> argparse.Namespace:
+    """A copy of 06's settings with some values changed (the original is never changed)."""
+    return argparse.Namespace(**{**vars(settings), **values})
 
 
-def is_scene_file(path: Path) -> bool:
-    """Whether a folder entry is a scene: a raster or product suffix, not a hidden file,
-    not one of 06's outputs."""
-    name = path.name.lower()
-    return (
-        not name.startswith(".")
-        and name.endswith(SCENE_SUFFIXES)
-        and not name.endswith(OUTPUT_SUFFIXES)
-    )
-
-
-def list_scenes(values: Sequence[str]) -> list[Path]:
-    """The scenes of --image: paths, glob patterns, folders of scenes (a .SAFE folder
-    is one scene) and .txt files with one scene per line (relative to the list's
-    folder; blank lines and # comments skipped), in order, each once. A path that
-    does not exist is kept (it fails as that scene's error)."""
-    scenes: list[Path] = []
-    for value in values:
-        value = str(value)
-        if glob.has_magic(value):
-            matches = sorted(Path(match) for match in glob.glob(value))
-            if not matches:
-                raise InputError(f"no scene matches {value}.")
-            scenes += matches
-            continue
-        path = Path(value)
-        if path.suffix.lower() == ".txt" and path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            entries = [line.strip() for line in lines]
-            scenes += [
-                path.parent / entry for entry in entries if entry and not entry.startswith("#")
-            ]
-        elif path.is_dir() and not is_sentinel2_product(path):
-            found = sorted(entry for entry in path.iterdir() if is_scene_file(entry))
-            if not found:
-                raise InputError(f"folder {path} holds no scene ({', '.join(SCENE_SUFFIXES)}).")
-            scenes += found
-        else:
-            scenes.append(path)
-    unique = list(dict.fromkeys(scenes))
-    stems: dict[str, Path] = {}
-    for scene in unique:
-        other = stems.setdefault(scene_stem(scene), scene)
-        if other != scene:
-            raise InputError(
-                f"scenes {other} and {scene} would both write {scene_stem(scene)}_label.tif; "
-                "classify them into different output folders."
-            )
-    return unique
-
-
-def choose_scheduler(scheduler: str, scene_count: int) -> str:
-    """ "none", "local" or a cluster's address, from --scheduler ("auto": none for one
-    scene, local for several)."""
-    if scheduler == "auto":
-        return "none" if scene_count == 1 else "local"
-    if scheduler in ("none", "local") or "://" in scheduler:
-        return scheduler
-    raise InputError(
-        f"scheduler must be auto, none, local or an address such as tcp://host:8786, "
-        f"not {scheduler}."
-    )
-
-
-def start_client(scheduler: str, workers: int, threads_per_worker: int):
-    """A dask.distributed Client: of a new LocalCluster ("local": `workers` processes,
-    0: the cores divided by `threads_per_worker`) or of the cluster at an address."""
-    from dask.distributed import Client, LocalCluster
-
-    if threads_per_worker < 1:
-        raise InputError(f"threads per worker must be at least 1, not {threads_per_worker}.")
-    if scheduler != "local":
-        try:
-            return Client(scheduler, timeout="20s")
-        except OSError as error:
-            raise InputError(f"no Dask scheduler answers at {scheduler}: {error}.") from None
-    count = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
-    cluster = LocalCluster(n_workers=count, threads_per_worker=threads_per_worker, processes=True)
-    return Client(cluster)
+def absolute(path: str | Path) -> Path:
+    """`path` from this process's working folder, for a process that has another one."""
+    return Path(os.path.abspath(path))
 
 
 # ---------------------------------------------------------------------------
 # Worker side: the model cache and the tasks
 # ---------------------------------------------------------------------------
+
+
+class TaskCancelledError(Exception):
+    """The task's run no longer wants it: cancelled by an interrupted client, its client
+    gone, or its worker closing (its scheduler gone)."""
+
+
+def stop_if_cancelled() -> None:
+    """In a Dask task, before each block: TaskCancelledError when the task is cancelled
+    or its worker is closing (Dask cannot stop a running thread; the task stops itself,
+    its partial outputs removed as after Ctrl-C). Outside a Dask task: nothing."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    task = worker.state.tasks.get(worker.get_current_task())
+    if (
+        task is None
+        or task.state in ("cancelled", "released", "forgotten")
+        or worker.status.name not in ("running", "paused")
+    ):
+        raise TaskCancelledError("the run no longer wants this task")
+
 
 # Models loaded in this process, by (path, modification time, thread): a Dask worker keeps
 # its models between tasks, so each is read from disk once per worker thread, with its
@@ -223,7 +134,9 @@ def scene_task(settings: argparse.Namespace, image: str) -> dict:
     sentence} (an expected outcome, not a task failure for Dask to log)."""
     lines: list[str] = []
     try:
-        summary = job.classify_one(settings, image, cached_model, report=lines.append)
+        summary = job.classify_one(
+            settings, image, cached_model, report=lines.append, stop=stop_if_cancelled
+        )
     except InputError as error:
         return {"error": str(error)}
     return {**summary, "text": "\n".join(lines)}
@@ -235,7 +148,9 @@ def band_task(
     """One row band of a scene on a worker (job.classify_band with the cached model);
     a bad input as {"error": its sentence}."""
     try:
-        return job.classify_band(settings, image, first_row, last_row, folder, cached_model)
+        return job.classify_band(
+            settings, image, first_row, last_row, folder, cached_model, stop_if_cancelled
+        )
     except InputError as error:
         return {"error": str(error)}
 
@@ -247,82 +162,9 @@ def assemble_task(settings: argparse.Namespace, image: str, bands: list[dict], f
         shutil.rmtree(folder, ignore_errors=True)
         return errors[0]
     try:
-        return job.assemble_scene(settings, image, bands, folder)
+        return job.assemble_scene(settings, image, bands, folder, stop_if_cancelled)
     except InputError as error:
         return {"error": str(error)}
-
-
-# ---------------------------------------------------------------------------
-# The manifest of finished scenes
-# ---------------------------------------------------------------------------
-
-
-def input_fingerprint(path: Path) -> dict:
-    """Size and newest modification time of a scene (a .SAFE folder: over its files)."""
-    files = [path] if path.is_file() else [item for item in path.rglob("*") if item.is_file()]
-    stats = [item.stat() for item in files]
-    return {
-        "size": sum(stat.st_size for stat in stats),
-        "mtime_ns": max((stat.st_mtime_ns for stat in stats), default=0),
-    }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def output_settings(settings: argparse.Namespace) -> dict:
-    """The settings that change outputs, as JSON values."""
-    return {name: json.loads(json.dumps(getattr(settings, name))) for name in OUTPUT_SETTINGS}
-
-
-class Manifest:
-    """manifest.json: {"scenes": {scene path: {inputs, settings, outputs {path: sha256},
-    finished, summary}}}, rewritten atomically after each finished scene."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.scenes: dict[str, dict] = {}
-        if path.exists():
-            try:
-                self.scenes = json.loads(path.read_text(encoding="utf-8"))["scenes"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(f"manifest {path} is not a manifest of 06; remove it.") from None
-
-    @staticmethod
-    def key(image: Path) -> str:
-        return str(image.resolve())
-
-    def finished(self, image: Path, settings: argparse.Namespace) -> dict | None:
-        """The record of `image` when it finished with these inputs, settings and
-        outputs (checked by SHA-256); None when it must be (re)done."""
-        record = self.scenes.get(self.key(image))
-        if (
-            record is None
-            or not image.exists()
-            or record["inputs"] != input_fingerprint(image)
-            or record["settings"] != output_settings(settings)
-        ):
-            return None
-        for name, digest in record["outputs"].items():
-            if not Path(name).is_file() or file_sha256(Path(name)) != digest:
-                return None
-        return record
-
-    def record(self, image: Path, settings: argparse.Namespace, summary: dict) -> None:
-        outputs = job.scene_outputs(settings, image)
-        self.scenes[self.key(image)] = {
-            "inputs": input_fingerprint(image),
-            "settings": output_settings(settings),
-            "outputs": {str(path): file_sha256(path) for path in outputs.files},
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "summary": {name: value for name, value in summary.items() if name != "text"},
-        }
-        write_atomic(self.path, {"scenes": self.scenes}, overwrite=True)
 
 
 # ---------------------------------------------------------------------------
@@ -337,9 +179,10 @@ def failure_sentence(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_in_process(settings, todo: list[Path], finished) -> None:
-    """The scenes one after another in this process, as 06 runs one scene."""
-    for image in todo:
+def run_in_process(todo: dict[Path, argparse.Namespace], finished) -> None:
+    """The scenes one after another in this process (each with its settings), as 06 runs
+    one scene."""
+    for image, settings in todo.items():
         try:
             summary = job.classify_one(settings, image)
         except Exception as error:  # a bad scene fails alone, as a task on Dask does
@@ -352,8 +195,12 @@ def run_in_process(settings, todo: list[Path], finished) -> None:
 def submit_scene(client, settings, image: Path, run: str) -> list:
     """The futures of one scene, the one that ends it last: a whole-scene task, or
     its band tasks and the assembling task (keys named by scene and by `run`, so two
-    runs on one cluster never share a task)."""
+    runs on one cluster never share a task). Every path is sent absolute, the model
+    of MODEL auto chosen here (the workers' copy of the project may have no models/)."""
+    image = absolute(image)
     scene = job.open_settings_scene(settings, image)
+    model, _words = job.scene_model(settings, scene)
+    settings = changed(settings, model=str(absolute(model)))
     bands = [(0, scene.RasterYSize)]
     if settings.band_rows:
         bands = job.row_bands(
@@ -377,18 +224,26 @@ def submit_scene(client, settings, image: Path, run: str) -> list:
     return [*band_futures, assembled]
 
 
-def run_on_dask(client, settings, todo: list[Path], finished) -> None:
-    """The scenes as Dask tasks; a progress bar counts scenes (bands in its postfix)."""
-    from dask.distributed import as_completed
+def lost_scheduler(scheduler: str) -> InputError:
+    return InputError(
+        f"the Dask scheduler {scheduler} went away before this scene finished; start it and "
+        "its workers again, then run the same command again (finished scenes are kept)."
+    )
 
-    # Existing outputs are refused here, once; a task run again after its worker died may
-    # find the outputs it had written, and replaces them.
-    worker_settings = argparse.Namespace(**{**vars(settings), "progress": False, "overwrite": True})
-    last_futures, all_futures = {}, []
-    run = uuid.uuid4().hex[:8]
-    for image in todo:
+
+def submit_scenes(client, todo, run: str, last_futures: dict, all_futures: list, finished):
+    """Submit each scene's tasks (paths absolute), filling last_futures {key of the task
+    that ends a scene: image} and all_futures; a scene that cannot be submitted fails."""
+    for image, settings in todo.items():
+        # Existing outputs were refused before, once; a task run again after its worker
+        # died may find the outputs it had written, and replaces them.
+        worker_settings = changed(
+            settings,
+            progress=False,
+            overwrite=True,
+            output_dir=str(absolute(settings.output_dir)) if settings.output_dir else None,
+        )
         try:
-            refuse_existing(job.scene_outputs(settings, image).files, settings.overwrite)
             futures = submit_scene(client, worker_settings, image, run)
         except InputError as error:
             print(f"error: {error}")
@@ -396,10 +251,17 @@ def run_on_dask(client, settings, todo: list[Path], finished) -> None:
             continue
         last_futures[futures[-1].key] = image
         all_futures += futures
+
+
+def collect_scenes(scheduler: str, progress: bool, last_futures: dict, all_futures: list, finished):
+    """Each scene's result as its last task ends (a progress bar counts scenes, bands in
+    its postfix); a scene whose task a lost scheduler cancelled fails with that sentence."""
+    from dask.distributed import as_completed
+
     bands_total = len(all_futures) - len(last_futures)
     bands_done = 0
     with progress_bar(
-        total=len(last_futures), unit="scene", desc="scenes", disable=not settings.progress
+        total=len(last_futures), unit="scene", desc="scenes", disable=not progress
     ) as bar:
         for future in as_completed(all_futures):
             image = last_futures.get(future.key)
@@ -407,9 +269,14 @@ def run_on_dask(client, settings, todo: list[Path], finished) -> None:
                 bands_done += 1
                 bar.set_postfix(bands=f"{bands_done}/{bands_total}")
                 continue
-            summary = future.result() if future.status != "error" else None
-            if summary is None or "error" in summary:
-                error = future.exception() if summary is None else InputError(summary["error"])
+            summary = future.result() if future.status == "finished" else {}
+            if future.status == "cancelled":
+                error = lost_scheduler(scheduler)
+            elif future.status == "error":
+                error = future.exception()
+            else:
+                error = InputError(summary["error"]) if "error" in summary else None
+            if error is not None:
                 bar.write(f"error: {failure_sentence(error)}")
                 finished(image, None, error)
             else:
@@ -418,22 +285,46 @@ def run_on_dask(client, settings, todo: list[Path], finished) -> None:
             bar.update(1)
 
 
+def run_on_dask(client, scheduler: str, todo: dict[Path, argparse.Namespace], finished) -> None:
+    """The scenes as Dask tasks. Interrupted (KeyboardInterrupt: Ctrl-C or SIGTERM): the
+    run's tasks are cancelled and stopped on the workers before it goes on."""
+    last_futures: dict = {}
+    all_futures: list = []
+    run = uuid.uuid4().hex[:8]
+    progress = any(settings.progress for settings in todo.values())
+    try:
+        submit_scenes(client, todo, run, last_futures, all_futures, finished)
+        collect_scenes(scheduler, progress, last_futures, all_futures, finished)
+    except KeyboardInterrupt:
+        print("interrupted: stopping the run's tasks on the Dask workers...", file=sys.stderr)
+        if not cluster.stop_tasks(client, all_futures, run):
+            print(
+                f"note: some of the run's tasks still run on the workers of {scheduler}; "
+                "they stop before their next block.",
+                file=sys.stderr,
+            )
+        raise
+
+
+def refuse_outputs(manifest: Manifest, settings, image: Path) -> None:
+    """InputError when outputs of `image` exist and are not this command's to replace:
+    the manifest's reason (the scene changed, other settings) or that they exist."""
+    files = job.scene_outputs(settings, image).files
+    reason = manifest.refusal(image, settings)
+    if reason and any(path.exists() for path in files):
+        raise InputError(reason)
+    refuse_existing(files, False)
+
+
 def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: str) -> list[dict]:
     """Classify `images` (scheduler "none", "local" or an address), skipping those the
     manifest has finished (unless OVERWRITE); write the summary and, for several
     scenes, the mosaic. Returns one row per scene (summary_row). InputError at the
     end when some scenes failed."""
+    refuse_shared_outputs(settings, images)
     run_folder = Path(settings.output_dir) if settings.output_dir else common_folder(images)
     manifest = Manifest(run_folder / MANIFEST_FILE)
     rows: dict[Path, dict] = {}
-    todo = []
-    for image in images:
-        record = None if settings.overwrite else manifest.finished(image, settings)
-        if record is None:
-            todo.append(image)
-        else:
-            print(f"{image}: finished before with these settings ({MANIFEST_FILE}); skipped.")
-            rows[image] = summary_row(image, "skipped", record["summary"], None)
 
     def finished(image: Path, summary: dict | None, error: BaseException | None) -> None:
         if error is not None:
@@ -442,19 +333,40 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
         manifest.record(image, settings, summary)
         rows[image] = summary_row(image, "done", summary, None)
 
+    # Existing outputs are replaced with --overwrite, or when an earlier run of this
+    # command started the scene and never finished it; otherwise refused, saying why.
+    todo: dict[Path, argparse.Namespace] = {}
+    for image in images:
+        record = None if settings.overwrite else manifest.finished(image, settings)
+        if record is not None:
+            print(f"{image}: finished before with these settings ({MANIFEST_FILE}); skipped.")
+            rows[image] = summary_row(image, "skipped", record["summary"], None)
+            continue
+        replace = settings.overwrite or manifest.started(image, settings)
+        try:
+            if not replace:
+                refuse_outputs(manifest, settings, image)
+        except InputError as error:
+            print(f"error: {error}")
+            finished(image, None, error)
+            continue
+        todo[image] = changed(settings, overwrite=replace)
+    manifest.start([image for image in todo if image.exists()], settings)
+
     stopping = threading.Thread()
     if todo and scheduler == "none":
-        run_in_process(settings, todo, finished)
+        run_in_process(todo, finished)
     elif todo:
-        client = start_client(scheduler, settings.workers, settings.threads_per_worker)
+        client = cluster.start_client(scheduler, settings.workers, settings.threads_per_worker)
         try:
             print(f"Dask: {len(client.nthreads())} workers; dashboard {client.dashboard_link}")
-            run_on_dask(client, settings, todo, finished)
+            cluster.prepare_cluster(client, scheduler)
+            run_on_dask(client, scheduler, todo, finished)
         except BaseException:
-            stop_client(client, scheduler)
+            cluster.stop_client(client, scheduler)
             raise
         # The workers take seconds to stop: meanwhile the summary and the mosaic are written.
-        stopping = threading.Thread(target=stop_client, args=(client, scheduler))
+        stopping = threading.Thread(target=cluster.stop_client, args=(client, scheduler))
     stopping.start()
     try:
         ordered = [rows[image] for image in images]
@@ -473,107 +385,6 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
     return ordered
 
 
-def stop_client(client, scheduler: str) -> None:
-    """Close the client; an embedded cluster stops with its workers, a cluster's own stays up."""
-    if scheduler == "local":
-        client.shutdown()
-    else:
-        client.close()
-
-
 def common_folder(images: list[Path]) -> Path:
     """The deepest folder holding every scene (the run's files go there without OUTPUT_DIR)."""
     return Path(os.path.commonpath([str(image.resolve().parent) for image in images]))
-
-
-# ---------------------------------------------------------------------------
-# Summary and mosaic
-# ---------------------------------------------------------------------------
-
-
-def summary_row(image: Path, status: str, summary: dict | None, error: str | None) -> dict:
-    """scene, status (done | skipped | failed), seconds, windows/s, class shares (0..1 of
-    the classified pixels), cloud share, error; "done": whether it has outputs."""
-    row = {
-        "scene": str(image),
-        "status": status,
-        "done": summary is not None,
-        "seconds": None,
-        "windows_per_second": None,
-        "cloud_share": None,
-        "shares": {},
-        "error": error,
-    }
-    if summary is not None:
-        seconds = summary.get("seconds") or 0.0
-        classified = sum(summary["pixels"].values()) + summary["cloud"]
-        row.update(
-            seconds=round(seconds, 3),
-            windows_per_second=round(summary["classified"] / max(seconds, 1e-9), 1),
-            cloud_share=round(summary["cloud"] / max(classified, 1), 6),
-            shares={
-                name: round(count / max(classified, 1), 6)
-                for name, count in summary["pixels"].items()
-            },
-            pixels=summary["pixels"],
-            cloud=summary["cloud"],
-        )
-    return row
-
-
-def write_summary(folder: Path, rows: list[dict]) -> None:
-    """summary.json (the rows) and summary.csv (one column per class share)."""
-    classes = list(dict.fromkeys(name for row in rows for name in row["shares"]))
-    columns = ["scene", "status", "seconds", "windows_per_second"]
-    columns += [f"share_{name}" for name in classes] + ["cloud_share", "error"]
-    text = io.StringIO()
-    table = csv.DictWriter(text, columns, lineterminator="\n")
-    table.writeheader()
-    for row in rows:
-        shares = {f"share_{name}": row["shares"].get(name) for name in classes}
-        table.writerow({**{name: row.get(name) for name in columns}, **shares})
-    public = [
-        {name: value for name, value in row.items() if name not in ("done", "pixels", "cloud")}
-        for row in rows
-    ]
-    write_atomic(folder / SUMMARY_JSON, {"scenes": public}, overwrite=True)
-    write_atomic(folder / SUMMARY_CSV, text.getvalue(), overwrite=True)
-
-
-def write_mosaic(folder: Path, settings, images: list[Path]) -> None:
-    """mosaic.vrt of the scenes' label maps (one layer for QGIS) and its quicklook;
-    a note instead when GDAL cannot mosaic them (e.g. different coordinate systems)."""
-    if not images:
-        return
-    labels = [str(job.scene_outputs(settings, image).label) for image in images]
-    try:
-        with atomic_output(folder / MOSAIC_FILE, overwrite=True) as temporary:
-            mosaic = gdal.BuildVRT(str(temporary), labels)
-            if mosaic is None or mosaic.RasterCount == 0:
-                raise RuntimeError("no label map could be added")
-            mosaic = None
-        with atomic_output(folder / MOSAIC_QUICKLOOK, overwrite=True) as temporary:
-            mosaic_quicklook(folder / MOSAIC_FILE, labels[0], temporary)
-    except RuntimeError as error:
-        print(f"note: no mosaic of the label maps: {error}")
-        return
-    print(f"wrote {folder / MOSAIC_FILE}\nwrote {folder / MOSAIC_QUICKLOOK}")
-
-
-def mosaic_quicklook(mosaic_path: Path, first_label: str, output_path: Path) -> None:
-    """The mosaic's label map, decimated, with every label's share (counted on the
-    decimated mosaic), in the colours of the first scene's classes."""
-    first = gdal.Open(first_label)
-    category_names = first.GetRasterBand(1).GetCategoryNames() or []
-    first = None
-    class_names = [name for name in category_names[:CLOUD_LABEL] if name and name != CLOUD_NAME]
-    mosaic = gdal.Open(str(mosaic_path))
-    rows, cols = mosaic.RasterYSize, mosaic.RasterXSize
-    scale = max(1.0, max(rows, cols) / quicklooks.QUICKLOOK_MAX_SIDE)
-    shape = (max(1, round(rows / scale)), max(1, round(cols / scale)))
-    labels = mosaic.GetRasterBand(1).ReadAsArray(buf_xsize=shape[1], buf_ysize=shape[0])
-    counts = np.bincount(labels.ravel(), minlength=256)
-    counts[LABEL_NODATA] = 0
-    quicklooks.save_quicklook(
-        labels, counts, output_path, class_names, f"mosaic of {mosaic_path.parent.name}"
-    )

@@ -1,0 +1,194 @@
+"""The Dask side of a many-scene run, as its client sees it: which scheduler, the client
+of an embedded LocalCluster or of a cluster's scheduler, what the scheduler and workers
+need before the first task, and stopping the run's tasks when the run is interrupted.
+
+    client = start_client(scheduler, workers, threads_per_worker)
+    prepare_cluster(client, scheduler)        # ships the project where it is missing
+    ...
+    stop_tasks(client, futures, run)          # interrupted: cancel, wait until they stop
+
+The scheduler unpickles the tasks and the workers run them: both need the project's
+code and its environment (requirements.txt). The project's code (the package and
+image_functions.py) is shipped to a cluster that lacks it, as one zip, with Dask's own
+mechanism (Client.upload_file: workers that join later get it too); a missing package
+of the environment is one sentence naming it and the machines, before any task.
+dask.distributed is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from cnn_sentinel.errors import InputError
+
+# The checkout holding the package and image_functions.py.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The project's own modules, shipped to a cluster that cannot import them.
+PROJECT_MODULES = ("cnn_sentinel", "image_functions")
+# The environment's modules that 06's tasks import (requirements.txt installs them).
+ENVIRONMENT_MODULES = ("numpy", "osgeo.gdal", "tensorflow", "keras", "s2cloudless", "tqdm")
+# Seconds an interrupted run waits for the workers to stop its running tasks (each stops
+# before its next block).
+STOP_WAIT_SECONDS = 60
+
+
+def choose_scheduler(scheduler: str, scene_count: int) -> str:
+    """ "none", "local" or a cluster's address, from --scheduler ("auto": none for one
+    scene, local for several)."""
+    if scheduler == "auto":
+        return "none" if scene_count == 1 else "local"
+    if scheduler in ("none", "local") or "://" in scheduler:
+        return scheduler
+    raise InputError(
+        f"scheduler must be auto, none, local or an address such as tcp://host:8786, "
+        f"not {scheduler}."
+    )
+
+
+def start_client(scheduler: str, workers: int, threads_per_worker: int):
+    """A dask.distributed Client: of a new LocalCluster ("local": `workers` processes,
+    0: the cores divided by `threads_per_worker`) or of the cluster at an address."""
+    from dask.distributed import Client, LocalCluster
+
+    if threads_per_worker < 1:
+        raise InputError(f"threads per worker must be at least 1, not {threads_per_worker}.")
+    if scheduler != "local":
+        try:
+            return Client(scheduler, timeout="20s")
+        except OSError as error:
+            raise InputError(f"no Dask scheduler answers at {scheduler}: {error}.") from None
+    count = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
+    cluster = LocalCluster(n_workers=count, threads_per_worker=threads_per_worker, processes=True)
+    return Client(cluster)
+
+
+def stop_client(client, scheduler: str) -> None:
+    """Close the client; an embedded cluster stops with its workers, a cluster's own stays up."""
+    if scheduler == "local":
+        client.shutdown()
+    else:
+        client.close()
+
+
+# ---------------------------------------------------------------------------
+# What the scheduler and the workers need
+# ---------------------------------------------------------------------------
+
+
+def missing_modules(names: list[str]) -> list[str]:
+    """Run on the scheduler and each worker (sent by value, standard library only): the
+    modules of `names` that cannot be imported there."""
+    import importlib.util
+
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def running_keys(dask_worker) -> list[str]:
+    """Run on each worker (sent by value): the keys of the tasks its threads run now,
+    also those cancelled but not yet stopped."""
+    return [str(task.key) for task in dask_worker.state.executing]
+
+
+def cluster_missing(client, names: list[str]) -> dict[str, list[str]]:
+    """{"the scheduler" or a worker's address: the `names` it cannot import}, for the
+    machines that miss some."""
+    import cloudpickle
+
+    # These functions travel by value: the cluster may lack this very module.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    found = {"the scheduler": client.run_on_scheduler(missing_modules, names)}
+    found.update(client.run(missing_modules, names))
+    return {machine: missing for machine, missing in found.items() if missing}
+
+
+def project_zip(folder: Path) -> Path:
+    """The project's code (the package, image_functions.py) as one zip in `folder`,
+    named by its content, so a changed project is never taken for a shipped one."""
+    files = sorted(
+        path
+        for path in [
+            *(PROJECT_ROOT / "cnn_sentinel").rglob("*.py"),
+            PROJECT_ROOT / "image_functions.py",
+        ]
+        if "__pycache__" not in path.parts
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + b"\0" + path.read_bytes())
+    archive = folder / f"cnn_sentinel_project_{digest.hexdigest()[:12]}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in files:
+            handle.write(path, str(path.relative_to(PROJECT_ROOT)))
+    return archive
+
+
+def machines_words(machines: dict[str, list[str]]) -> str:
+    return "; ".join(
+        f"{machine} lacks {', '.join(missing)}" for machine, missing in machines.items()
+    )
+
+
+def prepare_cluster(client, scheduler: str, report=print) -> None:
+    """Before the first task: ship the project's code to a cluster whose scheduler or
+    workers cannot import it (Client.upload_file of a zip), then check that every
+    machine has the environment's modules; InputError naming what is missing where."""
+    if not client.nthreads():
+        raise InputError(f"the Dask scheduler at {scheduler} has no workers; start some.")
+    lacking = cluster_missing(client, list(PROJECT_MODULES))
+    if lacking:
+        with tempfile.TemporaryDirectory() as folder:
+            archive = project_zip(Path(folder))
+            try:
+                client.upload_file(str(archive))
+            except Exception as error:  # the upload imports it there: the environment's fault
+                raise InputError(
+                    f"the Dask cluster at {scheduler} cannot take the project's code "
+                    f"({type(error).__name__}: {error}); install requirements.txt in its "
+                    "workers' and scheduler's environment."
+                ) from None
+        report(
+            f"note: sent the project's code to the Dask cluster ({machines_words(lacking)}); "
+            "workers that join later get it too."
+        )
+    lacking = cluster_missing(client, [*PROJECT_MODULES, *ENVIRONMENT_MODULES])
+    if lacking:
+        raise InputError(
+            f"the Dask cluster at {scheduler} cannot run 06's tasks: {machines_words(lacking)}; "
+            "install requirements.txt in the environment its scheduler and workers run in."
+        )
+
+
+# ---------------------------------------------------------------------------
+# An interrupted run
+# ---------------------------------------------------------------------------
+
+
+def stop_tasks(client, futures: list, run: str, wait: float = STOP_WAIT_SECONDS) -> bool:
+    """Cancel the run's `futures` (none not yet started will start) and wait until the
+    workers run none of its tasks (a running one stops before its next block; all keys
+    of the run contain `run`). Returns whether they stopped within `wait` seconds."""
+    import cloudpickle
+
+    client.cancel(futures, force=True)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        running = [key for keys in client.run(running_keys).values() for key in keys if run in key]
+        if not running:
+            return True
+        time.sleep(0.5)
+    return False
