@@ -18,6 +18,7 @@ dask.distributed is imported inside the functions that need it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -68,8 +69,19 @@ def start_client(scheduler: str, workers: int, threads_per_worker: int):
     return Client(cluster)
 
 
+def describe_client(client) -> str:
+    """ "Dask: 2 workers; dashboard http://..." (the dashboard where the scheduler has one)."""
+    words = f"Dask: {len(client.nthreads())} workers"
+    if "dashboard" in client.scheduler_info().get("services", {}):
+        words += f"; dashboard {client.dashboard_link}"
+    return words
+
+
 def stop_client(client, scheduler: str) -> None:
-    """Close the client; an embedded cluster stops with its workers, a cluster's own stays up."""
+    """Close the client; an embedded cluster stops with its workers, a cluster's own stays up.
+    A client whose scheduler went away (said in a sentence already) closes quietly."""
+    if client.status != "running":
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     if scheduler == "local":
         client.shutdown()
     else:

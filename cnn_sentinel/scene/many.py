@@ -359,7 +359,7 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
     elif todo:
         client = cluster.start_client(scheduler, settings.workers, settings.threads_per_worker)
         try:
-            print(f"Dask: {len(client.nthreads())} workers; dashboard {client.dashboard_link}")
+            print(cluster.describe_client(client))
             cluster.prepare_cluster(client, scheduler)
             run_on_dask(client, scheduler, todo, finished)
         except BaseException:
