@@ -285,6 +285,28 @@ def test_many_scenes_in_process_resume_and_a_bad_scene(case, tmp_path, capsys):
         run(images[::2], case["model"], output, "--scheduler", "none", "--stride", "4")
 
 
+def test_a_changed_scene_is_refused_saying_it_changed(case, tmp_path):
+    """A rerun after a scene got a new modification time: refused with a sentence that
+    says the scene changed (not only that its outputs exist); --overwrite redoes it."""
+    scenes = []
+    for name in ("one", "two"):
+        scenes.append(tmp_path / f"{name}.tif")
+        scenes[-1].write_bytes(case["plain"].read_bytes())
+    output = tmp_path / "maps"
+    run(scenes, case["model"], output, "--scheduler", "none", "--stride", "16")
+    stat = scenes[0].stat()
+    os.utime(scenes[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(InputError) as raised:
+        run(scenes, case["model"], output, "--scheduler", "none", "--stride", "16")
+    assert f"scene {scenes[0]} changed since its outputs {output / 'one_label.tif'}" in str(
+        raised.value
+    )
+    assert "pass --overwrite to classify it again" in str(raised.value)
+    rows = json.loads((output / "summary.json").read_text())["scenes"]
+    assert [row["status"] for row in rows] == ["failed", "skipped"]
+    run(scenes[:1], case["model"], output, "--scheduler", "none", "--stride", "16", "--overwrite")
+
+
 @pytest.mark.parametrize("stride", [1, 16])
 def test_dask_gives_the_in_process_outputs(case, cluster, tmp_path, stride):
     """Two scenes, one cut into bands across 2 workers, one with clouds, plus a bad one:
