@@ -17,6 +17,7 @@ dask.distributed is imported inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -83,9 +84,30 @@ def stop_client(client, scheduler: str) -> None:
     if client.status != "running":
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     if scheduler == "local":
+        pids = list(client.run(os.getpid).values()) if client.status == "running" else []
         client.shutdown()
+        end_processes(pids)
     else:
         client.close()
+
+
+def end_processes(pids: list[int], wait: float = 10.0) -> None:
+    """Wait until the processes `pids` (an embedded cluster's workers) have ended, and
+    kill those still running after `wait` seconds: none outlives 06."""
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + wait
+    while (left := [pid for pid in pids if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
 
 
 # ---------------------------------------------------------------------------
