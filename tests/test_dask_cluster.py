@@ -150,6 +150,20 @@ def test_the_cluster_is_checked_before_the_first_task(case, dask_cluster, tmp_pa
     assert not list(tmp_path.glob("*_label.tif"))
 
 
+def test_a_cluster_running_code_another_06_sent_is_refused(case, dask_cluster, monkeypatch):
+    """The workers keep the modules they imported from the zip an earlier 06 sent: a 06
+    whose code differs (another zip name) says to restart them, before any task."""
+    monkeypatch.chdir(case["folder"])
+    arguments = ["--image", "crops/c0.tif", "--model", "model/model.keras", "--scheduler",
+                 dask_cluster.address, "--stride", "16", *FLAGS]  # fmt: skip
+    classify_image.main([*arguments, "--output-dir", "out_first"])  # sends the code if needed
+    monkeypatch.setattr(cluster, "project_zip_name", lambda: "cnn_sentinel_project_other.zip")
+    with pytest.raises(InputError, match=r"run the project's code that another version of 06 "
+                       r"sent them; restart the scheduler and the workers"):  # fmt: skip
+        classify_image.main([*arguments, "--output-dir", "out_stale"])
+    assert not (case["folder"] / "out_stale" / "c0_label.tif").exists()
+
+
 def worker_addresses(started: Cluster) -> list[str]:
     from dask.distributed import Client
 

@@ -35,6 +35,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_MODULES = ("cnn_sentinel", "image_functions")
 # The environment's modules that 06's tasks import (requirements.txt installs them).
 ENVIRONMENT_MODULES = ("numpy", "osgeo.gdal", "tensorflow", "keras", "s2cloudless", "tqdm")
+# The start of the name of the project's zip sent to a cluster.
+ZIP_PREFIX = "cnn_sentinel_project_"
 # Seconds an interrupted run waits for the workers to stop its running tasks (each stops
 # before its next block).
 STOP_WAIT_SECONDS = 60
@@ -115,20 +117,19 @@ def end_processes(pids: list[int], wait: float = 10.0) -> None:
 # ---------------------------------------------------------------------------
 
 
-def missing_modules(names: list[str]) -> list[str]:
-    """Run on the scheduler and each worker (sent by value, standard library only): the
-    modules of `names` that cannot be imported there."""
+def module_origins(names: list[str]) -> dict[str, str | None]:
+    """Run on the scheduler and each worker (sent by value, standard library only): where
+    each module of `names` would be imported from there (None: it cannot be)."""
     import importlib.util
 
-    missing = []
+    origins: dict[str, str | None] = {}
     for name in names:
         try:
-            found = importlib.util.find_spec(name) is not None
+            spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
+            spec = None
+        origins[name] = None if spec is None else str(spec.origin)
+    return origins
 
 
 def running_keys(dask_worker) -> list[str]:
@@ -137,22 +138,29 @@ def running_keys(dask_worker) -> list[str]:
     return [str(task.key) for task in dask_worker.state.executing]
 
 
-def cluster_missing(client, names: list[str]) -> dict[str, list[str]]:
-    """{"the scheduler" or a worker's address: the `names` it cannot import}, for the
-    machines that miss some."""
+def cluster_origins(client, names: list[str]) -> dict[str, dict[str, str | None]]:
+    """{"the scheduler" or a worker's address: module_origins(names) there}."""
     import cloudpickle
 
     # These functions travel by value: the cluster may lack this very module.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    found = {"the scheduler": client.run_on_scheduler(missing_modules, names)}
-    found.update(client.run(missing_modules, names))
-    return {machine: missing for machine, missing in found.items() if missing}
+    found = {"the scheduler": client.run_on_scheduler(module_origins, names)}
+    found.update(client.run(module_origins, names))
+    return found
 
 
-def project_zip(folder: Path) -> Path:
-    """The project's code (the package, image_functions.py) as one zip in `folder`,
-    named by its content, so a changed project is never taken for a shipped one."""
-    files = sorted(
+def missing_in(origins: dict[str, dict[str, str | None]], names) -> dict[str, list[str]]:
+    """{machine: the `names` it cannot import}, for the machines that miss some."""
+    missing = {
+        machine: [name for name in names if found.get(name) is None]
+        for machine, found in origins.items()
+    }
+    return {machine: lacking for machine, lacking in missing.items() if lacking}
+
+
+def project_files() -> list[Path]:
+    """The project's code: the package's modules and image_functions.py."""
+    return sorted(
         path
         for path in [
             *(PROJECT_ROOT / "cnn_sentinel").rglob("*.py"),
@@ -160,12 +168,21 @@ def project_zip(folder: Path) -> Path:
         ]
         if "__pycache__" not in path.parts
     )
+
+
+def project_zip_name() -> str:
+    """The name of the project's zip, by its content: a changed project has another."""
     digest = hashlib.sha256()
-    for path in files:
+    for path in project_files():
         digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + b"\0" + path.read_bytes())
-    archive = folder / f"cnn_sentinel_project_{digest.hexdigest()[:12]}.zip"
+    return f"{ZIP_PREFIX}{digest.hexdigest()[:12]}.zip"
+
+
+def project_zip(folder: Path) -> Path:
+    """The project's code as one zip in `folder` (named by project_zip_name)."""
+    archive = folder / project_zip_name()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
-        for path in files:
+        for path in project_files():
             handle.write(path, str(path.relative_to(PROJECT_ROOT)))
     return archive
 
@@ -176,13 +193,34 @@ def machines_words(machines: dict[str, list[str]]) -> str:
     )
 
 
+def refuse_stale_code(origins: dict[str, dict[str, str | None]], scheduler: str) -> None:
+    """InputError when a machine runs the project's code that another version of 06 sent
+    (a zip of another name): a process keeps the modules it has imported, so only
+    restarting it takes this version's."""
+    name = project_zip_name()
+    stale = [
+        machine
+        for machine, found in origins.items()
+        if any(ZIP_PREFIX in str(origin) and name not in str(origin) for origin in found.values())
+    ]
+    if stale:
+        raise InputError(
+            f"{', '.join(stale)} of the Dask cluster at {scheduler} run the project's code "
+            "that another version of 06 sent them; restart the scheduler and the workers to "
+            "take this version's."
+        )
+
+
 def prepare_cluster(client, scheduler: str, report=print) -> None:
     """Before the first task: ship the project's code to a cluster whose scheduler or
     workers cannot import it (Client.upload_file of a zip), then check that every
     machine has the environment's modules; InputError naming what is missing where."""
     if not client.nthreads():
         raise InputError(f"the Dask scheduler at {scheduler} has no workers; start some.")
-    lacking = cluster_missing(client, list(PROJECT_MODULES))
+    needed = [*PROJECT_MODULES, *ENVIRONMENT_MODULES]
+    origins = cluster_origins(client, needed)
+    refuse_stale_code(origins, scheduler)
+    lacking = missing_in(origins, PROJECT_MODULES)
     if lacking:
         with tempfile.TemporaryDirectory() as folder:
             archive = project_zip(Path(folder))
@@ -198,7 +236,8 @@ def prepare_cluster(client, scheduler: str, report=print) -> None:
             f"note: sent the project's code to the Dask cluster ({machines_words(lacking)}); "
             "workers that join later get it too."
         )
-    lacking = cluster_missing(client, [*PROJECT_MODULES, *ENVIRONMENT_MODULES])
+        origins = cluster_origins(client, needed)
+    lacking = missing_in(origins, needed)
     if lacking:
         raise InputError(
             f"the Dask cluster at {scheduler} cannot run 06's tasks: {machines_words(lacking)}; "
