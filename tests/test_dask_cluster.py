@@ -96,7 +96,7 @@ def dask_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    """Two 13-band scenes, one cut into row bands, a tiny dense model, and their maps from
+    """Two 13-band scenes, one cut into row strips, a tiny dense model, and their maps from
     an uninterrupted in-process run (the reference)."""
     folder = tmp_path_factory.mktemp("tcp")
     (folder / "crops").mkdir()
@@ -183,7 +183,7 @@ STEMS = ["s0", "s1", "tall"]
 
 @pytest.fixture(scope="module")
 def slow_case(tmp_path_factory):
-    """Two scenes of one task each and one of two row bands, a tiny model, and their maps
+    """Two scenes of one task each and one of two row strips, a tiny model, and their maps
     from an uninterrupted in-process run."""
     folder = tmp_path_factory.mktemp("interrupted")
     scenes = [

@@ -1,8 +1,8 @@
 """The scenes of 06's --image: paths, glob patterns, folders of scenes and .txt lists,
 and the check that no two of them write the same outputs.
 
-    images = list_scenes(settings.image)
-    refuse_shared_outputs(settings, images)
+    images = list_scenes(values)                # 06's --image
+    refuse_shared_outputs(run_plan, images)     # run_plan: plan.plan_run(settings)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import job
+from cnn_sentinel.scene.plan import RunPlan
 from cnn_sentinel.scene.products import is_sentinel2_product
 
 # Files taken as scenes in a folder given to --image (a .SAFE folder is one scene).
@@ -63,13 +63,13 @@ def list_scenes(values: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(scenes))
 
 
-def refuse_shared_outputs(settings, images: list[Path]) -> None:
+def refuse_shared_outputs(run_plan: RunPlan, images: list[Path]) -> None:
     """InputError when two scenes would write the same outputs: the same file name in
     one --output-dir (without it each scene writes beside itself, and scenes of the same
     name in different folders are fine)."""
     writers: dict[Path, Path] = {}
     for image in images:
-        label = job.scene_outputs(settings, image).label.absolute()
+        label = run_plan.scene_outputs(image).label.absolute()
         other = writers.setdefault(label, image)
         if other != image:
             raise InputError(

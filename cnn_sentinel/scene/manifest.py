@@ -2,10 +2,13 @@
 inputs, with which settings, into which outputs, so the same command run again resumes.
 
     manifest = Manifest(folder / MANIFEST_FILE)
-    manifest.finished(image, settings)    # the record when done with these inputs/settings
-    manifest.start(images, settings)      # before the scenes run
-    manifest.record(image, settings, summary)
+    values = output_settings(plan)                 # what the scene's outputs depend on
+    manifest.finished(image, values)      # the record when done with these inputs/settings
+    manifest.start({image: values, ...})  # before the scenes run
+    manifest.record(image, values, plan.outputs, summary)
 
+The settings recorded are the scene plan's fields that change its outputs and the model
+file's SHA-256 (plan.output_values): a new such field is compared without a change here.
 A scene "started" by an earlier run of the same inputs and settings, but never recorded
 as finished (the run was interrupted, its workers or scheduler killed), may have left
 outputs: they are this command's own and are redone without --overwrite. Outputs that
@@ -14,39 +17,20 @@ the manifest does not explain are refused with a sentence that says why.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.outputs import write_atomic
-from cnn_sentinel.scene import job
+from cnn_sentinel.scene.plan import SceneOutputs, ScenePlan, file_sha256, output_values
 
 # The run's record of its scenes, in OUTPUT_DIR (or the scenes' common folder).
 MANIFEST_FILE = "manifest.json"
-# 06's settings that change a scene's outputs (a finished scene is redone when one differs).
-OUTPUT_SETTINGS = (
-    "model",
-    "stride",
-    "bands",
-    "bbox",
-    "window",
-    "probabilities",
-    "rgb_scaling",
-    "mixed_precision",
-    "method",
-    "tta",
-    "cloud_mask",
-    "cloud_threshold",
-    "quicklook",
-    "cog",
-)
-# Bytes read at a time for a checksum.
-HASH_CHUNK = 2**22
 # A record's status: its scene was submitted, or finished with the recorded outputs.
 STARTED, FINISHED = "started", "finished"
+# A setting's value longer than this is named, not quoted, in a refusal.
+QUOTED_VALUE_CHARS = 40
 
 
 def input_fingerprint(path: Path) -> dict:
@@ -59,17 +43,24 @@ def input_fingerprint(path: Path) -> dict:
     }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def output_settings(plan: ScenePlan) -> dict:
+    """What changes a scene's outputs, as JSON values: the plan's fields that say so
+    and the model file's SHA-256 (plan.output_values)."""
+    return output_values(plan)
 
 
-def output_settings(settings: argparse.Namespace) -> dict:
-    """The settings that change outputs, as JSON values."""
-    return {name: json.loads(json.dumps(getattr(settings, name))) for name in OUTPUT_SETTINGS}
+def change_words(before: dict, now: dict) -> str:
+    """ "stride 8, now 4; info changed": the settings that differ, short values quoted."""
+    words = []
+    for name in now:
+        old, new = before.get(name), now[name]
+        if old == new:
+            continue
+        if max(len(repr(old)), len(repr(new))) <= QUOTED_VALUE_CHARS:
+            words.append(f"{name} {old!r}, now {new!r}")
+        else:
+            words.append(f"{name} changed")
+    return "; ".join(words)
 
 
 class Manifest:
@@ -90,19 +81,20 @@ class Manifest:
     def key(image: Path) -> str:
         return str(image.resolve())
 
-    def _same_run(self, record: dict | None, image: Path, settings) -> bool:
+    def _same_run(self, record: dict | None, image: Path, values: dict) -> bool:
         return (
             record is not None
             and image.exists()
             and record["inputs"] == input_fingerprint(image)
-            and record["settings"] == output_settings(settings)
+            and record["settings"] == values
         )
 
-    def finished(self, image: Path, settings: argparse.Namespace) -> dict | None:
-        """The record of `image` when it finished with these inputs, settings and
-        outputs (checked by SHA-256); None when it must be (re)done."""
+    def finished(self, image: Path, values: dict) -> dict | None:
+        """The record of `image` when it finished with these inputs, output settings
+        (`output_settings` of its plan) and outputs (checked by SHA-256); None when it
+        must be (re)done."""
         record = self.scenes.get(self.key(image))
-        if not self._same_run(record, image, settings):
+        if not self._same_run(record, image, values):
             return None
         if record.get("status", FINISHED) != FINISHED:
             return None
@@ -111,56 +103,52 @@ class Manifest:
                 return None
         return record
 
-    def started(self, image: Path, settings: argparse.Namespace) -> bool:
-        """Whether an earlier run of these inputs and settings started `image` and never
-        finished it: outputs it left are that command's, to be redone."""
+    def started(self, image: Path, values: dict) -> bool:
+        """Whether an earlier run of these inputs and output settings started `image` and
+        never finished it: outputs it left are that command's, to be redone."""
         record = self.scenes.get(self.key(image))
-        return self._same_run(record, image, settings) and record.get("status") == STARTED
+        return self._same_run(record, image, values) and record.get("status") == STARTED
 
-    def refusal(self, image: Path, settings: argparse.Namespace) -> str | None:
-        """Why the existing outputs of `image` are not this command's to replace, when
-        the manifest knows (the scene changed, or they were made with other settings);
-        None when it does not."""
+    def refusal(self, image: Path, values: dict, outputs: SceneOutputs) -> str | None:
+        """Why the existing `outputs` of `image` are not this command's to replace, when
+        the manifest knows (the scene changed, or they were made with other output
+        settings than `values`); None when it does not."""
         record = self.scenes.get(self.key(image))
         if record is None or not image.exists():
             return None
-        outputs = ", ".join(str(path) for path in job.scene_outputs(settings, image).files)
+        files = ", ".join(str(path) for path in outputs.files)
         if record["inputs"] != input_fingerprint(image):
             return (
-                f"scene {image} changed since its outputs {outputs} were made (its size or "
+                f"scene {image} changed since its outputs {files} were made (its size or "
                 f"modification time differs from {self.path}); pass --overwrite to classify "
                 "it again."
             )
-        now = output_settings(settings)
-        changed = [name for name in now if record["settings"].get(name) != now[name]]
-        if changed:
-            words = ", ".join(
-                f"{name} {record['settings'].get(name)!r}, now {now[name]!r}" for name in changed
-            )
+        words = change_words(record["settings"], values)
+        if words:
             return (
-                f"outputs {outputs} exist, made from {image} with other settings ({words}); "
+                f"outputs {files} exist, made from {image} with other settings ({words}); "
                 "pass --overwrite to replace them."
             )
         return None
 
-    def start(self, images: list[Path], settings: argparse.Namespace) -> None:
-        """Mark `images` as started with these inputs and settings (one write)."""
-        for image in images:
+    def start(self, scenes: dict[Path, dict]) -> None:
+        """Mark the scenes {image: its output settings} as started (one write)."""
+        for image, values in scenes.items():
             self.scenes[self.key(image)] = {
                 "status": STARTED,
                 "inputs": input_fingerprint(image),
-                "settings": output_settings(settings),
+                "settings": values,
                 "outputs": {},
             }
-        if images:
+        if scenes:
             write_atomic(self.path, {"scenes": self.scenes}, overwrite=True)
 
-    def record(self, image: Path, settings: argparse.Namespace, summary: dict) -> None:
-        outputs = job.scene_outputs(settings, image)
+    def record(self, image: Path, values: dict, outputs: SceneOutputs, summary: dict) -> None:
+        """Record `image` as finished with these output settings into `outputs`."""
         self.scenes[self.key(image)] = {
             "status": FINISHED,
             "inputs": input_fingerprint(image),
-            "settings": output_settings(settings),
+            "settings": values,
             "outputs": {str(path): file_sha256(path) for path in outputs.files},
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "summary": {name: value for name, value in summary.items() if name != "text"},

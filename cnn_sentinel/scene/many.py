@@ -1,20 +1,22 @@
 """Many scenes through 06: in this process, or on Dask distributed (an embedded
 LocalCluster or an existing cluster), resumable.
 
-    results = classify_many(settings, scenes, scheduler)
+    results = classify_many(plan.plan_run(settings), scenes, scheduler)
 
 - Units of work: a scene that fits in BAND_ROWS rows is one task (job.classify_one
-  on a worker); a larger one is cut into row bands (job.classify_band, one task each,
+  on a worker); a larger one is cut into row strips (job.classify_rows, one task each,
   on any worker) and assembled by one more task (job.assemble_scene), with the same
-  outputs as one process would write.
+  outputs as one process would write. Each task makes the scene's plan from 06's
+  settings (plan.plan_scene); the client makes it too, for the manifest.
 - Each worker process loads a model once and keeps it (`cached_model`, keyed by
-  path and modification time): tasks carry the model's path, never the model.
+  path and modification time): tasks carry 06's settings, never the model.
   TensorFlow's threads in a worker follow the worker's threads.
-- Paths are made absolute here, on the client, before they are sent: a worker of a
-  cluster runs in its own working folder (scenes and outputs must be on storage that
-  every worker sees at the same paths: one machine, or a shared file system).
-- A worker that dies: Dask runs its tasks again elsewhere; band files are written
-  atomically and a finished band is not redone, so outputs end complete.
+- Paths are made absolute here, on the client, before they are sent (the scene's, and
+  OUTPUT_DIR and the model in RunPlan.task_settings): a worker of a cluster runs in its
+  own working folder (scenes and outputs must be on storage that every worker sees at
+  the same paths: one machine, or a shared file system).
+- A worker that dies: Dask runs its tasks again elsewhere; strip files are written
+  atomically and a finished strip is not redone, so outputs end complete.
 - Interrupted (Ctrl-C, SIGTERM): the run's tasks are cancelled and a running one stops
   before its next block (`stop_if_cancelled`; also when its client or its scheduler
   is gone), so no output appears after the run has ended. manifest.py records what
@@ -26,8 +28,8 @@ LocalCluster or an existing cluster), resumable.
 
 from __future__ import annotations
 
-import argparse
 import atexit
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -42,14 +44,10 @@ from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.outputs import refuse_existing
 from cnn_sentinel.scene import cluster, job
 from cnn_sentinel.scene.listing import refuse_shared_outputs
-from cnn_sentinel.scene.manifest import MANIFEST_FILE, Manifest
-from cnn_sentinel.scene.reading import load_scene_model, scene_stem
+from cnn_sentinel.scene.manifest import MANIFEST_FILE, Manifest, output_settings
+from cnn_sentinel.scene.plan import RunPlan, SceneOutputs, ScenePlan, plan_scene
+from cnn_sentinel.scene.reading import load_scene_model
 from cnn_sentinel.scene.summary import SUMMARY_CSV, summary_row, write_mosaic, write_summary
-
-
-def changed(settings: argparse.Namespace, **values) -> argparse.Namespace:
-    """A copy of 06's settings with some values changed (the original is never changed)."""
-    return argparse.Namespace(**{**vars(settings), **values})
 
 
 def absolute(path: str | Path) -> Path:
@@ -118,51 +116,58 @@ def cached_model(path: str) -> tuple[object, ModelInfo]:
     """The model at `path` and its ModelInfo, loaded once per process and thread, its
     weights set back to the file's at every call (what an earlier task changed is undone)."""
     resolved = Path(path).resolve()
+    if not resolved.is_file():
+        return load_scene_model(path)  # its one sentence for a missing model
     key = (str(resolved), resolved.stat().st_mtime_ns, threading.get_ident())
     if key not in _LOADED_MODELS:
         set_up_worker_process()
-        model, config = load_scene_model(resolved)
-        _LOADED_MODELS[key] = (model, config, model.get_weights())
-    model, config, weights = _LOADED_MODELS[key]
+        model, info = load_scene_model(resolved)
+        _LOADED_MODELS[key] = (model, info, model.get_weights())
+    model, info, weights = _LOADED_MODELS[key]
     model.set_weights(weights)
-    return model, config
+    return model, info
 
 
-def scene_task(settings: argparse.Namespace, image: str) -> dict:
+def worker_plan(settings, image: str) -> ScenePlan:
+    """The plan of a scene on a worker: with the cached model, without a progress bar,
+    replacing outputs (existing ones were refused by the client, once; a task run again
+    after its worker died may find the outputs it had written)."""
+    plan = plan_scene(settings, image, cached_model)
+    return dataclasses.replace(plan, progress=False, overwrite=True)
+
+
+def scene_task(settings, image: str) -> dict:
     """One whole scene on a worker: job.classify_one with the cached model; the lines
     it would print are returned as "text". A bad input is returned as {"error": its
     sentence} (an expected outcome, not a task failure for Dask to log)."""
     lines: list[str] = []
     try:
-        summary = job.classify_one(
-            settings, image, cached_model, report=lines.append, stop=stop_if_cancelled
-        )
+        plan = worker_plan(settings, image)
+        summary = job.classify_one(plan, report=lines.append, stop=stop_if_cancelled)
     except InputError as error:
         return {"error": str(error)}
     return {**summary, "text": "\n".join(lines)}
 
 
-def band_task(
-    settings: argparse.Namespace, image: str, first_row: int, last_row: int, folder: str
-) -> dict:
-    """One row band of a scene on a worker (job.classify_band with the cached model);
+def strip_task(settings, image: str, first_row: int, last_row: int, folder: str) -> dict:
+    """One row strip of a scene on a worker (job.classify_rows with the cached model);
     a bad input as {"error": its sentence}."""
     try:
-        return job.classify_band(
-            settings, image, first_row, last_row, folder, cached_model, stop_if_cancelled
-        )
+        plan = worker_plan(settings, image)
+        return job.classify_rows(plan, first_row, last_row, folder, stop_if_cancelled)
     except InputError as error:
         return {"error": str(error)}
 
 
-def assemble_task(settings: argparse.Namespace, image: str, bands: list[dict], folder: str) -> dict:
-    """The outputs of a scene from its bands (job.assemble_scene), or the first band's error."""
-    errors = [band for band in bands if "error" in band]
+def assemble_task(settings, image: str, strips: list[dict], folder: str) -> dict:
+    """The outputs of a scene from its strips (job.assemble_scene), or the first strip's
+    error."""
+    errors = [strip for strip in strips if "error" in strip]
     if errors:
         shutil.rmtree(folder, ignore_errors=True)
         return errors[0]
     try:
-        return job.assemble_scene(settings, image, bands, folder, stop_if_cancelled)
+        return job.assemble_scene(worker_plan(settings, image), strips, folder, stop_if_cancelled)
     except InputError as error:
         return {"error": str(error)}
 
@@ -179,12 +184,11 @@ def failure_sentence(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_in_process(todo: dict[Path, argparse.Namespace], finished) -> None:
-    """The scenes one after another in this process (each with its settings), as 06 runs
-    one scene."""
-    for image, settings in todo.items():
+def run_in_process(todo: dict[Path, ScenePlan], finished) -> None:
+    """The planned scenes one after another in this process, as 06 runs one scene."""
+    for image in list(todo):
         try:
-            summary = job.classify_one(settings, image)
+            summary = job.classify_one(todo.pop(image))
         except Exception as error:  # a bad scene fails alone, as a task on Dask does
             print(f"error: {failure_sentence(error)}")
             finished(image, None, error)
@@ -192,36 +196,32 @@ def run_in_process(todo: dict[Path, argparse.Namespace], finished) -> None:
             finished(image, summary, None)
 
 
-def submit_scene(client, settings, image: Path, run: str) -> list:
-    """The futures of one scene, the one that ends it last: a whole-scene task, or
-    its band tasks and the assembling task (keys named by scene and by `run`, so two
-    runs on one cluster never share a task). Every path is sent absolute, the model
-    of MODEL auto chosen here (the workers' copy of the project may have no models/)."""
-    image = absolute(image)
-    scene = job.open_settings_scene(settings, image)
-    model, _words = job.scene_model(settings, scene)
-    settings = changed(settings, model=str(absolute(model)))
-    bands = [(0, scene.RasterYSize)]
-    if settings.band_rows:
-        bands = job.row_bands(
-            scene.RasterYSize, settings.band_rows, settings.stride, settings.block_rows
+def submit_scene(client, run_plan: RunPlan, plan: ScenePlan, run: str) -> list:
+    """The futures of one planned scene, the one that ends it last: a whole-scene task,
+    or its strip tasks and the assembling task (keys named by scene and by `run`, so
+    two runs on one cluster never share a task). The tasks carry 06's settings with
+    every path absolute (RunPlan.task_settings), the scene's too."""
+    settings, image = run_plan.task_settings(plan), str(absolute(plan.image))
+    strips = [(0, plan.scene.RasterYSize)]
+    if run_plan.strip_rows:
+        strips = job.row_strips(
+            plan.scene.RasterYSize, run_plan.strip_rows, plan.stride, plan.block_rows
         )
-    name = f"{scene_stem(image)}-{hashlib.sha1(str(image).encode()).hexdigest()[:8]}-{run}"
-    if len(bands) == 1:
-        return [client.submit(scene_task, settings, str(image), key=f"scene-{name}")]
-    outputs = job.scene_outputs(settings, image)
-    folder = outputs.label.parent / f".{scene_stem(image)}.bands"
+    name = f"{plan.stem}-{hashlib.sha1(image.encode()).hexdigest()[:8]}-{run}"
+    if len(strips) == 1:
+        return [client.submit(scene_task, settings, image, key=f"scene-{name}")]
+    folder = absolute(plan.outputs.label.parent) / f".{plan.stem}.strips"
     shutil.rmtree(folder, ignore_errors=True)
-    band_futures = [
+    strip_futures = [
         client.submit(
-            band_task, settings, str(image), first, last, str(folder), key=f"band-{name}-{first}"
+            strip_task, settings, image, first, last, str(folder), key=f"strip-{name}-{first}"
         )
-        for first, last in bands
+        for first, last in strips
     ]
     assembled = client.submit(
-        assemble_task, settings, str(image), band_futures, str(folder), key=f"scene-{name}"
+        assemble_task, settings, image, strip_futures, str(folder), key=f"scene-{name}"
     )
-    return [*band_futures, assembled]
+    return [*strip_futures, assembled]
 
 
 def lost_scheduler(scheduler: str) -> InputError:
@@ -231,20 +231,17 @@ def lost_scheduler(scheduler: str) -> InputError:
     )
 
 
-def submit_scenes(client, todo, run: str, last_futures: dict, all_futures: list, finished):
-    """Submit each scene's tasks (paths absolute), filling last_futures {key of the task
-    that ends a scene: image} and all_futures; a scene that cannot be submitted fails."""
-    for image, settings in todo.items():
-        # Existing outputs were refused before, once; a task run again after its worker
-        # died may find the outputs it had written, and replaces them.
-        worker_settings = changed(
-            settings,
-            progress=False,
-            overwrite=True,
-            output_dir=str(absolute(settings.output_dir)) if settings.output_dir else None,
-        )
+def submit_scenes(
+    client, run_plan: RunPlan, todo, run: str, last_futures: dict, all_futures: list, finished
+):
+    """Submit each planned scene's tasks, filling last_futures {key of the task that ends
+    a scene: image} and all_futures; a scene that cannot be submitted fails. Existing
+    outputs were refused before, once; a task run again after its worker died may find
+    the outputs it had written, and replaces them (worker_plan)."""
+    for image in list(todo):
+        plan = todo.pop(image)
         try:
-            futures = submit_scene(client, worker_settings, image, run)
+            futures = submit_scene(client, run_plan, plan, run)
         except InputError as error:
             print(f"error: {error}")
             finished(image, None, error)
@@ -254,20 +251,20 @@ def submit_scenes(client, todo, run: str, last_futures: dict, all_futures: list,
 
 
 def collect_scenes(scheduler: str, progress: bool, last_futures: dict, all_futures: list, finished):
-    """Each scene's result as its last task ends (a progress bar counts scenes, bands in
+    """Each scene's result as its last task ends (a progress bar counts scenes, strips in
     its postfix); a scene whose task a lost scheduler cancelled fails with that sentence."""
     from dask.distributed import as_completed
 
-    bands_total = len(all_futures) - len(last_futures)
-    bands_done = 0
+    strips_total = len(all_futures) - len(last_futures)
+    strips_done = 0
     with progress_bar(
         total=len(last_futures), unit="scene", desc="scenes", disable=not progress
     ) as bar:
         for future in as_completed(all_futures):
             image = last_futures.get(future.key)
             if image is None:
-                bands_done += 1
-                bar.set_postfix(bands=f"{bands_done}/{bands_total}")
+                strips_done += 1
+                bar.set_postfix(strips=f"{strips_done}/{strips_total}")
                 continue
             summary = future.result() if future.status == "finished" else {}
             if future.status == "cancelled":
@@ -285,16 +282,17 @@ def collect_scenes(scheduler: str, progress: bool, last_futures: dict, all_futur
             bar.update(1)
 
 
-def run_on_dask(client, scheduler: str, todo: dict[Path, argparse.Namespace], finished) -> None:
-    """The scenes as Dask tasks. Interrupted (KeyboardInterrupt: Ctrl-C or SIGTERM): the
-    run's tasks are cancelled and stopped on the workers before it goes on."""
+def run_on_dask(
+    client, scheduler: str, run_plan: RunPlan, todo: dict[Path, ScenePlan], finished
+) -> None:
+    """The planned scenes as Dask tasks. Interrupted (KeyboardInterrupt: Ctrl-C or
+    SIGTERM): the run's tasks are cancelled and stopped on the workers before it goes on."""
     last_futures: dict = {}
     all_futures: list = []
     run = uuid.uuid4().hex[:8]
-    progress = any(settings.progress for settings in todo.values())
     try:
-        submit_scenes(client, todo, run, last_futures, all_futures, finished)
-        collect_scenes(scheduler, progress, last_futures, all_futures, finished)
+        submit_scenes(client, run_plan, todo, run, last_futures, all_futures, finished)
+        collect_scenes(scheduler, run_plan.progress, last_futures, all_futures, finished)
     except KeyboardInterrupt:
         print("interrupted: stopping the run's tasks on the Dask workers...", file=sys.stderr)
         if not cluster.stop_tasks(client, all_futures, run):
@@ -306,62 +304,70 @@ def run_on_dask(client, scheduler: str, todo: dict[Path, argparse.Namespace], fi
         raise
 
 
-def refuse_outputs(manifest: Manifest, settings, image: Path) -> None:
-    """InputError when outputs of `image` exist and are not this command's to replace:
+def refuse_outputs(manifest: Manifest, image: Path, values: dict, outputs: SceneOutputs) -> None:
+    """InputError when `outputs` of `image` exist and are not this command's to replace:
     the manifest's reason (the scene changed, other settings) or that they exist."""
-    files = job.scene_outputs(settings, image).files
-    reason = manifest.refusal(image, settings)
-    if reason and any(path.exists() for path in files):
+    reason = manifest.refusal(image, values, outputs)
+    if reason and any(path.exists() for path in outputs.files):
         raise InputError(reason)
-    refuse_existing(files, False)
+    refuse_existing(outputs.files, False)
 
 
-def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: str) -> list[dict]:
+def classify_many(run_plan: RunPlan, images: list[Path], scheduler: str) -> list[dict]:
     """Classify `images` (scheduler "none", "local" or an address), skipping those the
     manifest has finished (unless OVERWRITE); write the summary and, for several
     scenes, the mosaic. Returns one row per scene (summary_row). InputError at the
     end when some scenes failed."""
-    refuse_shared_outputs(settings, images)
-    run_folder = Path(settings.output_dir) if settings.output_dir else common_folder(images)
+    refuse_shared_outputs(run_plan, images)
+    run_folder = run_plan.output_dir or common_folder(images)
     manifest = Manifest(run_folder / MANIFEST_FILE)
     rows: dict[Path, dict] = {}
+    planned: dict[Path, tuple[dict, SceneOutputs]] = {}  # output settings and files
 
     def finished(image: Path, summary: dict | None, error: BaseException | None) -> None:
         if error is not None:
             rows[image] = summary_row(image, "failed", None, failure_sentence(error))
             return
-        manifest.record(image, settings, summary)
+        manifest.record(image, *planned[image], summary)
         rows[image] = summary_row(image, "done", summary, None)
 
     # Existing outputs are replaced with --overwrite, or when an earlier run of this
     # command started the scene and never finished it; otherwise refused, saying why.
-    todo: dict[Path, argparse.Namespace] = {}
+    todo: dict[Path, ScenePlan] = {}  # the scenes to do, until they start
     for image in images:
-        record = None if settings.overwrite else manifest.finished(image, settings)
+        try:
+            plan = plan_scene(run_plan.settings, image, cached_model)
+        except Exception as error:  # a bad scene fails alone, as a task on Dask does
+            print(f"error: {failure_sentence(error)}")
+            finished(image, None, error)
+            continue
+        values = output_settings(plan)
+        planned[image] = (values, plan.outputs)
+        record = None if run_plan.overwrite else manifest.finished(image, values)
         if record is not None:
             print(f"{image}: finished before with these settings ({MANIFEST_FILE}); skipped.")
             rows[image] = summary_row(image, "skipped", record["summary"], None)
             continue
-        replace = settings.overwrite or manifest.started(image, settings)
+        replace = run_plan.overwrite or manifest.started(image, values)
         try:
             if not replace:
-                refuse_outputs(manifest, settings, image)
+                refuse_outputs(manifest, image, values, plan.outputs)
         except InputError as error:
             print(f"error: {error}")
             finished(image, None, error)
             continue
-        todo[image] = changed(settings, overwrite=replace)
-    manifest.start([image for image in todo if image.exists()], settings)
+        todo[image] = dataclasses.replace(plan, overwrite=replace)
+    manifest.start({image: planned[image][0] for image in todo})
 
     stopping = threading.Thread()
     if todo and scheduler == "none":
         run_in_process(todo, finished)
     elif todo:
-        client = cluster.start_client(scheduler, settings.workers, settings.threads_per_worker)
+        client = cluster.start_client(scheduler, run_plan.workers, run_plan.threads_per_worker)
         try:
             print(cluster.describe_client(client))
             cluster.prepare_cluster(client, scheduler)
-            run_on_dask(client, scheduler, todo, finished)
+            run_on_dask(client, scheduler, run_plan, todo, finished)
         except BaseException:
             cluster.stop_client(client, scheduler)
             raise
@@ -372,8 +378,8 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
         ordered = [rows[image] for image in images]
         write_summary(run_folder, ordered)
         if len(images) > 1:
-            done = [image for image in images if rows[image]["done"]]
-            write_mosaic(run_folder, settings, done)
+            done = [planned[image][1] for image in images if rows[image]["done"]]
+            write_mosaic(run_folder, done)
     finally:
         stopping.join()
     failed = [row for row in ordered if row["status"] == "failed"]

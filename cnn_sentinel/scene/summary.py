@@ -4,7 +4,7 @@ mosaic.vrt (every label map, one layer for QGIS) with its quicklook.
 
     rows = [summary_row(image, "done", summary, None), ...]
     write_summary(folder, rows)
-    write_mosaic(folder, settings, finished_images)
+    write_mosaic(folder, [plan.outputs, ...])   # the finished scenes' outputs
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 from osgeo import gdal
 
 from cnn_sentinel.outputs import atomic_output, write_atomic
-from cnn_sentinel.scene import job, quicklooks
+from cnn_sentinel.scene import quicklooks
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, CLOUD_NAME, LABEL_NODATA
+from cnn_sentinel.scene.plan import SceneOutputs
 
 gdal.UseExceptions()
 
@@ -77,12 +78,12 @@ def write_summary(folder: Path, rows: list[dict]) -> None:
     write_atomic(folder / SUMMARY_CSV, text.getvalue(), overwrite=True)
 
 
-def write_mosaic(folder: Path, settings, images: list[Path]) -> None:
+def write_mosaic(folder: Path, outputs: list[SceneOutputs]) -> None:
     """mosaic.vrt of the scenes' label maps (one layer for QGIS) and its quicklook;
     a note instead when GDAL cannot mosaic them (e.g. different coordinate systems)."""
-    if not images:
+    if not outputs:
         return
-    labels = [str(job.scene_outputs(settings, image).label) for image in images]
+    labels = [str(scene_outputs.label) for scene_outputs in outputs]
     try:
         with atomic_output(folder / MOSAIC_FILE, overwrite=True) as temporary:
             mosaic = gdal.BuildVRT(str(temporary), labels)
