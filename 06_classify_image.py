@@ -27,8 +27,10 @@ from pathlib import Path
 
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.precision import PRECISION_MODES
+from cnn_sentinel.scene.cluster import choose_scheduler
 from cnn_sentinel.scene.job import classify_one
-from cnn_sentinel.scene.many import choose_scheduler, classify_many, list_scenes
+from cnn_sentinel.scene.listing import list_scenes
+from cnn_sentinel.scene.many import classify_many
 from cnn_sentinel.scene.plan import plan_run, plan_scene
 from cnn_sentinel.scene.runner import check_run_settings
 from cnn_sentinel.settings import parse_settings, run_script

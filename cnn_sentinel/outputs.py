@@ -246,6 +246,10 @@ def write_atomic(
     return path
 
 
+class FolderVanishedError(FileNotFoundError):
+    """The folder of a lock file is gone (another process removed it): make it again."""
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: str | Path, what: str, advice: str) -> Iterator[None]:
     """Hold an exclusive lock (fcntl.flock on `lock_path`) while the block runs.
@@ -261,6 +265,10 @@ def exclusive_lock(lock_path: str | Path, what: str, advice: str) -> Iterator[No
             handle = lock_path.open("a+", encoding="utf-8")
         except PermissionError:
             raise InputError(f"output folder {lock_path.parent} is not writable.") from None
+        except FileNotFoundError:
+            if not lock_path.parent.exists():
+                raise FolderVanishedError(lock_path.parent) from None
+            raise InputError(f"cannot create lock file {lock_path}: no such file.") from None
         except OSError as error:
             raise InputError(f"cannot create lock file {lock_path}: {error.strerror}.") from None
         try:
@@ -309,16 +317,28 @@ def interrupt_on_sigterm() -> None:
 def folder_lock(folder: str | Path, name: str, what: str, advice: str) -> Iterator[None]:
     """Hold `folder/.<name>.lock` (exclusive_lock) while the block runs: one process at a
     time writes the outputs called `name` there. A folder made for the lock is removed
-    again when it is left empty (a refused or failed run leaves nothing behind)."""
+    again when it is left empty (a refused or failed run leaves nothing behind). Other
+    processes may make or remove the folder at the same time (Dask tasks of one run): the
+    folder is made if missing, and made again if it vanished before the lock was taken."""
     folder = Path(folder)
-    created = not folder.exists()
-    if created:
+    while True:
         try:
             folder.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
         except OSError as error:
             raise InputError(f"cannot create output folder {folder}: {error.strerror}.") from None
+        if not folder.is_dir():
+            raise InputError(f"output folder {folder} is a file, not a folder.")
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(exclusive_lock(folder / f".{name}.lock", what, advice))
+        except FolderVanishedError:  # removed by a process that had made it, between mkdir and lock
+            continue
+        break
     try:
-        with exclusive_lock(folder / f".{name}.lock", what, advice):
+        with lock:
             yield
     finally:
         if created:

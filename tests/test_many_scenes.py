@@ -1,4 +1,4 @@
-"""Tests of 06 on many scenes: scene lists, row bands assembled into the whole-scene
+"""Tests of 06 on many scenes: scene lists, row strips assembled into the whole-scene
 outputs, Dask distributed against the in-process run (same labels, probabilities
 within 1e-6), the manifest that resumes a run, a bad scene failing alone, COG
 outputs, the mosaic and the summary, and a worker killed mid-run.
@@ -24,13 +24,14 @@ from script_modules import load_script
 
 import demo_data
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, job, many
+from cnn_sentinel.scene import blocks, job, listing, manifest, many
 from cnn_sentinel.scene import plan as scene_plan
+from cnn_sentinel.scene.cluster import choose_scheduler
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 classify_image = load_script("06_classify_image.py", "classify_image_many")
 
-# Flags of every run here: small blocks and bands, so a 96-row scene has several.
+# Flags of every run here: small blocks and row strips, so a 96-row scene has several.
 # --adapt off: every band would measure and adapt to the whole scene again (the same
 # numbers, at a cost); the tests that check it with adaptation say so.
 SMALL = ["--block-rows", "16", "--band-rows", "32", "--no-progress", "--adapt", "off"]
@@ -97,7 +98,7 @@ def assert_same_outputs(folder: Path, reference: Path, stem: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Scenes from --image, bands
+# Scenes from --image, row strips
 # ---------------------------------------------------------------------------
 
 
@@ -107,35 +108,51 @@ def test_scene_lists_take_paths_globs_folders_and_text_files(tmp_path):
     for name in ("b.tif", "a.tif", "c.vrt", "a_label.tif", "a_prob.tif", ".hidden.tif", "x.txt"):
         (folder / name).write_text("")
     (tmp_path / "list.txt").write_text("# my scenes\nscenes/c.vrt\n\nscenes/a.tif\n")
-    assert many.list_scenes([str(folder)]) == [folder / "a.tif", folder / "b.tif", folder / "c.vrt"]
-    assert many.list_scenes([str(folder / "[ab].tif")]) == [folder / "a.tif", folder / "b.tif"]
-    assert many.list_scenes([str(tmp_path / "list.txt"), str(folder / "a.tif")]) == [
+    assert listing.list_scenes([str(folder)]) == [
+        folder / "a.tif",
+        folder / "b.tif",
+        folder / "c.vrt",
+    ]
+    assert listing.list_scenes([str(folder / "[ab].tif")]) == [folder / "a.tif", folder / "b.tif"]
+    assert listing.list_scenes([str(tmp_path / "list.txt"), str(folder / "a.tif")]) == [
         folder / "c.vrt",
         folder / "a.tif",
     ]
-    assert many.list_scenes(["missing.tif"]) == [Path("missing.tif")]  # fails as its scene
+    assert listing.list_scenes(["missing.tif"]) == [Path("missing.tif")]  # fails as its scene
     with pytest.raises(InputError, match=r"no scene matches .*\*\.jp2"):
-        many.list_scenes([str(folder / "*.jp2")])
+        listing.list_scenes([str(folder / "*.jp2")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="folder .*empty holds no scene"):
-        many.list_scenes([str(tmp_path / "empty")])
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "a.tif").write_text("")
-    with pytest.raises(InputError, match="would both write a_label.tif"):
-        many.list_scenes([str(folder / "a.tif"), str(tmp_path / "other" / "a.tif")])
+        listing.list_scenes([str(tmp_path / "empty")])
+
+
+def test_same_names_in_different_folders_collide_only_in_one_output_folder(tmp_path):
+    """Without --output-dir each scene writes beside itself: a.tif in two folders is fine;
+    with one --output-dir both would write a_label.tif there."""
+    scenes = [tmp_path / "one" / "a.tif", tmp_path / "two" / "a.tif"]
+    for scene in scenes:
+        scene.parent.mkdir()
+        scene.write_text("")
+    listed = listing.list_scenes([str(scene) for scene in scenes])
+    assert listed == scenes
+    settings = classify_image.parse_settings(classify_image.__file__, [])
+    listing.refuse_shared_outputs(scene_plan.plan_run(settings), listed)
+    settings.output_dir = str(tmp_path / "maps")
+    with pytest.raises(InputError, match=r"would both write .*maps/a_label.tif; classify them"):
+        listing.refuse_shared_outputs(scene_plan.plan_run(settings), listed)
 
 
 def test_scheduler_choice():
-    assert many.choose_scheduler("auto", 1) == "none"
-    assert many.choose_scheduler("auto", 3) == "local"
-    assert many.choose_scheduler("tcp://10.0.0.1:8786", 3) == "tcp://10.0.0.1:8786"
+    assert choose_scheduler("auto", 1) == "none"
+    assert choose_scheduler("auto", 3) == "local"
+    assert choose_scheduler("tcp://10.0.0.1:8786", 3) == "tcp://10.0.0.1:8786"
     with pytest.raises(InputError, match="scheduler must be auto, none, local or an address"):
-        many.choose_scheduler("slurm", 2)
+        choose_scheduler("slurm", 2)
 
 
-def test_row_bands_are_whole_row_blocks():
+def test_row_strips_are_whole_row_blocks():
     assert job.row_strips(100, 32, 1, 16) == [(0, 32), (32, 64), (64, 96), (96, 100)]
-    # Bands are rounded to the blocks a run reads (block rows rounded to the stride).
+    # Strips are rounded to the blocks a run reads (block rows rounded to the stride).
     assert job.row_strips(100, 40, 16, 16) == [(0, 32), (32, 64), (64, 96), (96, 100)]
     assert job.row_strips(100, 8, 16, 40) == [(0, 32), (32, 64), (64, 96), (96, 100)]
     assert job.row_strips(10, 2048, 1, 256) == [(0, 10)]
@@ -145,7 +162,7 @@ def test_row_bands_are_whole_row_blocks():
     ("stride", "cloud_mask", "probabilities"),
     [(1, "auto", "max"), (1, "off", "max"), (16, "auto", "max"), (16, "off", "all")],
 )
-def test_bands_assemble_into_the_whole_scene_outputs(
+def test_strips_assemble_into_the_whole_scene_outputs(
     case, tmp_path, stride, cloud_mask, probabilities
 ):
     """classify_rows on each strip (halo from the scene's real rows) then assemble_scene
@@ -161,25 +178,25 @@ def test_bands_assemble_into_the_whole_scene_outputs(
     )  # fmt: skip
     settings = classify_image.parse_settings(
         classify_image.__file__,
-        [str(value) for value in ["--output-dir", tmp_path / "bands", *flags]],
+        [str(value) for value in ["--output-dir", tmp_path / "strips", *flags]],
     )
     plan = scene_plan.plan_scene(settings, case["cloudy"])
-    bands_folder = tmp_path / "bands" / ".cloudy.bands"
-    bands = [
-        job.classify_rows(plan, first, last, bands_folder)
+    strips_folder = tmp_path / "strips" / ".cloudy.strips"
+    strips = [
+        job.classify_rows(plan, first, last, strips_folder)
         for first, last in reversed(job.row_strips(96, 32, stride, 16))
     ]
-    assert len(bands) == 3 and (bands_folder / "rows000032.json").exists()
-    summary = job.assemble_scene(plan, bands, bands_folder)
-    assert not bands_folder.exists()
-    assert_same_outputs(tmp_path / "bands", tmp_path / "whole", "cloudy")
+    assert len(strips) == 3 and (strips_folder / "rows000032.json").exists()
+    summary = job.assemble_scene(plan, strips, strips_folder)
+    assert not strips_folder.exists()
+    assert_same_outputs(tmp_path / "strips", tmp_path / "whole", "cloudy")
     for name in ("windows", "classified", "pixels", "cloud", "nodata"):
         assert summary[name] == whole[name]
-    assert read_outputs(tmp_path / "bands", "cloudy")[1].ndim == (
+    assert read_outputs(tmp_path / "strips", "cloudy")[1].ndim == (
         3 if probabilities == "all" else 2
     )
     assert (summary["cloud"] > 0) == (cloud_mask == "auto")
-    labels = gdal.Open(str(tmp_path / "bands" / "cloudy_label.tif"))
+    labels = gdal.Open(str(tmp_path / "strips" / "cloudy_label.tif"))
     labels.GetGeoTransform()  # GDAL 3.6 reads the .aux.xml on this first query
     assert labels.GetGeoTransform() == helpers.ORIGIN
     if cloud_mask == "auto":
@@ -239,11 +256,12 @@ def test_many_scenes_in_process_resume_and_a_bad_scene(case, tmp_path, capsys):
     csv_lines = (output / "summary.csv").read_text().splitlines()
     assert csv_lines[0].startswith("scene,status,seconds,windows_per_second,share_")
     assert len(csv_lines) == 4 and ",failed," in csv_lines[2]
-    manifest = json.loads((output / "manifest.json").read_text())["scenes"]
-    assert sorted(manifest) == sorted(str(Path(path).resolve()) for path in images[::2])
-    record = manifest[str(case["cloudy"].resolve())]
+    records = json.loads((output / "manifest.json").read_text())["scenes"]
+    finished = [path for path, record in records.items() if record["status"] == "finished"]
+    assert sorted(finished) == sorted(str(Path(path).resolve()) for path in images[::2])
+    record = records[str(case["cloudy"].resolve())]
     assert record["settings"]["stride"] == 8
-    assert record["outputs"][str(output / "cloudy_label.tif")] == many.file_sha256(
+    assert record["outputs"][str(output / "cloudy_label.tif")] == manifest.file_sha256(
         output / "cloudy_label.tif"
     )
     assert (output / "mosaic.vrt").exists() and (output / "mosaic_quicklook.png").exists()
@@ -264,15 +282,40 @@ def test_many_scenes_in_process_resume_and_a_bad_scene(case, tmp_path, capsys):
     assert (output / "cloudy_label.tif").stat().st_mtime_ns != written
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         run(images[:1], case["model"], output, "--scheduler", "none", "--stride", "4")
+    # Many scenes: the manifest says why their outputs are not replaced.
+    with pytest.raises(InputError, match=r"other settings \(stride 8, now 4\); pass --overwrite"):
+        run(images[::2], case["model"], output, "--scheduler", "none", "--stride", "4")
+
+
+def test_a_changed_scene_is_refused_saying_it_changed(case, tmp_path):
+    """A rerun after a scene got a new modification time: refused with a sentence that
+    says the scene changed (not only that its outputs exist); --overwrite redoes it."""
+    scenes = []
+    for name in ("one", "two"):
+        scenes.append(tmp_path / f"{name}.tif")
+        scenes[-1].write_bytes(case["plain"].read_bytes())
+    output = tmp_path / "maps"
+    run(scenes, case["model"], output, "--scheduler", "none", "--stride", "16")
+    stat = scenes[0].stat()
+    os.utime(scenes[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(InputError) as raised:
+        run(scenes, case["model"], output, "--scheduler", "none", "--stride", "16")
+    assert f"scene {scenes[0]} changed since its outputs {output / 'one_label.tif'}" in str(
+        raised.value
+    )
+    assert "pass --overwrite to classify it again" in str(raised.value)
+    rows = json.loads((output / "summary.json").read_text())["scenes"]
+    assert [row["status"] for row in rows] == ["failed", "skipped"]
+    run(scenes[:1], case["model"], output, "--scheduler", "none", "--stride", "16", "--overwrite")
 
 
 @pytest.mark.parametrize("stride", [1, 16])
 def test_dask_gives_the_in_process_outputs(case, cluster, tmp_path, stride):
-    """Two scenes, one cut into bands across 2 workers, one with clouds, plus a bad one:
+    """Two scenes, one cut into row strips across 2 workers, one with clouds, plus a bad one:
     --scheduler none and the cluster give the same labels and probabilities (1e-6), also
     with the scene adaptation (stride 16)."""
     images = [case["cloudy"], case["plain"], tmp_path / "missing.tif"]
-    flags = ["--stride", stride, *(ADAPTED if stride == 16 else [])]  # adapted per band too
+    flags = ["--stride", stride, *(ADAPTED if stride == 16 else [])]  # adapted per strip too
     with pytest.raises(InputError, match="1 of 3 scenes failed"):
         run(images, case["model"], tmp_path / "none", "--scheduler", "none", *flags)
     with pytest.raises(InputError, match="1 of 3 scenes failed"):
@@ -286,7 +329,7 @@ def test_dask_gives_the_in_process_outputs(case, cluster, tmp_path, stride):
         )
     for stem in ("cloudy", "plain"):
         assert_same_outputs(tmp_path / "dask", tmp_path / "none", stem)
-        assert not (tmp_path / "dask" / f".{stem}.bands").exists()
+        assert not (tmp_path / "dask" / f".{stem}.strips").exists()
     rows = json.loads((tmp_path / "dask" / "summary.json").read_text())["scenes"]
     assert [row["status"] for row in rows] == ["done", "done", "failed"]
     assert rows[2]["error"] == f"scene {images[2]} does not exist."
@@ -336,7 +379,7 @@ def test_local_cluster_from_the_flags(case, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_killed_worker_changes_nothing(case, tmp_path):
-    """kill -9 a worker process while the scene's bands are being classified: Dask
+    """kill -9 a worker process while the scene's row strips are being classified: Dask
     runs its tasks again on the other worker (or the one the nanny restarts), and the
     outputs are complete and identical to the in-process run."""
     from dask.distributed import Client, LocalCluster
@@ -349,7 +392,7 @@ def test_a_killed_worker_changes_nothing(case, tmp_path):
         [str(value) for value in ["--image", scene, "--model", case["model"], "--output-dir",
          tmp_path / "none", *flags, "--no-progress"]]
     )  # fmt: skip
-    bands = tmp_path / "dask" / ".large.bands"
+    strips = tmp_path / "dask" / ".large.strips"
     killed = []
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as local:
         with Client(local) as client:
@@ -357,7 +400,7 @@ def test_a_killed_worker_changes_nothing(case, tmp_path):
 
             def kill_when_classifying() -> None:
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and not list(bands.glob("*.json")):
+                while time.monotonic() < deadline and not list(strips.glob("*.json")):
                     time.sleep(0.05)
                 busy = [address for address, keys in client.processing().items() if keys]
                 if busy:

@@ -31,7 +31,7 @@ from osgeo import gdal
 from script_modules import load_script
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, clouds, many, plan
+from cnn_sentinel.scene import blocks, clouds, manifest, plan
 from cnn_sentinel.scene import reading as scenes
 from cnn_sentinel.scene.blocks import ReadBlock
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
@@ -182,7 +182,7 @@ def test_every_plan_field_says_whether_it_changes_outputs():
 @pytest.mark.parametrize("name", plan.output_fields())
 def test_the_manifest_changes_with_each_output_field(base_plan, name):
     changed = dataclasses.replace(base_plan, **{name: another(getattr(base_plan, name))})
-    before, after = many.output_settings(base_plan), many.output_settings(changed)
+    before, after = manifest.output_settings(base_plan), manifest.output_settings(changed)
     assert before != after
     assert {key for key in before if before[key] != after[key]} == {name}
 
@@ -197,32 +197,34 @@ def test_a_new_output_field_reaches_the_manifest(base_plan):
     )
     fields = {item.name: getattr(base_plan, item.name) for item in dataclasses.fields(base_plan)}
     first, second = extended(**fields, sharpening=0.0), extended(**fields, sharpening=0.5)
-    assert many.output_settings(first)["sharpening"] == 0.0
-    assert many.output_settings(first) != many.output_settings(second)
+    assert manifest.output_settings(first)["sharpening"] == 0.0
+    assert manifest.output_settings(first) != manifest.output_settings(second)
     quiet = dataclasses.make_dataclass(
         "QuietPlan",
         [("threads", int, plan.changes_outputs(False, default=1))],
         bases=(plan.ScenePlan,),
         frozen=True,
     )
-    assert many.output_settings(quiet(**fields, threads=8)) == many.output_settings(base_plan)
+    assert manifest.output_settings(quiet(**fields, threads=8)) == manifest.output_settings(
+        base_plan
+    )
 
 
 def test_the_manifest_holds_the_model_files_checksum(edge_scene, tmp_path):
     mean, std = talk_constants(3)
     path = save_model(tiny_model(3, mean, std), tmp_path / "m", RGB_BAND_NAMES)
     settings = settings_06(model=str(path), rgb_scaling="none", adapt="off")
-    first = many.output_settings(plan.plan_scene(settings, edge_scene))
+    first = manifest.output_settings(plan.plan_scene(settings, edge_scene))
     assert first["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     save_model(tiny_model(3, mean, std, seed=1), tmp_path / "m", RGB_BAND_NAMES)
-    assert many.output_settings(plan.plan_scene(settings, edge_scene)) != first
+    assert manifest.output_settings(plan.plan_scene(settings, edge_scene)) != first
 
 
 @pytest.mark.slow
 def test_a_rerun_with_adapt_off_after_a_default_run_redoes_the_scenes(tmp_path, capsys):
     """The defect of OUTPUT_SETTINGS: --adapt was not in it, so this rerun kept the
-    adapted maps as finished. Now the scenes are redone: refused here, since their
-    outputs exist and --overwrite is not given."""
+    adapted maps as finished. Now the scenes are redone: refused here, saying which
+    setting changed, since their outputs exist and --overwrite is not given."""
     folder = tmp_path / "scenes"
     folder.mkdir()
     images = [
@@ -238,7 +240,10 @@ def test_a_rerun_with_adapt_off_after_a_default_run_redoes_the_scenes(tmp_path, 
     assert {entry["settings"]["adapt"] for entry in record.values()} == {"auto"}
     classify_image.main([str(value) for value in common])
     assert capsys.readouterr().out.count("finished before with these settings") == 2
-    with pytest.raises(InputError, match="2 of 2 scenes failed .*already exists; pass --overwrite"):
+    with pytest.raises(
+        InputError,
+        match=r"2 of 2 scenes failed .*other settings \(adapt 'auto', now 'off'\); pass --over",
+    ):
         classify_image.main([str(value) for value in [*common, "--adapt", "off"]])
     assert "finished before" not in capsys.readouterr().out
     classify_image.main([str(value) for value in [*common, "--adapt", "off", "--overwrite"]])

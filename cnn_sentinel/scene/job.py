@@ -37,6 +37,17 @@ from cnn_sentinel.scene.plan import SceneOutputs, ScenePlan
 from cnn_sentinel.scene.runner import SceneClassification, prepare_classification
 
 
+def stop_step(stop: Callable[[], None]):
+    """A block step that calls `stop` before each block is written (it raises to end
+    the run early, e.g. a Dask task whose run was interrupted)."""
+
+    def step(block):
+        stop()
+        return block
+
+    return step
+
+
 def cloud_steps(plan: ScenePlan, first_row: int = 0, last_row: int | None = None) -> list:
     """The block steps of a run (the cloud mask when the plan masks), for rows first..last."""
     if not plan.masking:
@@ -78,12 +89,17 @@ def summary_lines(summary: dict, seconds: float, method: str, outputs: SceneOutp
     return lines + [f"wrote {path}" for path in [*outputs.files, outputs.category_file]]
 
 
-def classify_one(plan: ScenePlan, report: Callable[[str], object] = print) -> dict:
+def classify_one(
+    plan: ScenePlan,
+    report: Callable[[str], object] = print,
+    stop: Callable[[], None] | None = None,
+) -> dict:
     """Classify the planned scene: writes <stem>_label.tif, <stem>_prob.tif
     (Cloud-Optimized with cog) and (quicklook) <stem>_quicklook.png, prints (through
     `report`) the banner, the timing, the class shares and the files written; returns
     the run's counts (runner.SceneClassification.run) with "seconds" and "method".
-    InputError for every bad input."""
+    InputError for every bad input. `stop`: called before each block is written, it
+    may raise to end the run (nothing is left half-written)."""
     outputs = plan.outputs
     # One run at a time writes a scene's outputs into a folder; a second is refused.
     with folder_lock(
@@ -92,10 +108,10 @@ def classify_one(plan: ScenePlan, report: Callable[[str], object] = print) -> di
         f"output folder {outputs.label.parent} (outputs {plan.stem}_*)",
         "wait for that run to end or give another --output-dir",
     ):
-        return _classify_into(plan, report)
+        return _classify_into(plan, report, stop)
 
 
-def _classify_into(plan: ScenePlan, report) -> dict:
+def _classify_into(plan: ScenePlan, report, stop) -> dict:
     """classify_one's work once the outputs' folder is locked."""
     outputs = plan.outputs
     refuse_existing(outputs.files, plan.overwrite)
@@ -125,7 +141,9 @@ def _classify_into(plan: ScenePlan, report) -> dict:
             title=f"{plan.stem} ({plan.precision})",
             clouds=plan.masking,
         )
-        summary = classification.run(scene_writers, steps=cloud_steps(plan))
+        summary = classification.run(
+            scene_writers, steps=[*cloud_steps(plan), *([stop_step(stop)] if stop else [])]
+        )
         writers.write_record(temporary[0], classification.record())
         finish_rasters(plan, temporary)
     writers.write_category_names(outputs.label, clouds.category_names(class_names, plan.masking))
@@ -155,12 +173,18 @@ def strip_files(folder: Path, first_row: int) -> tuple[Path, Path, Path]:
     return folder / f"{name}_label.tif", folder / f"{name}_prob.tif", folder / f"{name}.json"
 
 
-def classify_rows(plan: ScenePlan, first_row: int, last_row: int, folder: str | Path) -> dict:
+def classify_rows(
+    plan: ScenePlan,
+    first_row: int,
+    last_row: int,
+    folder: str | Path,
+    stop: Callable[[], None] | None = None,
+) -> dict:
     """Classify output rows first_row..last_row-1 of the planned scene into strip files
     in `folder` (their windows read the scene's rows around the strip); returns the
     strip's counts with its rows, classes, cloud mask and seconds. A strip finished
     before (its counts file exists, e.g. written just before its worker died) is not
-    redone."""
+    redone. `stop` as classify_one's."""
     label_path, probability_path, counts_path = strip_files(Path(folder), first_row)
     if counts_path.exists():
         return json.loads(counts_path.read_text(encoding="utf-8"))
@@ -183,7 +207,10 @@ def classify_rows(plan: ScenePlan, first_row: int, last_row: int, folder: str | 
         counts = classification.run(
             strip_writers,
             progress=False,
-            steps=cloud_steps(plan, first_row, last_row),
+            steps=[
+                *cloud_steps(plan, first_row, last_row),
+                *([stop_step(stop)] if stop else []),
+            ],
             first_row=first_row,
             last_row=last_row,
         )
@@ -202,11 +229,17 @@ def classify_rows(plan: ScenePlan, first_row: int, last_row: int, folder: str | 
     return counts
 
 
-def assemble_scene(plan: ScenePlan, strips: list[dict], folder: str | Path) -> dict:
+def assemble_scene(
+    plan: ScenePlan,
+    strips: list[dict],
+    folder: str | Path,
+    stop: Callable[[], None] | None = None,
+) -> dict:
     """Write the outputs of the planned scene from its strip files in `folder`
     (classify_rows' counts of every strip, any order), then delete the folder. Returns
     the scene's counts as classify_one does (seconds: the strips' time added up) and
-    "text", the lines classify_one prints."""
+    "text", the lines classify_one prints. `stop`: called before each strip is copied
+    (it may raise)."""
     folder = Path(folder)
     strips = sorted(strips, key=lambda strip: strip["first_row"])
     first = strips[0]
@@ -228,6 +261,8 @@ def assemble_scene(plan: ScenePlan, strips: list[dict], folder: str | Path) -> d
         )
         try:
             for strip in strips:
+                if stop:
+                    stop()
                 copy_strip(folder, strip, scene_writers, plan.block_rows)
             for writer in scene_writers:
                 writer.finish()

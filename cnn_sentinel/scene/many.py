@@ -1,5 +1,5 @@
 """Many scenes through 06: in this process, or on Dask distributed (an embedded
-LocalCluster or an existing cluster), resumable, with a summary and a mosaic.
+LocalCluster or an existing cluster), resumable.
 
     results = classify_many(plan.plan_run(settings), scenes, scheduler)
 
@@ -11,154 +11,78 @@ LocalCluster or an existing cluster), resumable, with a summary and a mosaic.
 - Each worker process loads a model once and keeps it (`cached_model`, keyed by
   path and modification time): tasks carry 06's settings, never the model.
   TensorFlow's threads in a worker follow the worker's threads.
-- A worker that dies: Dask runs its tasks again elsewhere; band files are written
-  atomically and a finished band is not redone, so outputs end complete.
-- A manifest (manifest.json in the run folder) records each finished scene: its
-  inputs (size, modification time), what changes its outputs (the scene plan's
-  fields that say so, and the model file's SHA-256: plan.output_values) and the
-  outputs' SHA-256. A rerun skips those scenes; --overwrite redoes them. A scene
-  that fails (bad input) fails alone, with its sentence in summary.csv/summary.json.
-- Several scenes also give mosaic.vrt (every label map, one layer) and its quicklook.
-
-Scenes and outputs must be on storage that every worker sees (one machine, or a
-shared file system for a cluster). dask.distributed is imported inside the
-functions that need it.
+- Paths are made absolute here, on the client, before they are sent (the scene's, and
+  OUTPUT_DIR and the model in RunPlan.task_settings): a worker of a cluster runs in its
+  own working folder (scenes and outputs must be on storage that every worker sees at
+  the same paths: one machine, or a shared file system).
+- A worker that dies: Dask runs its tasks again elsewhere; strip files are written
+  atomically and a finished strip is not redone, so outputs end complete.
+- Interrupted (Ctrl-C, SIGTERM): the run's tasks are cancelled and a running one stops
+  before its next block (`stop_if_cancelled`; also when its client or its scheduler
+  is gone), so no output appears after the run has ended. manifest.py records what
+  was started and finished: the same command again skips finished scenes and redoes
+  the others, also those whose outputs an interrupted run left.
+- A scene that fails (bad input) fails alone, with its sentence in summary.csv/.json
+  (summary.py, with the mosaic of several scenes).
 """
 
 from __future__ import annotations
 
 import atexit
-import csv
 import dataclasses
-import glob
 import hashlib
-import io
-import json
 import os
 import shutil
+import sys
 import threading
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-
-import numpy as np
-from osgeo import gdal
 
 from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
-from cnn_sentinel.outputs import atomic_output, refuse_existing, write_atomic
-from cnn_sentinel.scene import job, quicklooks
-from cnn_sentinel.scene.blocks import CLOUD_LABEL, CLOUD_NAME, LABEL_NODATA
-from cnn_sentinel.scene.plan import RunPlan, SceneOutputs, ScenePlan, file_sha256, plan_scene
-from cnn_sentinel.scene.plan import output_values as plan_output_values
-from cnn_sentinel.scene.products import is_sentinel2_product
-from cnn_sentinel.scene.reading import load_scene_model, scene_stem
-
-gdal.UseExceptions()
-
-# Files taken as scenes in a folder given to --image (a .SAFE folder is one scene).
-SCENE_SUFFIXES = (".tif", ".tiff", ".vrt", ".zip", ".safe")
-# Files in a scene folder that are 06's own outputs, never scenes.
-OUTPUT_SUFFIXES = ("_label.tif", "_prob.tif", "_quicklook.png")
-# The run's own files, in OUTPUT_DIR (or the scenes' common folder).
-MANIFEST_FILE = "manifest.json"
-SUMMARY_CSV = "summary.csv"
-SUMMARY_JSON = "summary.json"
-MOSAIC_FILE = "mosaic.vrt"
-MOSAIC_QUICKLOOK = "mosaic_quicklook.png"
+from cnn_sentinel.outputs import refuse_existing
+from cnn_sentinel.scene import cluster, job
+from cnn_sentinel.scene.listing import refuse_shared_outputs
+from cnn_sentinel.scene.manifest import MANIFEST_FILE, Manifest, output_settings
+from cnn_sentinel.scene.plan import RunPlan, SceneOutputs, ScenePlan, plan_scene
+from cnn_sentinel.scene.reading import load_scene_model
+from cnn_sentinel.scene.summary import SUMMARY_CSV, summary_row, write_mosaic, write_summary
 
 
-# ---------------------------------------------------------------------------
-# Scenes and schedulers from the settings
-# ---------------------------------------------------------------------------
-
-
-def is_scene_file(path: Path) -> bool:
-    """Whether a folder entry is a scene: a raster or product suffix, not a hidden file,
-    not one of 06's outputs."""
-    name = path.name.lower()
-    return (
-        not name.startswith(".")
-        and name.endswith(SCENE_SUFFIXES)
-        and not name.endswith(OUTPUT_SUFFIXES)
-    )
-
-
-def list_scenes(values: Sequence[str]) -> list[Path]:
-    """The scenes of --image: paths, glob patterns, folders of scenes (a .SAFE folder
-    is one scene) and .txt files with one scene per line (relative to the list's
-    folder; blank lines and # comments skipped), in order, each once. A path that
-    does not exist is kept (it fails as that scene's error)."""
-    scenes: list[Path] = []
-    for value in values:
-        value = str(value)
-        if glob.has_magic(value):
-            matches = sorted(Path(match) for match in glob.glob(value))
-            if not matches:
-                raise InputError(f"no scene matches {value}.")
-            scenes += matches
-            continue
-        path = Path(value)
-        if path.suffix.lower() == ".txt" and path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            entries = [line.strip() for line in lines]
-            scenes += [
-                path.parent / entry for entry in entries if entry and not entry.startswith("#")
-            ]
-        elif path.is_dir() and not is_sentinel2_product(path):
-            found = sorted(entry for entry in path.iterdir() if is_scene_file(entry))
-            if not found:
-                raise InputError(f"folder {path} holds no scene ({', '.join(SCENE_SUFFIXES)}).")
-            scenes += found
-        else:
-            scenes.append(path)
-    unique = list(dict.fromkeys(scenes))
-    stems: dict[str, Path] = {}
-    for scene in unique:
-        other = stems.setdefault(scene_stem(scene), scene)
-        if other != scene:
-            raise InputError(
-                f"scenes {other} and {scene} would both write {scene_stem(scene)}_label.tif; "
-                "classify them into different output folders."
-            )
-    return unique
-
-
-def choose_scheduler(scheduler: str, scene_count: int) -> str:
-    """ "none", "local" or a cluster's address, from --scheduler ("auto": none for one
-    scene, local for several)."""
-    if scheduler == "auto":
-        return "none" if scene_count == 1 else "local"
-    if scheduler in ("none", "local") or "://" in scheduler:
-        return scheduler
-    raise InputError(
-        f"scheduler must be auto, none, local or an address such as tcp://host:8786, "
-        f"not {scheduler}."
-    )
-
-
-def start_client(scheduler: str, workers: int, threads_per_worker: int):
-    """A dask.distributed Client: of a new LocalCluster ("local": `workers` processes,
-    0: the cores divided by `threads_per_worker`) or of the cluster at an address."""
-    from dask.distributed import Client, LocalCluster
-
-    if threads_per_worker < 1:
-        raise InputError(f"threads per worker must be at least 1, not {threads_per_worker}.")
-    if scheduler != "local":
-        try:
-            return Client(scheduler, timeout="20s")
-        except OSError as error:
-            raise InputError(f"no Dask scheduler answers at {scheduler}: {error}.") from None
-    count = workers or max(1, (os.cpu_count() or 1) // threads_per_worker)
-    cluster = LocalCluster(n_workers=count, threads_per_worker=threads_per_worker, processes=True)
-    return Client(cluster)
+def absolute(path: str | Path) -> Path:
+    """`path` from this process's working folder, for a process that has another one."""
+    return Path(os.path.abspath(path))
 
 
 # ---------------------------------------------------------------------------
 # Worker side: the model cache and the tasks
 # ---------------------------------------------------------------------------
+
+
+class TaskCancelledError(Exception):
+    """The task's run no longer wants it: cancelled by an interrupted client, its client
+    gone, or its worker closing (its scheduler gone)."""
+
+
+def stop_if_cancelled() -> None:
+    """In a Dask task, before each block: TaskCancelledError when the task is cancelled
+    or its worker is closing (Dask cannot stop a running thread; the task stops itself,
+    its partial outputs removed as after Ctrl-C). Outside a Dask task: nothing."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    task = worker.state.tasks.get(worker.get_current_task())
+    if (
+        task is None
+        or task.state in ("cancelled", "released", "forgotten")
+        or worker.status.name not in ("running", "paused")
+    ):
+        raise TaskCancelledError("the run no longer wants this task")
+
 
 # Models loaded in this process, by (path, modification time, thread): a Dask worker keeps
 # its models between tasks, so each is read from disk once per worker thread, with its
@@ -218,97 +142,34 @@ def scene_task(settings, image: str) -> dict:
     sentence} (an expected outcome, not a task failure for Dask to log)."""
     lines: list[str] = []
     try:
-        summary = job.classify_one(worker_plan(settings, image), report=lines.append)
+        plan = worker_plan(settings, image)
+        summary = job.classify_one(plan, report=lines.append, stop=stop_if_cancelled)
     except InputError as error:
         return {"error": str(error)}
     return {**summary, "text": "\n".join(lines)}
 
 
-def band_task(settings, image: str, first_row: int, last_row: int, folder: str) -> dict:
+def strip_task(settings, image: str, first_row: int, last_row: int, folder: str) -> dict:
     """One row strip of a scene on a worker (job.classify_rows with the cached model);
     a bad input as {"error": its sentence}."""
     try:
-        return job.classify_rows(worker_plan(settings, image), first_row, last_row, folder)
+        plan = worker_plan(settings, image)
+        return job.classify_rows(plan, first_row, last_row, folder, stop_if_cancelled)
     except InputError as error:
         return {"error": str(error)}
 
 
-def assemble_task(settings, image: str, bands: list[dict], folder: str) -> dict:
-    """The outputs of a scene from its bands (job.assemble_scene), or the first band's error."""
-    errors = [band for band in bands if "error" in band]
+def assemble_task(settings, image: str, strips: list[dict], folder: str) -> dict:
+    """The outputs of a scene from its strips (job.assemble_scene), or the first strip's
+    error."""
+    errors = [strip for strip in strips if "error" in strip]
     if errors:
         shutil.rmtree(folder, ignore_errors=True)
         return errors[0]
     try:
-        return job.assemble_scene(worker_plan(settings, image), bands, folder)
+        return job.assemble_scene(worker_plan(settings, image), strips, folder, stop_if_cancelled)
     except InputError as error:
         return {"error": str(error)}
-
-
-# ---------------------------------------------------------------------------
-# The manifest of finished scenes
-# ---------------------------------------------------------------------------
-
-
-def input_fingerprint(path: Path) -> dict:
-    """Size and newest modification time of a scene (a .SAFE folder: over its files)."""
-    files = [path] if path.is_file() else [item for item in path.rglob("*") if item.is_file()]
-    stats = [item.stat() for item in files]
-    return {
-        "size": sum(stat.st_size for stat in stats),
-        "mtime_ns": max((stat.st_mtime_ns for stat in stats), default=0),
-    }
-
-
-def output_settings(plan: ScenePlan) -> dict:
-    """What changes a scene's outputs, as JSON values: the plan's fields that say so
-    and the model file's SHA-256 (plan.output_values)."""
-    return plan_output_values(plan)
-
-
-class Manifest:
-    """manifest.json: {"scenes": {scene path: {inputs, settings, outputs {path: sha256},
-    finished, summary}}}, rewritten atomically after each finished scene."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.scenes: dict[str, dict] = {}
-        if path.exists():
-            try:
-                self.scenes = json.loads(path.read_text(encoding="utf-8"))["scenes"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(f"manifest {path} is not a manifest of 06; remove it.") from None
-
-    @staticmethod
-    def key(image: Path) -> str:
-        return str(image.resolve())
-
-    def finished(self, image: Path, settings: dict) -> dict | None:
-        """The record of `image` when it finished with these inputs, output settings
-        (`output_settings` of its plan) and outputs (checked by SHA-256); None when it
-        must be (re)done."""
-        record = self.scenes.get(self.key(image))
-        if (
-            record is None
-            or not image.exists()
-            or record["inputs"] != input_fingerprint(image)
-            or record["settings"] != settings
-        ):
-            return None
-        for name, digest in record["outputs"].items():
-            if not Path(name).is_file() or file_sha256(Path(name)) != digest:
-                return None
-        return record
-
-    def record(self, image: Path, settings: dict, outputs: SceneOutputs, summary: dict) -> None:
-        self.scenes[self.key(image)] = {
-            "inputs": input_fingerprint(image),
-            "settings": settings,
-            "outputs": {str(path): file_sha256(path) for path in outputs.files},
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "summary": {name: value for name, value in summary.items() if name != "text"},
-        }
-        write_atomic(self.path, {"scenes": self.scenes}, overwrite=True)
 
 
 # ---------------------------------------------------------------------------
@@ -323,11 +184,11 @@ def failure_sentence(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_in_process(plans: dict[Path, ScenePlan], finished) -> None:
+def run_in_process(todo: dict[Path, ScenePlan], finished) -> None:
     """The planned scenes one after another in this process, as 06 runs one scene."""
-    for image in list(plans):
+    for image in list(todo):
         try:
-            summary = job.classify_one(plans.pop(image))
+            summary = job.classify_one(todo.pop(image))
         except Exception as error:  # a bad scene fails alone, as a task on Dask does
             print(f"error: {failure_sentence(error)}")
             finished(image, None, error)
@@ -338,43 +199,48 @@ def run_in_process(plans: dict[Path, ScenePlan], finished) -> None:
 def submit_scene(client, run_plan: RunPlan, plan: ScenePlan, run: str) -> list:
     """The futures of one planned scene, the one that ends it last: a whole-scene task,
     or its strip tasks and the assembling task (keys named by scene and by `run`, so
-    two runs on one cluster never share a task). The tasks carry 06's settings."""
-    settings, image = run_plan.settings, plan.image
-    bands = [(0, plan.scene.RasterYSize)]
+    two runs on one cluster never share a task). The tasks carry 06's settings with
+    every path absolute (RunPlan.task_settings), the scene's too."""
+    settings, image = run_plan.task_settings(plan), str(absolute(plan.image))
+    strips = [(0, plan.scene.RasterYSize)]
     if run_plan.strip_rows:
-        bands = job.row_strips(
+        strips = job.row_strips(
             plan.scene.RasterYSize, run_plan.strip_rows, plan.stride, plan.block_rows
         )
-    name = f"{scene_stem(image)}-{hashlib.sha1(str(image).encode()).hexdigest()[:8]}-{run}"
-    if len(bands) == 1:
-        return [client.submit(scene_task, settings, str(image), key=f"scene-{name}")]
-    folder = plan.outputs.label.parent / f".{scene_stem(image)}.bands"
+    name = f"{plan.stem}-{hashlib.sha1(image.encode()).hexdigest()[:8]}-{run}"
+    if len(strips) == 1:
+        return [client.submit(scene_task, settings, image, key=f"scene-{name}")]
+    folder = absolute(plan.outputs.label.parent) / f".{plan.stem}.strips"
     shutil.rmtree(folder, ignore_errors=True)
-    band_futures = [
+    strip_futures = [
         client.submit(
-            band_task, settings, str(image), first, last, str(folder), key=f"band-{name}-{first}"
+            strip_task, settings, image, first, last, str(folder), key=f"strip-{name}-{first}"
         )
-        for first, last in bands
+        for first, last in strips
     ]
     assembled = client.submit(
-        assemble_task, settings, str(image), band_futures, str(folder), key=f"scene-{name}"
+        assemble_task, settings, image, strip_futures, str(folder), key=f"scene-{name}"
     )
-    return [*band_futures, assembled]
+    return [*strip_futures, assembled]
 
 
-def run_on_dask(client, run_plan: RunPlan, plans: dict[Path, ScenePlan], finished) -> None:
-    """The planned scenes as Dask tasks; a progress bar counts scenes (strips in its
-    postfix)."""
-    from dask.distributed import as_completed
+def lost_scheduler(scheduler: str) -> InputError:
+    return InputError(
+        f"the Dask scheduler {scheduler} went away before this scene finished; start it and "
+        "its workers again, then run the same command again (finished scenes are kept)."
+    )
 
-    # Existing outputs are refused here, once; the workers' plans replace them
-    # (worker_plan), as a task run again after its worker died may find its own.
-    last_futures, all_futures = {}, []
-    run = uuid.uuid4().hex[:8]
-    for image in list(plans):
-        plan = plans.pop(image)
+
+def submit_scenes(
+    client, run_plan: RunPlan, todo, run: str, last_futures: dict, all_futures: list, finished
+):
+    """Submit each planned scene's tasks, filling last_futures {key of the task that ends
+    a scene: image} and all_futures; a scene that cannot be submitted fails. Existing
+    outputs were refused before, once; a task run again after its worker died may find
+    the outputs it had written, and replaces them (worker_plan)."""
+    for image in list(todo):
+        plan = todo.pop(image)
         try:
-            refuse_existing(plan.outputs.files, run_plan.overwrite)
             futures = submit_scene(client, run_plan, plan, run)
         except InputError as error:
             print(f"error: {error}")
@@ -382,20 +248,32 @@ def run_on_dask(client, run_plan: RunPlan, plans: dict[Path, ScenePlan], finishe
             continue
         last_futures[futures[-1].key] = image
         all_futures += futures
-    bands_total = len(all_futures) - len(last_futures)
-    bands_done = 0
+
+
+def collect_scenes(scheduler: str, progress: bool, last_futures: dict, all_futures: list, finished):
+    """Each scene's result as its last task ends (a progress bar counts scenes, strips in
+    its postfix); a scene whose task a lost scheduler cancelled fails with that sentence."""
+    from dask.distributed import as_completed
+
+    strips_total = len(all_futures) - len(last_futures)
+    strips_done = 0
     with progress_bar(
-        total=len(last_futures), unit="scene", desc="scenes", disable=not run_plan.progress
+        total=len(last_futures), unit="scene", desc="scenes", disable=not progress
     ) as bar:
         for future in as_completed(all_futures):
             image = last_futures.get(future.key)
             if image is None:
-                bands_done += 1
-                bar.set_postfix(bands=f"{bands_done}/{bands_total}")
+                strips_done += 1
+                bar.set_postfix(strips=f"{strips_done}/{strips_total}")
                 continue
-            summary = future.result() if future.status != "error" else None
-            if summary is None or "error" in summary:
-                error = future.exception() if summary is None else InputError(summary["error"])
+            summary = future.result() if future.status == "finished" else {}
+            if future.status == "cancelled":
+                error = lost_scheduler(scheduler)
+            elif future.status == "error":
+                error = future.exception()
+            else:
+                error = InputError(summary["error"]) if "error" in summary else None
+            if error is not None:
                 bar.write(f"error: {failure_sentence(error)}")
                 finished(image, None, error)
             else:
@@ -404,30 +282,47 @@ def run_on_dask(client, run_plan: RunPlan, plans: dict[Path, ScenePlan], finishe
             bar.update(1)
 
 
+def run_on_dask(
+    client, scheduler: str, run_plan: RunPlan, todo: dict[Path, ScenePlan], finished
+) -> None:
+    """The planned scenes as Dask tasks. Interrupted (KeyboardInterrupt: Ctrl-C or
+    SIGTERM): the run's tasks are cancelled and stopped on the workers before it goes on."""
+    last_futures: dict = {}
+    all_futures: list = []
+    run = uuid.uuid4().hex[:8]
+    try:
+        submit_scenes(client, run_plan, todo, run, last_futures, all_futures, finished)
+        collect_scenes(scheduler, run_plan.progress, last_futures, all_futures, finished)
+    except KeyboardInterrupt:
+        print("interrupted: stopping the run's tasks on the Dask workers...", file=sys.stderr)
+        if not cluster.stop_tasks(client, all_futures, run):
+            print(
+                f"note: some of the run's tasks still run on the workers of {scheduler}; "
+                "they stop before their next block.",
+                file=sys.stderr,
+            )
+        raise
+
+
+def refuse_outputs(manifest: Manifest, image: Path, values: dict, outputs: SceneOutputs) -> None:
+    """InputError when `outputs` of `image` exist and are not this command's to replace:
+    the manifest's reason (the scene changed, other settings) or that they exist."""
+    reason = manifest.refusal(image, values, outputs)
+    if reason and any(path.exists() for path in outputs.files):
+        raise InputError(reason)
+    refuse_existing(outputs.files, False)
+
+
 def classify_many(run_plan: RunPlan, images: list[Path], scheduler: str) -> list[dict]:
     """Classify `images` (scheduler "none", "local" or an address), skipping those the
     manifest has finished (unless OVERWRITE); write the summary and, for several
     scenes, the mosaic. Returns one row per scene (summary_row). InputError at the
     end when some scenes failed."""
+    refuse_shared_outputs(run_plan, images)
     run_folder = run_plan.output_dir or common_folder(images)
     manifest = Manifest(run_folder / MANIFEST_FILE)
     rows: dict[Path, dict] = {}
-    plans: dict[Path, ScenePlan] = {}  # the scenes to do, until they start
     planned: dict[Path, tuple[dict, SceneOutputs]] = {}  # output settings and files
-    for image in images:
-        try:
-            plan = plan_scene(run_plan.settings, image, cached_model)
-        except Exception as error:  # a bad scene fails alone, as a task on Dask does
-            print(f"error: {failure_sentence(error)}")
-            rows[image] = summary_row(image, "failed", None, failure_sentence(error))
-            continue
-        planned[image] = (output_settings(plan), plan.outputs)
-        record = None if run_plan.overwrite else manifest.finished(image, planned[image][0])
-        if record is None:
-            plans[image] = plan
-        else:
-            print(f"{image}: finished before with these settings ({MANIFEST_FILE}); skipped.")
-            rows[image] = summary_row(image, "skipped", record["summary"], None)
 
     def finished(image: Path, summary: dict | None, error: BaseException | None) -> None:
         if error is not None:
@@ -436,19 +331,48 @@ def classify_many(run_plan: RunPlan, images: list[Path], scheduler: str) -> list
         manifest.record(image, *planned[image], summary)
         rows[image] = summary_row(image, "done", summary, None)
 
-    stopping = threading.Thread()
-    if plans and scheduler == "none":
-        run_in_process(plans, finished)
-    elif plans:
-        client = start_client(scheduler, run_plan.workers, run_plan.threads_per_worker)
+    # Existing outputs are replaced with --overwrite, or when an earlier run of this
+    # command started the scene and never finished it; otherwise refused, saying why.
+    todo: dict[Path, ScenePlan] = {}  # the scenes to do, until they start
+    for image in images:
         try:
-            print(f"Dask: {len(client.nthreads())} workers; dashboard {client.dashboard_link}")
-            run_on_dask(client, run_plan, plans, finished)
+            plan = plan_scene(run_plan.settings, image, cached_model)
+        except Exception as error:  # a bad scene fails alone, as a task on Dask does
+            print(f"error: {failure_sentence(error)}")
+            finished(image, None, error)
+            continue
+        values = output_settings(plan)
+        planned[image] = (values, plan.outputs)
+        record = None if run_plan.overwrite else manifest.finished(image, values)
+        if record is not None:
+            print(f"{image}: finished before with these settings ({MANIFEST_FILE}); skipped.")
+            rows[image] = summary_row(image, "skipped", record["summary"], None)
+            continue
+        replace = run_plan.overwrite or manifest.started(image, values)
+        try:
+            if not replace:
+                refuse_outputs(manifest, image, values, plan.outputs)
+        except InputError as error:
+            print(f"error: {error}")
+            finished(image, None, error)
+            continue
+        todo[image] = dataclasses.replace(plan, overwrite=replace)
+    manifest.start({image: planned[image][0] for image in todo})
+
+    stopping = threading.Thread()
+    if todo and scheduler == "none":
+        run_in_process(todo, finished)
+    elif todo:
+        client = cluster.start_client(scheduler, run_plan.workers, run_plan.threads_per_worker)
+        try:
+            print(cluster.describe_client(client))
+            cluster.prepare_cluster(client, scheduler)
+            run_on_dask(client, scheduler, run_plan, todo, finished)
         except BaseException:
-            stop_client(client, scheduler)
+            cluster.stop_client(client, scheduler)
             raise
         # The workers take seconds to stop: meanwhile the summary and the mosaic are written.
-        stopping = threading.Thread(target=stop_client, args=(client, scheduler))
+        stopping = threading.Thread(target=cluster.stop_client, args=(client, scheduler))
     stopping.start()
     try:
         ordered = [rows[image] for image in images]
@@ -467,107 +391,6 @@ def classify_many(run_plan: RunPlan, images: list[Path], scheduler: str) -> list
     return ordered
 
 
-def stop_client(client, scheduler: str) -> None:
-    """Close the client; an embedded cluster stops with its workers, a cluster's own stays up."""
-    if scheduler == "local":
-        client.shutdown()
-    else:
-        client.close()
-
-
 def common_folder(images: list[Path]) -> Path:
     """The deepest folder holding every scene (the run's files go there without OUTPUT_DIR)."""
     return Path(os.path.commonpath([str(image.resolve().parent) for image in images]))
-
-
-# ---------------------------------------------------------------------------
-# Summary and mosaic
-# ---------------------------------------------------------------------------
-
-
-def summary_row(image: Path, status: str, summary: dict | None, error: str | None) -> dict:
-    """scene, status (done | skipped | failed), seconds, windows/s, class shares (0..1 of
-    the classified pixels), cloud share, error; "done": whether it has outputs."""
-    row = {
-        "scene": str(image),
-        "status": status,
-        "done": summary is not None,
-        "seconds": None,
-        "windows_per_second": None,
-        "cloud_share": None,
-        "shares": {},
-        "error": error,
-    }
-    if summary is not None:
-        seconds = summary.get("seconds") or 0.0
-        classified = sum(summary["pixels"].values()) + summary["cloud"]
-        row.update(
-            seconds=round(seconds, 3),
-            windows_per_second=round(summary["classified"] / max(seconds, 1e-9), 1),
-            cloud_share=round(summary["cloud"] / max(classified, 1), 6),
-            shares={
-                name: round(count / max(classified, 1), 6)
-                for name, count in summary["pixels"].items()
-            },
-            pixels=summary["pixels"],
-            cloud=summary["cloud"],
-        )
-    return row
-
-
-def write_summary(folder: Path, rows: list[dict]) -> None:
-    """summary.json (the rows) and summary.csv (one column per class share)."""
-    classes = list(dict.fromkeys(name for row in rows for name in row["shares"]))
-    columns = ["scene", "status", "seconds", "windows_per_second"]
-    columns += [f"share_{name}" for name in classes] + ["cloud_share", "error"]
-    text = io.StringIO()
-    table = csv.DictWriter(text, columns, lineterminator="\n")
-    table.writeheader()
-    for row in rows:
-        shares = {f"share_{name}": row["shares"].get(name) for name in classes}
-        table.writerow({**{name: row.get(name) for name in columns}, **shares})
-    public = [
-        {name: value for name, value in row.items() if name not in ("done", "pixels", "cloud")}
-        for row in rows
-    ]
-    write_atomic(folder / SUMMARY_JSON, {"scenes": public}, overwrite=True)
-    write_atomic(folder / SUMMARY_CSV, text.getvalue(), overwrite=True)
-
-
-def write_mosaic(folder: Path, outputs: list[SceneOutputs]) -> None:
-    """mosaic.vrt of the scenes' label maps (one layer for QGIS) and its quicklook;
-    a note instead when GDAL cannot mosaic them (e.g. different coordinate systems)."""
-    if not outputs:
-        return
-    labels = [str(scene_outputs.label) for scene_outputs in outputs]
-    try:
-        with atomic_output(folder / MOSAIC_FILE, overwrite=True) as temporary:
-            mosaic = gdal.BuildVRT(str(temporary), labels)
-            if mosaic is None or mosaic.RasterCount == 0:
-                raise RuntimeError("no label map could be added")
-            mosaic = None
-        with atomic_output(folder / MOSAIC_QUICKLOOK, overwrite=True) as temporary:
-            mosaic_quicklook(folder / MOSAIC_FILE, labels[0], temporary)
-    except RuntimeError as error:
-        print(f"note: no mosaic of the label maps: {error}")
-        return
-    print(f"wrote {folder / MOSAIC_FILE}\nwrote {folder / MOSAIC_QUICKLOOK}")
-
-
-def mosaic_quicklook(mosaic_path: Path, first_label: str, output_path: Path) -> None:
-    """The mosaic's label map, decimated, with every label's share (counted on the
-    decimated mosaic), in the colours of the first scene's classes."""
-    first = gdal.Open(first_label)
-    category_names = first.GetRasterBand(1).GetCategoryNames() or []
-    first = None
-    class_names = [name for name in category_names[:CLOUD_LABEL] if name and name != CLOUD_NAME]
-    mosaic = gdal.Open(str(mosaic_path))
-    rows, cols = mosaic.RasterYSize, mosaic.RasterXSize
-    scale = max(1.0, max(rows, cols) / quicklooks.QUICKLOOK_MAX_SIDE)
-    shape = (max(1, round(rows / scale)), max(1, round(cols / scale)))
-    labels = mosaic.GetRasterBand(1).ReadAsArray(buf_xsize=shape[1], buf_ysize=shape[0])
-    counts = np.bincount(labels.ravel(), minlength=256)
-    counts[LABEL_NODATA] = 0
-    quicklooks.save_quicklook(
-        labels, counts, output_path, class_names, f"mosaic of {mosaic_path.parent.name}"
-    )

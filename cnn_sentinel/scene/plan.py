@@ -20,9 +20,11 @@ exactly as 06 does: `windows_at` cuts the model's windows at given pixels, and
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,6 +427,21 @@ class RunPlan:
     workers: int
     threads_per_worker: int
     strip_rows: int  # BAND_ROWS: a scene taller than this is cut into row strips (0: never)
+
+    def scene_outputs(self, image: str | Path) -> SceneOutputs:
+        """Where this run writes the outputs of `image` (its ScenePlan's outputs)."""
+        return scene_outputs(self.settings, image)
+
+    def task_settings(self, plan: ScenePlan) -> argparse.Namespace:
+        """06's settings as a Dask task of `plan`'s scene gets them: OUTPUT_DIR and the
+        model absolute (a cluster's worker runs in its own working folder), the model
+        the one the client chose (MODEL auto: a worker's copy of the project may have
+        no models/)."""
+        output_dir = self.output_dir and os.path.abspath(self.output_dir)
+        model = os.path.abspath(plan.model_path)
+        return argparse.Namespace(
+            **{**vars(self.settings), "output_dir": output_dir, "model": model}
+        )
 
 
 def plan_run(settings) -> RunPlan:
