@@ -137,7 +137,11 @@ def test_06_adapts_in_memory_records_it_and_leaves_the_model_file(scene_case, tm
         (["--adapt-blend", "1.5"], "adapt blend must be between 0 and 1"),
         (["--adapt-windows", "3"], "adapt windows must be at least 16"),
         (["--reflectance-scale", "abc"], "reflectance scale must be auto or a number"),
-        (["--reflectance-scale", "-5"], "reflectance scale must be positive"),
+        (["--reflectance-scale", "-5"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "0"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "inf"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "-inf"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "nan"], "reflectance scale must be a positive, finite number"),
     ],
 )
 def test_bad_adapt_and_scale_flags_are_one_sentence(scene_case, tmp_path, flags, message):
