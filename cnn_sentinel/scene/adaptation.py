@@ -42,6 +42,8 @@ SHIFT_FULL = 0.9
 # Strips of the scene the sample comes from (fewer when the scene is small).
 SAMPLE_STRIPS = 16
 PREDICT_BATCH = 128
+# The banner's and the record's words for a scene without a pixel to adapt to.
+NOTHING_TO_ADAPT_TO = "nothing to adapt to: every pixel is no data or cloud"
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Adaptation:
 
     def words(self) -> str:
         """For 06's banner."""
+        if self.windows == 0:
+            return f"batch normalisation as trained ({NOTHING_TO_ADAPT_TO})"
         shift = "" if self.shift is None else f"shift {self.shift:.2f}, "
         if not self.statistics:
             return f"batch normalisation as trained (the scene is close to it: {shift[:-2]})"
@@ -67,9 +71,11 @@ class Adaptation:
 
     def record(self) -> dict[str, str]:
         """For the label map's metadata (the run's record); "none needed": auto measured
-        the scene close to the training data and left the model as it is."""
+        the scene close to the training data and left the model as it is; "nothing to
+        adapt to": the scene has no pixel with data outside clouds."""
+        adapted = "batchnorm" if self.statistics else "none needed"
         return {
-            "ADAPTATION": "batchnorm" if self.statistics else "none needed",
+            "ADAPTATION": adapted if self.windows else "nothing to adapt to",
             "ADAPTATION_SHIFT": "" if self.shift is None else f"{self.shift:.4f}",
             "ADAPTATION_WINDOWS": str(self.windows),
             "ADAPTATION_BLEND": f"{self.blend:.4g}",
@@ -153,7 +159,8 @@ def sample_windows(
     """`count` windows (n, size, size, bands) spread over the scene, read exactly as 06
     reads them: SAMPLE_STRIPS strips of `size` rows, evenly spaced top to bottom,
     windows drawn at random inside them among the centres with data (and, when
-    `cloud_bands` is given, without cloud). Fewer when the scene has fewer."""
+    `cloud_bands` is given, without cloud). Fewer when the scene has fewer; none when
+    every pixel is no data or cloud."""
     rows = dataset.RasterYSize
     before = size // 2
     strips = max(1, min(SAMPLE_STRIPS, rows // size))
@@ -182,8 +189,8 @@ def sample_windows(
         chosen = random.choice(centres, size=min(per_strip, len(centres)), replace=False)
         row, col = np.divmod(np.sort(chosen), usable.shape[1])
         picked.append(window_view(pixels, size)[row, col])
-    if not picked:
-        raise InputError("the scene has no window with data (and without cloud) to adapt to.")
+    if not picked:  # every pixel is no data or cloud: its map holds no class at all
+        return np.empty((0, size, size, len(band_indices)), np.float32)
     return np.concatenate(picked)[:count]
 
 
@@ -212,7 +219,11 @@ def blend_for_shift(shift: float, blend: float) -> float:
 def adapt(model, windows: np.ndarray, mode: str, blend: float, seed: int = 0) -> Adaptation:
     """06's adaptation: "on" estimates with the scene's share `blend`; "auto" first
     measures the scene's shift and scales the share by it (`blend_for_shift`), leaving
-    the model untouched when the scene is close to the training data."""
+    the model untouched when the scene is close to the training data. No `windows`
+    (every pixel no data or cloud): the model as it is, whatever the mode, since no
+    pixel of the map takes a class."""
+    if not len(windows):
+        return Adaptation(windows=0, blend=0.0, seed=seed)
     shift = scene_shift(model, windows) if mode == "auto" else None
     share = blend if shift is None else blend_for_shift(shift, blend)
     if share == 0.0:
