@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.precision import PRECISION_MODES
+from cnn_sentinel.scene.dense import check_antialias
 from cnn_sentinel.scene.job import classify_one
 from cnn_sentinel.scene.many import choose_scheduler, classify_many, list_scenes
 from cnn_sentinel.scene.predictors import check_run_settings
@@ -36,6 +37,7 @@ IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE folder or .zip): paths, globs, folders,
 MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
 OUTPUT_DIR = None  # folder for the outputs; None: the scene's folder
 STRIDE = 16  # one window every STRIDE pixels fills its STRIDE x STRIDE block; 1: every pixel
+ANTIALIAS = 4  # stride 1: mean probabilities of the windows within 4 px (no dither); 1: off
 BATCH_SIZE = 256  # windows per forward pass
 BLOCK_ROWS = 256  # scene rows read and written at a time; memory grows with it, not the scene
 BANDS = None  # scene bands for the model: None = by band name or in order; "B04,B03,B02" or "4,3,2"
@@ -69,6 +71,7 @@ def check_flags(settings) -> None:
     from cnn_sentinel.scene.radiometry import check_reflectance_scale
 
     check_run_settings(settings.stride, settings.batch_size, settings.block_rows)
+    check_antialias(settings.antialias)
     check_adapt_settings(settings.adapt, settings.adapt_blend, settings.adapt_windows)
     check_reflectance_scale(settings.reflectance_scale)
     if settings.workers < 0 or settings.band_rows < 0:

@@ -144,9 +144,16 @@ class PreparedScene:
     def banner(self, settings, image: str | Path) -> str:
         return (
             f"{image}: {self.classification.describe()} (model {self.model}{self.model_words}), "
-            f"stride {settings.stride}; "
+            f"stride {settings.stride}{antialias_words(settings.stride, settings.antialias)}; "
             f"{self.masking_words}"
         )
+
+
+def antialias_words(stride: int, antialias: int) -> str:
+    """The banner's words for ANTIALIAS: only stride 1 averages windows."""
+    if stride != 1 or antialias == 1:
+        return ""
+    return f", each window averaged with its neighbours over {antialias} px (antialias)"
 
 
 def cloud_settings(settings) -> clouds.CloudSettings:
@@ -292,6 +299,7 @@ def _classify_into(settings, image: Path, scene, outputs, load_model, report) ->
             block_rows=settings.block_rows,
             progress=settings.progress,
             steps=prepared.steps(settings),
+            antialias=settings.antialias,
         )
         writers.write_record(temporary[0], classification.record())
         finish_rasters(settings, temporary)
@@ -364,6 +372,7 @@ def classify_band(
             steps=prepared.steps(settings, first_row, last_row),
             first_row=first_row,
             last_row=last_row,
+            antialias=settings.antialias,
         )
     counts.update(
         first_row=first_row,

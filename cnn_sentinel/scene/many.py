@@ -68,6 +68,7 @@ MOSAIC_QUICKLOOK = "mosaic_quicklook.png"
 OUTPUT_SETTINGS = (
     "model",
     "stride",
+    "antialias",
     "bands",
     "bbox",
     "window",

@@ -48,6 +48,9 @@ from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA, PredictedBlock,
 from cnn_sentinel.scene.clouds import CloudSettings
 from cnn_sentinel.scene.dense import (
     DensePredictor,
+    antialias_halo,
+    average_phases,
+    check_antialias,
     dense_unsupported_reason,
     dihedral_unsupported_reason,
 )
@@ -328,6 +331,7 @@ class SceneClassification:
         predictor: Predictor | None = None,
         first_row: int = 0,
         last_row: int | None = None,
+        antialias: int = 1,
     ) -> dict:
         """Classify the scene into `writers`; returns counts: "windows", "classified",
         "pixels" per class name, "cloud" and "nodata" pixels.
@@ -336,14 +340,18 @@ class SceneClassification:
         r+size/2-1; at stride s the window centred on each s x s cell fills the
         cell. Streams `block_rows` output rows at a time (rounded to the stride).
         first_row, last_row: only that band of output rows (reading.read_blocks), the
-        counts those of the band.
+        counts those of the band. antialias: at stride 1, each window's probabilities
+        are averaged with its neighbours' over that period (dense.average_phases);
+        1: every pixel its own window's, as computed.
         """
         check_run_settings(stride, batch_size, block_rows)
+        check_antialias(antialias)
         rows, cols = self.dataset.RasterYSize, self.dataset.RasterXSize
         stride = clamp_stride(stride, rows, cols)
         block_rows = max(stride, block_rows // stride * stride)
         class_count = len(self.config.class_names)
         predictor = predictor or self.predictor(batch_size, prefetch_depth)
+        halo = antialias_halo(antialias) if stride == 1 else 0
         blocks = read_blocks(
             self.dataset,
             self.band_indices,
@@ -354,6 +362,7 @@ class SceneClassification:
             self.reflectance_factor,
             first_row,
             last_row,
+            halo_rows=halo,
         )
         band_rows = window_centres(rows, stride)[first_row // stride :]
         if last_row is not None:
@@ -365,7 +374,11 @@ class SceneClassification:
             with progress_bar(
                 total=total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
             ) as bar:
-                for block in predictor.predict(blocks, bar.update):
+                # With a halo the bar counts each block's own windows once it is averaged.
+                for block in predictor.predict(blocks, bar.update if not halo else _no_count):
+                    if halo:
+                        block = average_phases(block, antialias)
+                        bar.update(block.source.centre_nodata.size)
                     for step in steps:
                         block = step(block)
                     for writer in writers:
@@ -386,6 +399,10 @@ class SceneClassification:
             "cloud": int(label_counts[CLOUD_LABEL]),
             "nodata": int(label_counts[LABEL_NODATA]),
         }
+
+
+def _no_count(_windows: int) -> None:
+    """A progress callback that counts nothing."""
 
 
 def _layers(model) -> Iterator:
