@@ -12,6 +12,9 @@ reference class: its pixels, its agreement (the producer's accuracy: the share
 of its pixels the map gives a compatible class) and what the map called it;
 over all classes the area-weighted agreement and the class-balanced one (the
 unweighted mean over the classes with pixels).
+
+About 660 lines: every input 07 reads (map, vector or raster reference, table, scene)
+is checked here, each with its own sentence, beside the grid they are laid onto.
 """
 
 from __future__ import annotations
