@@ -271,3 +271,32 @@ def test_a_scene_with_nothing_to_adapt_to_gets_its_map_and_a_note(tmp_path, caps
             read_raster(tmp_path / "many" / f"{path.stem}_label.tif"),
             read_raster(tmp_path / "one" / f"{path.stem}_label.tif"),
         )
+
+
+def test_the_sample_and_the_statistics_hold_no_copy_of_the_windows_or_features(tmp_path):
+    """Memory of the adaptation (issue 26): the sample is filled in place (no second copy
+    of the windows), and each layer's input is reduced inside the model, so numpy never
+    holds a batch of features (here 1 MB a window in float32)."""
+    import tracemalloc
+
+    import keras
+
+    image = smooth_scene(300, 200, 3, np.uint16, 300.0)
+    dataset = scenes.open_scene(write_scene(tmp_path / "scene.tif", image))
+    tracemalloc.start()
+    try:
+        windows = adaptation.sample_windows(dataset, [0, 1, 2], 64, False, 1.0, 512)
+        sample_peak = tracemalloc.get_traced_memory()[1]
+        inputs = keras.Input((64, 64, 3))
+        x = keras.layers.Conv2D(64, 3, padding="valid")(inputs)
+        outputs = keras.layers.BatchNormalization()(x)
+        model = keras.Model(inputs, outputs)
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        adaptation.scene_shift(model, windows[:64].astype(np.float32))
+        statistics_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert windows.shape == (512, 64, 64, 3)
+    assert sample_peak < 1.5 * windows.nbytes  # the sample once, and one strip's windows
+    assert statistics_peak < 8 * 2**20  # 64 windows of features: 67 MB in float64
