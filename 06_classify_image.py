@@ -7,8 +7,10 @@ class names), <stem>_prob.tif (the winning class's probability, or every class's
 and <stem>_quicklook.png (true colour beside the label map, legend with shares).
 Sentinel-2 L1C scenes get a cloud mask (s2cloudless): cloudy pixels are labelled
 Cloud (value 254) and have no probability. With STRIDE 1 every pixel gets
-its own window, exactly as the talk's classifier; with STRIDE s one window
-centred on each s x s block classifies the block (s*s times fewer forward passes).
+its own window, averaged with its neighbours' over ANTIALIAS pixels (which takes out
+the dither the network's strided layers leave; ANTIALIAS 1: exactly the talk's
+classifier); with STRIDE s one window centred on each s x s block classifies the
+block (s*s times fewer forward passes).
 A model without zero padding inside its window (resnet-valid) is run over whole
 blocks at once (METHOD dense, exact: the same numbers as one pass per window).
 TTA averages each window's probabilities over its 8 flips and 90-degree rotations.
