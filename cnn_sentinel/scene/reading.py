@@ -2,15 +2,17 @@
 their bands, loading the model, and reading row blocks with a mirrored halo.
 
 Scene classification (cnn_sentinel/scene/) is split by what changes together:
-  blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch, label values, colours
+  blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch
   reading.py      scenes and models in: open, bands, block reads (this module)
   products.py     .SAFE folders and .zip files as one 13-band stack
-  predictors.py   blocks of class probabilities out: the per-window predictor,
-                  the entry point `prepare_classification` -> SceneClassification.run
+  plan.py         ScenePlan: 06's settings for one scene, decided once (plan_scene)
+  predictors.py   blocks of class probabilities out, one pass per window
   dense.py        the whole-block (fully convolutional) pass, exact for models
                   without zero padding inside the window
+  runner.py       a plan's model made ready and run: prepare_classification(plan).run
   clouds.py       the s2cloudless cloud mask, a block step
   writers.py      outputs: label and probability GeoTIFFs; quicklooks.py the PNG
+  job.py, many.py 06 on one planned scene, on many (Dask)
 A new output format is one writer; a new way to compute probabilities is one predictor.
 
 The window of pixel (r, c) covers rows r-32..r+31 and cols c-32..c+31 (for the
@@ -243,6 +245,19 @@ def scene_band_names(dataset: gdal.Dataset) -> tuple[str, ...]:
     return default_band_names(dataset.RasterCount)
 
 
+def band_spec_items(spec: str | None) -> list[str]:
+    """The items of a band choice: "B04,B03,B02" -> ["B04", "B03", "B02"]; "4,3,2" and
+    "4 3 2" -> ["4", "3", "2"]; None or "" -> []."""
+    return str(spec).replace(",", " ").split() if spec else []
+
+
+def band_numbers(items: Sequence[str]) -> list[int] | None:
+    """GDAL band numbers (1-based) when every item of a band choice is one, else None."""
+    if not items or not all(item.isdigit() for item in items):
+        return None
+    return [int(item) for item in items]
+
+
 def choose_scene_bands(
     scene_names: Sequence[str],
     model_bands: Sequence[str],
@@ -258,9 +273,10 @@ def choose_scene_bands(
     """
     expected = ", ".join(model_bands)
     if spec:
-        items = [item.strip() for item in spec.split(",") if item.strip()]
-        if all(item.isdigit() for item in items):
-            indices = [int(item) - 1 for item in items]
+        items = band_spec_items(spec)
+        numbers = band_numbers(items)
+        if numbers is not None:
+            indices = [number - 1 for number in numbers]
             if any(index < 0 or index >= len(scene_names) for index in indices):
                 raise InputError(
                     f"bands {spec} are not all among the {len(scene_names)} bands of scene "
