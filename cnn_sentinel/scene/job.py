@@ -156,6 +156,12 @@ def antialias_words(stride: int, antialias: int) -> str:
     return f", each window averaged with its neighbours over {antialias} px (antialias)"
 
 
+def run_record(settings, classification) -> dict[str, str]:
+    """The label map's metadata: the classification's record and the averaging at stride 1."""
+    averaged = settings.antialias if settings.stride == 1 else 1
+    return {**classification.record(), "ANTIALIAS": str(averaged)}
+
+
 def cloud_settings(settings) -> clouds.CloudSettings:
     """The cloud mask of 06's settings: its threshold, and the scene's reflectance scale
     (REFLECTANCE_SCALE; auto is 10000, what L1C products hold)."""
@@ -301,7 +307,7 @@ def _classify_into(settings, image: Path, scene, outputs, load_model, report) ->
             steps=prepared.steps(settings),
             antialias=settings.antialias,
         )
-        writers.write_record(temporary[0], classification.record())
+        writers.write_record(temporary[0], run_record(settings, classification))
         finish_rasters(settings, temporary)
     writers.write_category_names(
         outputs.label, clouds.category_names(classification.config.class_names, prepared.masking)
@@ -382,7 +388,7 @@ def classify_band(
         precision=classification.precision,
         method=classification.method,
         banner=prepared.banner(settings, image),
-        record=classification.record(),
+        record=run_record(settings, classification),
         seconds=time.perf_counter() - started,
     )
     write_atomic(counts_path, counts, overwrite=True)
