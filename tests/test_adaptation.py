@@ -121,6 +121,7 @@ def test_06_adapts_in_memory_records_it_and_leaves_the_model_file(scene_case, tm
     assert metadata["ADAPTATION"] == "batchnorm"
     assert metadata["ADAPTATION_WINDOWS"] == "256"
     assert metadata["ADAPTATION_BLEND"] == "0.5"
+    assert metadata["ANTIALIAS"] == "1"  # stride 4: no averaging
     assert label.GetRasterBand(1).GetCategoryNames()[0] == "AnnualCrop"  # names kept
     label = None
     off = gdal.Open(str(tmp_path / "off" / "scene_label.tif"))

@@ -89,6 +89,7 @@ def test_classifies_and_writes_label_probability_and_quicklook(case, tmp_path):
     talk_labels, talk_probabilities = case["talk"]
     assert np.array_equal(labels, talk_labels)
     np.testing.assert_allclose(probabilities, talk_probabilities, atol=1e-5)
+    assert gdal.Open(str(tmp_path / "rgb_scene_label.tif")).GetMetadata()["ANTIALIAS"] == "1"
     png = (tmp_path / "rgb_scene_quicklook.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert summary["classified"] == summary["windows"] == 30 * 36

@@ -485,6 +485,7 @@ def test_real_stride_1_maps_have_no_dither_and_score_no_lower(scenes_dir, tmp_pa
         subprocess.run(command, check=True, capture_output=True)
         labels[name] = tmp_path / name / f"{scene.stem}_label.tif"
     assert isolated_share(gdal.Open(str(labels["a_raw"])).ReadAsArray()) > 0.02
+    assert gdal.Open(str(labels["a"])).GetMetadata()["ANTIALIAS"] == "4"  # the record
     assert isolated_share(gdal.Open(str(labels["a"])).ReadAsArray()) <= 0.005
     assert isolated_share(gdal.Open(str(labels["t"])).ReadAsArray()) <= 0.005
     reports = {

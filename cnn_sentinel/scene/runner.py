@@ -179,9 +179,12 @@ class SceneClassification:
         )
 
     def record(self) -> dict[str, str]:
-        """How the scene was read and adapted, for the label map's metadata."""
-        record = {"REFLECTANCE_FACTOR": f"{self.plan.reflectance_factor:g}"}
+        """How the scene was read, adapted and averaged, for the label map's metadata
+        (ANTIALIAS: the period averaged over at stride 1, else 1)."""
+        plan = self.plan
+        record = {"REFLECTANCE_FACTOR": f"{plan.reflectance_factor:g}"}
         record.update(self.adaptation.record() if self.adaptation else {"ADAPTATION": "off"})
+        record["ANTIALIAS"] = str(plan.antialias if plan.stride == 1 else 1)
         return record
 
     def predictor(self, prefetch_depth: int = 4) -> Predictor:
