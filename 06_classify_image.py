@@ -7,8 +7,10 @@ class names), <stem>_prob.tif (the winning class's probability, or every class's
 and <stem>_quicklook.png (true colour beside the label map, legend with shares).
 Sentinel-2 L1C scenes get a cloud mask (s2cloudless): cloudy pixels are labelled
 Cloud (value 254) and have no probability. With STRIDE 1 every pixel gets
-its own window, exactly as the talk's classifier; with STRIDE s one window
-centred on each s x s block classifies the block (s*s times fewer forward passes).
+its own window, averaged with its neighbours' over ANTIALIAS pixels (which takes out
+the dither the network's strided layers leave; ANTIALIAS 1: exactly the talk's
+classifier); with STRIDE s one window centred on each s x s block classifies the
+block (s*s times fewer forward passes).
 A model without zero padding inside its window (resnet-valid) is run over whole
 blocks at once (METHOD dense, exact: the same numbers as one pass per window).
 TTA averages each window's probabilities over its 8 flips and 90-degree rotations.
@@ -28,6 +30,7 @@ from pathlib import Path
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.precision import PRECISION_MODES
 from cnn_sentinel.scene.cluster import choose_scheduler
+from cnn_sentinel.scene.dense import check_antialias
 from cnn_sentinel.scene.job import classify_one
 from cnn_sentinel.scene.listing import list_scenes
 from cnn_sentinel.scene.many import classify_many
@@ -39,6 +42,7 @@ IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE folder or .zip): paths, globs, folders,
 MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
 OUTPUT_DIR = None  # folder for the outputs (unset: the scene's own folder)
 STRIDE = 16  # one window every STRIDE pixels fills its STRIDE x STRIDE block; 1: every pixel
+ANTIALIAS = 4  # stride 1: mean probabilities of the windows within 4 px (no dither); 1: off
 BATCH_SIZE = 256  # windows per forward pass
 BLOCK_ROWS = 256  # scene rows read and written at a time; memory grows with it, not the scene
 BANDS = None  # scene bands for the model, "B04,B03,B02" or "4,3,2" (unset: by name, else in order)
@@ -72,6 +76,7 @@ def check_flags(settings) -> None:
     from cnn_sentinel.scene.radiometry import check_reflectance_scale
 
     check_run_settings(settings.stride, settings.batch_size, settings.block_rows)
+    check_antialias(settings.antialias)
     check_adapt_settings(settings.adapt, settings.adapt_blend, settings.adapt_windows)
     check_reflectance_scale(settings.reflectance_scale)
     if settings.workers < 0 or settings.band_rows < 0:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_existing(outputs, settings.overwrite)
     scene = None
     if settings.picture and settings.scene:
-        scene = evaluation.open_picture_scene(settings.scene, settings.scene_bands)
+        scene = evaluation.open_picture_scene(settings.scene, settings.scene_bands, label_map)
     reference = evaluation.read_reference(settings.reference, settings.reference_field, label_map)
     table_name, table = evaluation.compatibility_table(
         settings.table, reference.names, label_map.class_names

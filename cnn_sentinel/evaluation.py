@@ -14,8 +14,10 @@ over all classes the area-weighted agreement and the class-balanced one (the
 unweighted mean over the classes with pixels). `crop_to_box` limits all of it to
 the pixels centred in a box (07's --bbox, 08's hold-out part).
 
-About 615 lines: 07's whole measure in one place (reading any reference, the tables,
-the assessment and its picture), so a reader checks the numbers in one file.
+About 680 lines: 07's whole measure in one place (reading any reference, the tables,
+the assessment and its picture), and every input 07 reads (map, vector or raster
+reference, table, scene) checked here with its own sentence, so a reader checks the
+numbers in one file.
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def read_reference(path: str | Path, class_field: str, label_map: LabelMap) -> R
             raise InputError(
                 f"reference {path} is neither a vector nor a raster GDAL can read."
             ) from None
-        reference = _warp_raster(raster, label_map)
+        reference = _warp_raster(raster, path, label_map)
     if not (reference.classes != NO_REFERENCE).any():
         raise InputError(
             f"reference {path} does not overlap map {label_map.path}: no reference pixel "
@@ -276,6 +278,34 @@ def _layer_features(
     return features
 
 
+def _refuse_without_classes(dataset: gdal.Dataset, path: Path, source: str) -> None:
+    """InputError when the reference has no feature, or none with a geometry and a
+    class in `source`, over its whole extent (rather than "does not overlap")."""
+    layers = [dataset.GetLayer(index) for index in range(dataset.GetLayerCount())]
+    counts = [layer.GetFeatureCount() for layer in layers]
+    if not sum(counts):
+        names = ", ".join(layer.GetName() for layer in layers)
+        verb = "is" if len(layers) == 1 else "are"
+        raise InputError(f"reference {path} has no features (layer {names} {verb} empty).")
+    if source == LAYER_NAME:
+        return
+    for layer in layers:
+        layer.SetAttributeFilter(f'"{source}" IS NOT NULL')
+    classed = sum(layer.GetFeatureCount() for layer in layers)
+    for layer in layers:
+        layer.SetAttributeFilter(None)
+    if not classed:
+        definition = layers[0].GetLayerDefn()
+        fields = ", ".join(
+            definition.GetFieldDefn(index).GetName() for index in range(definition.GetFieldCount())
+        )
+        raise InputError(
+            f"reference {path}: field {source} is empty (NULL) in all {sum(counts)} features, "
+            "so none has a class; name the field that holds it with --reference-field "
+            f"(its fields: {fields})."
+        )
+
+
 def _rasterise_vector(
     dataset: gdal.Dataset, path: Path, class_field: str, label_map: LabelMap
 ) -> Reference:
@@ -285,6 +315,8 @@ def _rasterise_vector(
         for index in range(dataset.GetLayerCount())
         for item in _layer_features(dataset.GetLayer(index), source, label_map)
     ]
+    if not features:
+        _refuse_without_classes(dataset, path, source)
     names = sorted({name for name, _geometry in features})
     memory = ogr.GetDriverByName("Memory").CreateDataSource("reference")
     layer = memory.CreateLayer("reference", label_map.srs(), ogr.wkbUnknown)
@@ -309,7 +341,7 @@ def _rasterise_vector(
     return Reference(classes, names, words, outlines)
 
 
-def _warp_raster(raster: gdal.Dataset, label_map: LabelMap) -> Reference:
+def _warp_raster(raster: gdal.Dataset, path: Path, label_map: LabelMap) -> Reference:
     """A class raster on the map's grid (nearest neighbour); classes are its category
     names where it has them, else its values."""
     band = raster.GetRasterBand(1)
@@ -324,13 +356,19 @@ def _warp_raster(raster: gdal.Dataset, label_map: LabelMap) -> Reference:
         height=rows,
         dstSRS=label_map.projection,
         resampleAlg="near",
-        outputType=gdal.GDT_Int32,
-        dstNodata=NO_REFERENCE,
+        outputType=gdal.GDT_Float64,  # holds any class value exactly, and NaN
+        dstNodata=float("nan"),
     )
     values = warped.GetRasterBand(1).ReadAsArray()
     nodata = band.GetNoDataValue()
-    if nodata is not None:
-        values[values == int(nodata)] = NO_REFERENCE
+    missing = ~np.isfinite(values) | (values == nodata if nodata is not None else False)
+    odd = values[~missing & (values != np.round(values))]
+    if len(odd):
+        raise InputError(
+            f"reference {path} holds {odd[0]:g}, not a whole number, so it is not a class "
+            "raster; give one of class values (NaN or its nodata value where there is none)."
+        )
+    values = np.where(missing, NO_REFERENCE, values).astype(np.int64)
     category_names = list(band.GetCategoryNames() or [])
     present = [int(value) for value in np.unique(values) if value != NO_REFERENCE]
 
@@ -488,10 +526,27 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def open_picture_scene(path: str | Path, spec: str | None) -> tuple[gdal.Dataset, list[int]]:
+def open_picture_scene(
+    path: str | Path, spec: str | None, label_map: LabelMap | None = None
+) -> tuple[gdal.Dataset, list[int]]:
     """The scene to show beside the map (reading.open_scene: GeoTIFF/VRT, .SAFE or .zip),
     and its 1-based red, green, blue bands: `spec` ("3,2,1"), else B04, B03, B02 by band
-    name, else the bands of a 3-band image."""
+    name, else the bands of a 3-band image. With `label_map`: InputError when the scene
+    has no data over the map's extent."""
+    scene, bands = _picture_bands(path, spec)
+    if label_map is not None:
+        rows, cols = label_map.labels.shape
+        sample = _scene_on_map(scene, bands, label_map, (min(rows, 64), min(cols, 64)))
+        if not np.isfinite(sample).any():
+            raise InputError(
+                f"scene {path} does not overlap map {label_map.path} (or has no data over "
+                "it); give the scene the map was made from, or leave out --scene."
+            )
+    return scene, bands
+
+
+def _picture_bands(path: str | Path, spec: str | None) -> tuple[gdal.Dataset, list[int]]:
+    """open_picture_scene's scene and bands."""
     scene = open_scene(path)
     count = scene.RasterCount
     if spec:
@@ -515,6 +570,19 @@ def scene_picture(
 ) -> np.ndarray:
     """(rows, cols, 3) uint8 true colour of the scene over the map's extent (GDAL
     averages; any CRS), each band stretched between its 2nd and 98th percentile."""
+    values = _scene_on_map(scene, bands, label_map, shape)
+    if not np.isfinite(values).any():
+        return np.zeros((*shape, 3), np.uint8)
+    low, high = np.nanpercentile(values, [2, 98], axis=(0, 1))
+    stretched = (values - low) / np.maximum(high - low, 1e-9)
+    return np.round(255 * np.clip(np.nan_to_num(stretched), 0, 1)).astype(np.uint8)
+
+
+def _scene_on_map(
+    scene: gdal.Dataset, bands: Sequence[int], label_map: LabelMap, shape: tuple[int, int]
+) -> np.ndarray:
+    """(rows, cols, 3) float32 of the scene's bands over the map's extent at `shape`
+    (GDAL averages; NaN where the scene has no data)."""
     chosen = gdal.Translate("", scene, format="VRT", bandList=list(bands))
     warped = gdal.Warp(
         "",
@@ -528,12 +596,7 @@ def scene_picture(
         outputType=gdal.GDT_Float32,
         dstNodata=float("nan"),
     )
-    values = np.stack([warped.GetRasterBand(n).ReadAsArray() for n in (1, 2, 3)], axis=-1)
-    if not np.isfinite(values).any():
-        return np.zeros((*shape, 3), np.uint8)
-    low, high = np.nanpercentile(values, [2, 98], axis=(0, 1))
-    stretched = (values - low) / np.maximum(high - low, 1e-9)
-    return np.round(255 * np.clip(np.nan_to_num(stretched), 0, 1)).astype(np.uint8)
+    return np.stack([warped.GetRasterBand(n).ReadAsArray() for n in (1, 2, 3)], axis=-1)
 
 
 def save_picture(

@@ -222,9 +222,10 @@ PRECISION_MODES = {"float32": "off", "mixed_bfloat16": "bf16", "mixed_float16": 
 
 def scene_plan(dataset, model, info, label="scene", precision="float32", **settings):
     """The plan 06 makes of an opened scene with a model in memory (`info` its ModelInfo):
-    06's defaults but no adaptation, no cloud mask and the scale 10000 unless asked,
-    `settings` (06's names: stride, bands, method, ...) replacing some."""
-    defaults = {"adapt": "off", "cloud_mask": "off", "reflectance_scale": 10000}
+    06's defaults but no adaptation, no cloud mask, the raw windows at stride 1 (antialias
+    1) and the scale 10000 unless asked, `settings` (06's names: stride, bands, method,
+    ...) replacing some."""
+    defaults = {"adapt": "off", "cloud_mask": "off", "reflectance_scale": 10000, "antialias": 1}
     settings = {**defaults, **settings}
     settings.setdefault("mixed_precision", PRECISION_MODES[precision])
     settings.setdefault("model", "in-memory")

@@ -67,8 +67,8 @@ def test_no_data_centres_are_never_sampled(tmp_path):
     valid = {tuple(pixel) for pixel in image[:, :20].reshape(-1, 3)}
     assert all(tuple(window[32, 32]) in valid for window in windows)
     empty = write_scene(tmp_path / "empty.tif", np.full((70, 70, 3), np.nan, np.float32))
-    with pytest.raises(InputError, match="no window with data"):
-        adaptation.sample_windows(scenes.open_scene(empty), [0, 1, 2], 64, False, 1.0, 10)
+    none = adaptation.sample_windows(scenes.open_scene(empty), [0, 1, 2], 64, False, 1.0, 10)
+    assert none.shape == (0, 64, 64, 3)
 
 
 def test_blend_one_gives_each_layer_the_scene_statistics_of_its_input(scene_case):
@@ -121,6 +121,7 @@ def test_06_adapts_in_memory_records_it_and_leaves_the_model_file(scene_case, tm
     assert metadata["ADAPTATION"] == "batchnorm"
     assert metadata["ADAPTATION_WINDOWS"] == "256"
     assert metadata["ADAPTATION_BLEND"] == "0.5"
+    assert metadata["ANTIALIAS"] == "1"  # stride 4: no averaging
     assert label.GetRasterBand(1).GetCategoryNames()[0] == "AnnualCrop"  # names kept
     label = None
     off = gdal.Open(str(tmp_path / "off" / "scene_label.tif"))
@@ -138,7 +139,11 @@ def test_06_adapts_in_memory_records_it_and_leaves_the_model_file(scene_case, tm
         (["--adapt-blend", "1.5"], "adapt blend must be between 0 and 1"),
         (["--adapt-windows", "3"], "adapt windows must be at least 16"),
         (["--reflectance-scale", "abc"], "reflectance scale must be auto or a number"),
-        (["--reflectance-scale", "-5"], "reflectance scale must be positive"),
+        (["--reflectance-scale", "-5"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "0"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "inf"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "-inf"], "reflectance scale must be a positive, finite number"),
+        (["--reflectance-scale", "nan"], "reflectance scale must be a positive, finite number"),
     ],
 )
 def test_bad_adapt_and_scale_flags_are_one_sentence(scene_case, tmp_path, flags, message):
@@ -228,3 +233,70 @@ def test_a_model_object_given_to_06_keeps_its_statistics(scene_case):
     )  # fmt: skip
     assert classification.adaptation.statistics and classification.model is not model
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_a_scene_with_nothing_to_adapt_to_gets_its_map_and_a_note(tmp_path, capsys):
+    """A fully cloudy and a fully no-data scene under the default --adapt auto: the
+    map (all Cloud, all no data) as with --adapt off, and a note naming the scene; also
+    among several scenes."""
+    from helpers import CLOUD_SPECTRUM
+
+    from image_functions import MS_BAND_NAMES
+
+    model_path = save_model(valid_model(13), tmp_path / "run", MS_BAND_NAMES)
+    cloud = np.broadcast_to(np.array(CLOUD_SPECTRUM, np.uint16), (70, 66, 13))
+    cloudy = write_scene(tmp_path / "cloudy.tif", cloud.copy(), descriptions=MS_BAND_NAMES)
+    empty = np.zeros((70, 66, 13), np.uint16)
+    nodata = write_scene(tmp_path / "nodata.tif", empty, nodata=0, descriptions=MS_BAND_NAMES)
+    script = load_script("06_classify_image.py", "classify_image")
+    common = ["--model", str(model_path), "--stride", "8", "--no-progress", "--no-quicklook"]
+    for path, expected in ((cloudy, blocks.CLOUD_LABEL), (nodata, blocks.LABEL_NODATA)):
+        script.main(["--image", str(path), *common, "--output-dir", str(tmp_path / "one")])
+        out = capsys.readouterr().out
+        assert f"{path}: " in out and "nothing to adapt to" in out
+        labels = read_raster(tmp_path / "one" / f"{path.stem}_label.tif")
+        assert np.all(labels == expected)
+        record = gdal.Open(str(tmp_path / "one" / f"{path.stem}_label.tif")).GetMetadata()
+        assert record["ADAPTATION"] == "nothing to adapt to"
+    script.main(
+        ["--image", str(cloudy), str(nodata), *common, "--output-dir", str(tmp_path / "many")]
+        + ["--scheduler", "none"]
+    )
+    out = capsys.readouterr().out
+    for path in (cloudy, nodata):
+        assert f"{path}: " in out
+        line = next(line for line in out.splitlines() if line.startswith(f"{path}: "))
+        assert "nothing to adapt to" in line
+        np.testing.assert_array_equal(
+            read_raster(tmp_path / "many" / f"{path.stem}_label.tif"),
+            read_raster(tmp_path / "one" / f"{path.stem}_label.tif"),
+        )
+
+
+def test_the_sample_and_the_statistics_hold_no_copy_of_the_windows_or_features(tmp_path):
+    """Memory of the adaptation (issue 26): the sample is filled in place (no second copy
+    of the windows), and each layer's input is reduced inside the model, so numpy never
+    holds a batch of features (here 1 MB a window in float32)."""
+    import tracemalloc
+
+    import keras
+
+    image = smooth_scene(300, 200, 3, np.uint16, 300.0)
+    dataset = scenes.open_scene(write_scene(tmp_path / "scene.tif", image))
+    tracemalloc.start()
+    try:
+        windows = adaptation.sample_windows(dataset, [0, 1, 2], 64, False, 1.0, 512)
+        sample_peak = tracemalloc.get_traced_memory()[1]
+        inputs = keras.Input((64, 64, 3))
+        x = keras.layers.Conv2D(64, 3, padding="valid")(inputs)
+        outputs = keras.layers.BatchNormalization()(x)
+        model = keras.Model(inputs, outputs)
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        adaptation.scene_shift(model, windows[:64].astype(np.float32))
+        statistics_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert windows.shape == (512, 64, 64, 3)
+    assert sample_peak < 1.5 * windows.nbytes  # the sample once, and one strip's windows
+    assert statistics_peak < 8 * 2**20  # 64 windows of features: 67 MB in float64

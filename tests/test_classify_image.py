@@ -82,13 +82,14 @@ def test_help_is_instant_and_lists_the_constants():
 def test_classifies_and_writes_label_probability_and_quicklook(case, tmp_path):
     summary = run(
         "--image", case["rgb_path"], "--model", case["rgb_model_path"],
-        "--output-dir", tmp_path, "--stride", 1, "--block-rows", 7,
+        "--output-dir", tmp_path, "--stride", 1, "--block-rows", 7, "--antialias", 1,
     )  # fmt: skip
     labels = read_raster(tmp_path / "rgb_scene_label.tif")
     probabilities = read_raster(tmp_path / "rgb_scene_prob.tif")
     talk_labels, talk_probabilities = case["talk"]
     assert np.array_equal(labels, talk_labels)
     np.testing.assert_allclose(probabilities, talk_probabilities, atol=1e-5)
+    assert gdal.Open(str(tmp_path / "rgb_scene_label.tif")).GetMetadata()["ANTIALIAS"] == "1"
     png = (tmp_path / "rgb_scene_quicklook.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert summary["classified"] == summary["windows"] == 30 * 36

@@ -125,6 +125,76 @@ def test_block_boundaries_are_invisible(rgb_case, tmp_path, stride, block_rows):
     assert np.array_equal(labels, expected_at_stride(talk_labels, stride))
 
 
+def phase_average_oracle(probabilities: np.ndarray, period: int) -> np.ndarray:
+    """(classes, rows, cols) -> the mean over each pixel's neighbours, pixel by pixel,
+    with weights [1, 2, ..., 2, 1] (even period) or all 1 (odd) on rows and columns,
+    those past the scene's edge left out."""
+    taps = np.ones(period + 1 - period % 2)
+    if period % 2 == 0:
+        taps[[0, -1]] = 0.5
+    half = len(taps) // 2
+    _, rows, cols = probabilities.shape
+    result = np.zeros(probabilities.shape, np.float64)
+    for row in range(rows):
+        for col in range(cols):
+            total, weight = 0.0, 0.0
+            for i, row_weight in enumerate(taps):
+                for j, col_weight in enumerate(taps):
+                    r, c = row + i - half, col + j - half
+                    if 0 <= r < rows and 0 <= c < cols:
+                        total = total + row_weight * col_weight * probabilities[:, r, c]
+                        weight += row_weight * col_weight
+            result[:, row, col] = total / weight
+    return result
+
+
+@pytest.mark.parametrize(("period", "block_rows"), [(4, 1), (4, 13), (4, 1000), (3, 7), (2, 5)])
+def test_antialias_is_the_phase_average_of_the_raw_windows(rgb_case, tmp_path, period, block_rows):
+    """At stride 1, ANTIALIAS replaces each window's probabilities by the weighted mean
+    of the raw windows around it (an oracle pixel by pixel), whatever the row blocks;
+    labels are its argmax. antialias 1 is the raw pass, the talk's answer."""
+    _, scene_path, _, model, (talk_labels, _) = rgb_case
+    config = raw_config(RGB_BAND_NAMES)
+    labels, raw = run_classification(tmp_path, scene_path, model, config, "raw", stride=1,
+                                     probabilities="all")  # fmt: skip
+    assert np.array_equal(labels, talk_labels)
+    labels, averaged = run_classification(
+        tmp_path, scene_path, model, config, "averaged", stride=1, probabilities="all",
+        block_rows=block_rows, antialias=period,
+    )  # fmt: skip
+    expected = phase_average_oracle(raw.astype(np.float64), period)
+    np.testing.assert_allclose(averaged, expected, atol=2e-6)
+    assert np.array_equal(labels, np.argmax(averaged, axis=0))
+    assert not np.array_equal(labels, talk_labels)
+
+
+def test_antialias_takes_out_a_period_2_dither_and_leaves_no_data_unclassified():
+    """A block whose windows alternate between two classes pixel by pixel (the aliasing
+    of a stride-2 layer) comes out as one even mix; its halo rows are dropped."""
+    from cnn_sentinel.scene.dense import average_phases
+
+    rows, cols = 10, 12
+    checker = (np.add.outer(np.arange(rows), np.arange(cols)) % 2).astype(np.float32)
+    probabilities = np.stack([0.3 + 0.4 * checker, 0.7 - 0.4 * checker], axis=-1)
+    centre_nodata = np.zeros((rows, cols), bool)
+    centre_nodata[5, 6] = True
+    probabilities[centre_nodata] = np.nan
+    source = blocks.ReadBlock(
+        first_row=2, last_row=9, top=0, size=64, stride=1, pixels=np.zeros((1, 1, 1)),
+        centre_rows=np.arange(rows), centre_cols=np.arange(cols), centre_nodata=centre_nodata,
+        nodata=np.zeros((7, cols), bool), halo=(2, 1),
+    )  # fmt: skip
+    averaged = average_phases(blocks.PredictedBlock(source, probabilities), 2)
+    assert averaged.probabilities.shape == (7, cols, 2)
+    assert averaged.source.halo == (0, 0) and averaged.source.centre_rows.tolist() == [*range(2, 9)]
+    inside = averaged.probabilities[1:-1, 1:-1]  # away from the scene's left and right edges
+    clear = ~np.isnan(inside[..., 0])
+    assert np.isnan(averaged.probabilities[3, 6]).all()  # no data stays unclassified
+    far = np.ones_like(clear)
+    far[1:4, 4:7] = False  # neighbours of the no-data window weigh its loss
+    np.testing.assert_allclose(inside[clear & far], 0.5, atol=1e-6)
+
+
 def test_scene_smaller_than_half_a_window_mirrors_like_numpy(tmp_path):
     image = smooth_scene(9, 6, 3, np.uint8, 30.0, seed=3)
     scene_path = write_scene(tmp_path / "small.tif", image)

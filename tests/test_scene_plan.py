@@ -173,9 +173,9 @@ def base_plan(edge_scene):
 def test_every_plan_field_says_whether_it_changes_outputs():
     for item in dataclasses.fields(plan.ScenePlan):
         assert isinstance(item.metadata.get("outputs"), bool), item.name
-    assert {"adapt", "adapt_blend", "adapt_windows", "reflectance_factor", "stride"} <= set(
-        plan.output_fields()
-    )
+    assert {
+        "adapt", "adapt_blend", "adapt_windows", "reflectance_factor", "stride", "antialias"
+    } <= set(plan.output_fields())  # fmt: skip
     assert not {"block_rows", "batch_size", "progress", "overwrite"} & set(plan.output_fields())
 
 

@@ -128,3 +128,34 @@ def test_bad_metadata_is_one_sentence(tmp_path, text, message):
     with pytest.raises(InputError, match=message) as error:
         scenes.open_scene(safe)
     assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
+
+
+def test_a_product_with_a_band_file_missing_is_refused_naming_the_band(tmp_path):
+    """Without B05 the stack would have 12 bands: 06 would silently take the shipped RGB
+    model instead of the 13-band one. It stops instead, naming the band; an L2A product
+    lacks B10 by design and is read as it is."""
+    from script_modules import load_script
+
+    files = generated_jp2_bands(tmp_path, rows=12, cols=12)
+    safe = safe_layout(tmp_path / "l1c", files)
+    next((safe / "GRANULE").rglob("*_B05.jp2")).unlink()
+    for product in (safe, zipped(safe, tmp_path / f"{safe.name}.zip")):
+        with pytest.raises(InputError) as error:
+            scenes.open_scene(product)
+        assert str(error.value).startswith(
+            f"Sentinel-2 product {product} lacks the band image of B05 ("
+        )
+        assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
+    script = load_script("06_classify_image.py", "classify_image_products")
+    output = tmp_path / "out"
+    with pytest.raises(InputError, match="lacks the band image of B05"):
+        script.main(["--image", str(safe), "--output-dir", str(output), "--no-progress"])
+    assert not output.exists() or not list(output.iterdir())
+
+    l2a = safe_layout(tmp_path / "l2a", files, level="L2A")
+    next((l2a / "GRANULE").rglob("*_B10.jp2")).unlink()
+    names = list(scenes.scene_band_names(scenes.open_scene(l2a)))
+    assert names == [name for name in MS_BAND_NAMES if name != "B10"]
+    next((l2a / "GRANULE").rglob("*_B8A.jp2")).unlink()
+    with pytest.raises(InputError, match="lacks the band image of B8A"):
+        scenes.open_scene(l2a)

@@ -41,7 +41,10 @@ SHIFT_NONE = 0.5
 SHIFT_FULL = 0.9
 # Strips of the scene the sample comes from (fewer when the scene is small).
 SAMPLE_STRIPS = 16
-PREDICT_BATCH = 128
+# Windows per step of the statistics: VGG16's features of 32 windows take 0.14 GB.
+PREDICT_BATCH = 32
+# The banner's and the record's words for a scene without a pixel to adapt to.
+NOTHING_TO_ADAPT_TO = "nothing to adapt to: every pixel is no data or cloud"
 
 
 @dataclass
@@ -57,6 +60,8 @@ class Adaptation:
 
     def words(self) -> str:
         """For 06's banner."""
+        if self.windows == 0:
+            return f"batch normalisation as trained ({NOTHING_TO_ADAPT_TO})"
         shift = "" if self.shift is None else f"shift {self.shift:.2f}, "
         if not self.statistics:
             return f"batch normalisation as trained (the scene is close to it: {shift[:-2]})"
@@ -67,9 +72,11 @@ class Adaptation:
 
     def record(self) -> dict[str, str]:
         """For the label map's metadata (the run's record); "none needed": auto measured
-        the scene close to the training data and left the model as it is."""
+        the scene close to the training data and left the model as it is; "nothing to
+        adapt to": the scene has no pixel with data outside clouds."""
+        adapted = "batchnorm" if self.statistics else "none needed"
         return {
-            "ADAPTATION": "batchnorm" if self.statistics else "none needed",
+            "ADAPTATION": adapted if self.windows else "nothing to adapt to",
             "ADAPTATION_SHIFT": "" if self.shift is None else f"{self.shift:.4f}",
             "ADAPTATION_WINDOWS": str(self.windows),
             "ADAPTATION_BLEND": f"{self.blend:.4g}",
@@ -114,20 +121,27 @@ def _input_statistics(chain: Sequence, layers: Sequence, windows: np.ndarray) ->
     for outer, inner in zip(chain[:-1], chain[1:], strict=True):
         tensor = inner._inbound_nodes[0].input_tensors[0]
         parts.append(keras.Model(outer.input, tensor))
-    parts.append(keras.Model(chain[-1].input, [layer.input for layer in layers]))
+    # Per window, each layer's input is reduced inside the model to its channel means and
+    # mean squares: the features themselves (VGG16: 4 MB a window) never reach numpy.
+    reduced = []
+    for layer in layers:
+        spatial = tuple(range(1, len(layer.input.shape) - 1))
+        reduced += [
+            keras.ops.mean(layer.input, axis=spatial),
+            keras.ops.mean(keras.ops.square(layer.input), axis=spatial),
+        ]
+    parts.append(keras.Model(chain[-1].input, reduced))
     count, totals, squares = 0, [0.0] * len(layers), [0.0] * len(layers)
     for start in range(0, len(windows), PREDICT_BATCH):
         # Called eagerly batch by batch: `predict` would trace a new function per layer.
         values = windows[start : start + PREDICT_BATCH].astype(np.float32)
         for part in parts:
             values = part(values, training=False)
-        values = values if isinstance(values, (list, tuple)) else [values]
+        values = [np.asarray(value, np.float64) for value in values]
         count += len(values[0])
-        for number, value in enumerate(values):
-            value = np.asarray(value, np.float64)
-            spatial = tuple(range(1, value.ndim - 1))  # per window, then summed over windows
-            totals[number] = totals[number] + value.mean(axis=spatial).sum(axis=0)
-            squares[number] = squares[number] + np.square(value).mean(axis=spatial).sum(axis=0)
+        for number in range(len(layers)):  # per window, then summed over windows
+            totals[number] = totals[number] + values[2 * number].sum(axis=0)
+            squares[number] = squares[number] + values[2 * number + 1].sum(axis=0)
     means = [total / count for total in totals]
     return [
         (mean, np.maximum(square / count - np.square(mean), 0.0))
@@ -153,7 +167,8 @@ def sample_windows(
     """`count` windows (n, size, size, bands) spread over the scene, read exactly as 06
     reads them: SAMPLE_STRIPS strips of `size` rows, evenly spaced top to bottom,
     windows drawn at random inside them among the centres with data (and, when
-    `cloud_bands` is given, without cloud). Fewer when the scene has fewer."""
+    `cloud_bands` is given, without cloud). Fewer when the scene has fewer; none when
+    every pixel is no data or cloud."""
     rows = dataset.RasterYSize
     before = size // 2
     strips = max(1, min(SAMPLE_STRIPS, rows // size))
@@ -161,7 +176,7 @@ def sample_windows(
     tops = np.linspace(0, rows - strip_rows, strips).round().astype(int)
     random = np.random.default_rng(seed)
     per_strip = -(-count // strips)
-    picked = []
+    picked, taken = None, 0  # the windows, filled strip by strip (no second copy)
     for first in (int(top) for top in tops):
         last = first + strip_rows
         pixels, nodata = read_block(
@@ -181,10 +196,13 @@ def sample_windows(
             continue
         chosen = random.choice(centres, size=min(per_strip, len(centres)), replace=False)
         row, col = np.divmod(np.sort(chosen), usable.shape[1])
-        picked.append(window_view(pixels, size)[row, col])
-    if not picked:
-        raise InputError("the scene has no window with data (and without cloud) to adapt to.")
-    return np.concatenate(picked)[:count]
+        if picked is None:
+            picked = np.empty((per_strip * strips, size, size, pixels.shape[-1]), pixels.dtype)
+        picked[taken : taken + len(row)] = window_view(pixels, size)[row, col]
+        taken += len(row)
+    if picked is None:  # every pixel is no data or cloud: its map holds no class at all
+        return np.empty((0, size, size, len(band_indices)), np.float32)
+    return picked[: min(taken, count)]
 
 
 def scene_shift(model, windows: np.ndarray) -> float:
@@ -212,7 +230,11 @@ def blend_for_shift(shift: float, blend: float) -> float:
 def adapt(model, windows: np.ndarray, mode: str, blend: float, seed: int = 0) -> Adaptation:
     """06's adaptation: "on" estimates with the scene's share `blend`; "auto" first
     measures the scene's shift and scales the share by it (`blend_for_shift`), leaving
-    the model untouched when the scene is close to the training data."""
+    the model untouched when the scene is close to the training data. No `windows`
+    (every pixel no data or cloud): the model as it is, whatever the mode, since no
+    pixel of the map takes a class."""
+    if not len(windows):
+        return Adaptation(windows=0, blend=0.0, seed=seed)
     shift = scene_shift(model, windows) if mode == "auto" else None
     share = blend if shift is None else blend_for_shift(shift, blend)
     if share == 0.0:

@@ -44,6 +44,9 @@ class ReadBlock:
     rows/cols of the window centres of the block's stride x stride cells;
     centre_nodata (len(centre_rows), len(centre_cols)): centres with no data, whose
     windows are not classified; nodata (rows, cols): the output pixels with no data.
+    halo: centre rows above and below the block's own that centre_rows (and
+    centre_nodata) also hold, whose windows are computed only for the averaging of
+    neighbouring windows (dense.average_phases), which then drops them.
     """
 
     first_row: int
@@ -56,6 +59,7 @@ class ReadBlock:
     centre_cols: np.ndarray
     centre_nodata: np.ndarray
     nodata: np.ndarray
+    halo: tuple[int, int] = (0, 0)
 
     @property
     def window_rows(self) -> np.ndarray:

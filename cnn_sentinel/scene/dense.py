@@ -32,12 +32,14 @@ space_to_batch + convolution + batch_to_space on every layer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.scene.blocks import PredictedBlock, ReadBlock, prefetch
 
@@ -475,3 +477,76 @@ class DensePredictor:
             grid = self.predict_block(block)
             advance(block.centre_nodata.size)
             yield PredictedBlock(block, grid)
+
+
+# ---------------------------------------------------------------------------
+# Anti-aliasing at stride 1: the mean over the windows of every phase
+# ---------------------------------------------------------------------------
+
+
+def check_antialias(period: int) -> None:
+    """InputError unless the anti-aliasing period is a whole number of at least 1."""
+    if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+        raise InputError(f"antialias must be a whole number of at least 1, not {period}.")
+
+
+def phase_weights(period: int) -> np.ndarray:
+    """The 1-D weights (summing to 1) of `average_phases` along one axis: every offset
+    modulo `period` once, symmetric about the centre, so the mean is not shifted; for
+    an even period the two ends share one offset, half each ([1, 2, 2, 2, 1] / 8 for 4)."""
+    if period % 2:
+        weights = np.ones(period)
+    else:
+        weights = np.ones(period + 1)
+        weights[[0, -1]] = 0.5
+    return (weights / weights.sum()).astype(np.float32)
+
+
+def antialias_halo(period: int) -> int:
+    """Window rows `average_phases` needs above and below a block's own."""
+    return len(phase_weights(period)) // 2
+
+
+def _weighted_sum(values: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """sum_k weights[k] * values shifted by k - len/2 along `axis`, zero past the ends;
+    term by term in a fixed order, so a pixel's sum is the same in any block or band."""
+    total = np.zeros_like(values)
+    half, length = len(weights) // 2, values.shape[axis]
+    for index, weight in enumerate(weights):
+        offset = index - half
+        source = [slice(None)] * values.ndim
+        target = [slice(None)] * values.ndim
+        source[axis] = slice(max(0, offset), length + min(0, offset))
+        target[axis] = slice(max(0, -offset), length - max(0, offset))
+        total[tuple(target)] += weight * values[tuple(source)]
+    return total
+
+
+def average_phases(block: PredictedBlock, period: int) -> PredictedBlock:
+    """The block with each window's class probabilities replaced by the weighted mean
+    (`phase_weights` on rows and columns) of the classified windows around it, and its
+    halo rows (ReadBlock.halo) dropped. A network whose strided layers make its answer
+    depend on the window's position modulo their stride (aliasing; Zhang, ICML 2019)
+    then gives every pixel the same mix of phases: the period-2/4 dither along class
+    boundaries goes. Windows past the scene's edges or not classified weigh nothing;
+    a window that is not classified stays so."""
+    weights = phase_weights(period)
+    probabilities = block.probabilities
+    classified = block.classified.astype(np.float32)
+    norm = _weighted_sum(_weighted_sum(classified, weights, 0), weights, 1)
+    averaged = np.empty_like(probabilities)
+    for index in range(probabilities.shape[-1]):  # a class at a time: memory of one map
+        values = np.where(classified > 0, probabilities[..., index], 0.0).astype(np.float32)
+        total = _weighted_sum(_weighted_sum(values, weights, 0), weights, 1)
+        averaged[..., index] = total / np.maximum(norm, np.finfo(np.float32).tiny)
+    averaged[~block.classified] = np.nan
+    source = block.source
+    above, below = source.halo
+    own = slice(above, len(source.centre_rows) - below)
+    source = dataclasses.replace(
+        source,
+        centre_rows=source.centre_rows[own],
+        centre_nodata=source.centre_nodata[own],
+        halo=(0, 0),
+    )
+    return PredictedBlock(source, averaged[own], block.cloud)

@@ -63,9 +63,16 @@ def banner(plan: ScenePlan, classification: SceneClassification) -> str:
     """06's first line for a scene: what it reads, with which model, how."""
     return (
         f"{plan.image}: {classification.describe()} (model {plan.model_path}{plan.model_words}), "
-        f"stride {plan.stride}; "
+        f"stride {plan.stride}{antialias_words(plan.stride, plan.antialias)}; "
         f"{plan.masking_words}"
     )
+
+
+def antialias_words(stride: int, antialias: int) -> str:
+    """The banner's words for ANTIALIAS: only stride 1 averages windows."""
+    if stride != 1 or antialias == 1:
+        return ""
+    return f", each window averaged with its neighbours over {antialias} px (antialias)"
 
 
 def finish_rasters(plan: ScenePlan, temporaries: list[Path]) -> None:

@@ -38,6 +38,7 @@ from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.precision import precision_policy
 from cnn_sentinel.scene import clouds
 from cnn_sentinel.scene.adaptation import check_adapt_settings
+from cnn_sentinel.scene.dense import check_antialias
 from cnn_sentinel.scene.geometry import warn_if_pixel_size_differs
 from cnn_sentinel.scene.radiometry import (
     EUROSAT_REFLECTANCE_SCALE,
@@ -134,6 +135,8 @@ class ScenePlan:
     # Geometry: the window side, one window every `stride` pixels, rows per block.
     window_size: int = changes_outputs(True)
     stride: int = changes_outputs(True)
+    # At stride 1, each window's probabilities averaged over this period (1: raw windows).
+    antialias: int = changes_outputs(True)
     block_rows: int = changes_outputs(False)
     batch_size: int = changes_outputs(False)
     # Clouds: whether the s2cloudless mask runs, the banner's words, its bands, settings.
@@ -304,6 +307,7 @@ def plan_scene(
         settings.reflectance_scale, scene, band_indices, label
     )
     check_adapt_settings(settings.adapt, settings.adapt_blend, settings.adapt_windows)
+    check_antialias(settings.antialias)
     bbox = parse_numbers(settings.bbox, float, "bounding box")
     window = parse_numbers(settings.window, int, "pixel window")
     return ScenePlan(
@@ -322,6 +326,7 @@ def plan_scene(
         reflectance_words=factor_words,
         window_size=info.input_size,
         stride=settings.stride,
+        antialias=settings.antialias,
         block_rows=settings.block_rows,
         batch_size=settings.batch_size,
         masking=masking,

@@ -26,6 +26,10 @@ SENTINEL2_METADATA_FILE = re.compile(r"^(?:[^/]+/)?MTD_MSIL(?:1C|2A)\.xml$")
 SENTINEL2_BAND_IDS = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
+# A Level-2A product (its name, granule folder or resolution-suffixed band files), which
+# has every band but B10 (the cirrus band, used only in the correction).
+SENTINEL2_L2A_PATH = re.compile(r"MSIL2A|/L2A_|_\d+m\.jp2$", re.IGNORECASE)
+SENTINEL2_L2A_ABSENT = ("B10",)
 # Band metadata item of a stack whose digital numbers were shifted by this offset.
 DN_OFFSET_ITEM = "DN_OFFSET"
 
@@ -77,6 +81,22 @@ def sentinel2_band_files(path: Path) -> dict[str, str]:
             f"({', '.join(sorted(granules))}); classify one granule at a time."
         )
     return {band: file for band, (_, file) in files.items()}
+
+
+def check_complete(path: Path, files: dict[str, str]) -> None:
+    """InputError naming the bands a product lacks (every band for L1C, all but B10 for
+    L2A): a stack of fewer bands would silently take another model (the shipped RGB one
+    for the 13-band) or switch the cloud mask off."""
+    level_2a = any(SENTINEL2_L2A_PATH.search(file.replace("\\", "/")) for file in files.values())
+    absent = SENTINEL2_L2A_ABSENT if level_2a else ()
+    missing = [name for name in SENTINEL2_BAND_IDS if name not in files and name not in absent]
+    if missing:
+        raise InputError(
+            f"Sentinel-2 product {path} lacks the band image of {', '.join(missing)} (no "
+            f"GRANULE/<id>/IMG_DATA/*_{missing[0]}*.jp2), so it is incomplete and would get "
+            "another model or cloud mask than the product; download or unpack it again, or "
+            "stack the bands it has (gdalbuildvrt -separate) and give them with --bands."
+        )
 
 
 def sentinel2_offsets(path: Path) -> dict[str, int]:
@@ -168,6 +188,7 @@ def sentinel2_stack(path: Path) -> gdal.Dataset:
     values they were trained on.
     """
     files = sentinel2_band_files(path)
+    check_complete(path, files)
     names = [name for name in MS_BAND_NAMES if name in files]
     try:
         stack = gdal.BuildVRT(

@@ -6,6 +6,7 @@ when a GeoTIFF's values look like another scale than the one it assumes.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -60,8 +61,11 @@ def check_reflectance_scale(setting: str | float) -> float | None:
         raise InputError(
             f"reflectance scale must be auto or a number such as 10000, 1000 or 1, not {setting}."
         ) from None
-    if not scale > 0:
-        raise InputError(f"reflectance scale must be positive, not {setting}.")
+    if not (math.isfinite(scale) and scale > 0):
+        raise InputError(
+            f"reflectance scale must be a positive, finite number such as 10000, 1000 or 1, "
+            f"not {setting}."
+        )
     return scale
 
 

@@ -475,6 +475,7 @@ def read_blocks(
     reflectance_factor: float = 1.0,
     first_row: int = 0,
     last_row: int | None = None,
+    halo_rows: int = 0,
 ) -> Iterator[ReadBlock]:
     """Read the scene in blocks of `block_rows` output rows (rounded to the stride).
 
@@ -485,6 +486,8 @@ def read_blocks(
     output rows of that band, in the same blocks as the whole scene when first_row
     is a multiple of the rounded block rows; the halo comes from the scene's rows
     around the band, so a band gives exactly those rows of the whole-scene run.
+    halo_rows: each block also holds the window centres of up to this many grid rows
+    above and below its own (inside the scene; ReadBlock.halo says how many).
     """
     rows, cols = dataset.RasterYSize, dataset.RasterXSize
     before = size // 2
@@ -493,11 +496,12 @@ def read_blocks(
     grid_rows_per_block = max(1, block_rows // stride)
     band_end = len(all_centre_rows) if last_row is None else -(-last_row // stride)
     for first_grid_row in range(first_row // stride, band_end, grid_rows_per_block):
-        centre_rows = all_centre_rows[
-            first_grid_row : min(first_grid_row + grid_rows_per_block, band_end)
-        ]
+        last_grid_row = min(first_grid_row + grid_rows_per_block, band_end)
+        above = min(halo_rows, first_grid_row)
+        centre_rows = all_centre_rows[first_grid_row - above : last_grid_row + halo_rows]
+        below = len(centre_rows) - above - (last_grid_row - first_grid_row)
         block_first = first_grid_row * stride
-        block_last = min(rows, block_first + len(centre_rows) * stride)
+        block_last = min(rows, block_first + (last_grid_row - first_grid_row) * stride)
         top = min(int(centre_rows[0]) - before, block_first)
         bottom = max(int(centre_rows[-1]) - before + size, block_last)
         # Block column j holds scene column j - before (mirrored past the edges).
@@ -515,6 +519,7 @@ def read_blocks(
             centre_cols=centre_cols,
             centre_nodata=pixel_nodata[np.ix_(centre_rows - top, centre_cols + before)],
             nodata=pixel_nodata[block_first - top : block_last - top, before : before + cols],
+            halo=(above, below),
         )
 
 

@@ -39,6 +39,9 @@ from cnn_sentinel.scene.adaptation import adapt as adapt_model
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA, PredictedBlock
 from cnn_sentinel.scene.dense import (
     DensePredictor,
+    antialias_halo,
+    average_phases,
+    check_antialias,
     dense_unsupported_reason,
     dihedral_unsupported_reason,
 )
@@ -176,9 +179,12 @@ class SceneClassification:
         )
 
     def record(self) -> dict[str, str]:
-        """How the scene was read and adapted, for the label map's metadata."""
-        record = {"REFLECTANCE_FACTOR": f"{self.plan.reflectance_factor:g}"}
+        """How the scene was read, adapted and averaged, for the label map's metadata
+        (ANTIALIAS: the period averaged over at stride 1, else 1)."""
+        plan = self.plan
+        record = {"REFLECTANCE_FACTOR": f"{plan.reflectance_factor:g}"}
         record.update(self.adaptation.record() if self.adaptation else {"ADAPTATION": "off"})
+        record["ANTIALIAS"] = str(plan.antialias if plan.stride == 1 else 1)
         return record
 
     def predictor(self, prefetch_depth: int = 4) -> Predictor:
@@ -216,14 +222,19 @@ class SceneClassification:
         cell. Streams the plan's block rows at a time (rounded to the stride).
         progress: a progress bar (None: the plan's). first_row, last_row: only that
         strip of output rows (reading.read_blocks), the counts those of the strip.
+        At stride 1 each window's probabilities are averaged with its neighbours' over
+        the plan's antialias period (dense.average_phases); 1: every pixel its own
+        window's, as computed.
         """
         plan = self.plan
         check_run_settings(plan.stride, plan.batch_size, plan.block_rows)
+        check_antialias(plan.antialias)
         rows, cols = plan.scene.RasterYSize, plan.scene.RasterXSize
         stride = clamp_stride(plan.stride, rows, cols)
         block_rows = max(stride, plan.block_rows // stride * stride)
         class_count = len(plan.info.class_names)
         predictor = predictor or self.predictor(prefetch_depth)
+        halo = antialias_halo(plan.antialias) if stride == 1 else 0
         blocks = read_blocks(
             plan.scene,
             plan.band_indices,
@@ -234,6 +245,7 @@ class SceneClassification:
             plan.reflectance_factor,
             first_row,
             last_row,
+            halo_rows=halo,
         )
         strip_rows = window_centres(rows, stride)[first_row // stride :]
         if last_row is not None:
@@ -246,7 +258,11 @@ class SceneClassification:
             with progress_bar(
                 total=total, unit="patch", desc="classifying", disable=not progress, smoothing=0.1
             ) as bar:
-                for block in predictor.predict(blocks, bar.update):
+                # With a halo the bar counts each block's own windows once it is averaged.
+                for block in predictor.predict(blocks, bar.update if not halo else _no_count):
+                    if halo:
+                        block = average_phases(block, plan.antialias)
+                        bar.update(block.source.centre_nodata.size)
                     for step in steps:
                         block = step(block)
                     for writer in writers:
@@ -267,6 +283,10 @@ class SceneClassification:
             "cloud": int(label_counts[CLOUD_LABEL]),
             "nodata": int(label_counts[LABEL_NODATA]),
         }
+
+
+def _no_count(_windows: int) -> None:
+    """A progress callback that counts nothing."""
 
 
 def _layers(model) -> Iterator:
