@@ -79,7 +79,7 @@ OUTPUT = "runs"  # folder that receives the run folder
 RUN_NAME = ""  # run folder name; empty: reference-<scene stem>; the same name resumes a run
 SEED = 0  # seed of sampling, shuffling and augmentation
 PROGRESS = True  # show Keras' progress
-OVERWRITE = False  # replace a finished run of the same name
+OVERWRITE = False  # replace existing outputs: teach a finished run of the same name again
 
 SCRIPT_06: Final = Path(__file__).resolve().parent / "06_classify_image.py"
 # Settings a resumed run may change (they do not change what is trained).
