@@ -1,7 +1,8 @@
 """Classify a scene: every pixel gets the class of the 64x64 window around it.
 
-Reads a GeoTIFF/VRT, or a Sentinel-2 .SAFE folder or its .zip (stacked on the
-fly into the 13 bands at 10 m in EuroSAT order), streams it block by block
+Reads a GeoTIFF/VRT, a Sentinel-2 .SAFE folder or its .zip, or a STAC item (its .json
+or URL; its band assets read over HTTP, only the blocks of BBOX) stacked on the fly
+into the 13 bands at 10 m in EuroSAT order, streams it block by block
 through a trained model and writes <stem>_label.tif (class index, colour table,
 class names), <stem>_prob.tif (the winning class's probability, or every class's)
 and <stem>_quicklook.png (true colour beside the label map, legend with shares).
@@ -19,6 +20,9 @@ scheduler (tcp://host:8786); scenes taller than BAND_ROWS are cut into row bands
 that run on every worker and are assembled into the same outputs. manifest.json
 in the output folder lets a rerun skip finished scenes; summary.csv/.json,
 mosaic.vrt and mosaic_quicklook.png describe the run. See docs/scaling.md.
+STAC, COLLECTION, DATETIME, BBOX (with BBOX_CRS EPSG:4326) search a STAC API: the
+items found are listed, saved as <id>.json in OUTPUT_DIR and classified as these
+scenes are. See docs/scenes.md, "From a STAC catalog".
 """
 
 from __future__ import annotations
@@ -30,16 +34,18 @@ from cnn_sentinel.precision import PRECISION_MODES
 from cnn_sentinel.scene.job import classify_one
 from cnn_sentinel.scene.many import choose_scheduler, classify_many, list_scenes
 from cnn_sentinel.scene.predictors import check_run_settings
+from cnn_sentinel.scene.stac import stac_inputs
 from cnn_sentinel.settings import parse_settings, run_script
 
-IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE folder or .zip): paths, globs, folders, .txt lists
+IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE, .zip, STAC item .json/URL): paths, globs, folders, .txt
 MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
 OUTPUT_DIR = None  # folder for the outputs; None: the scene's folder
 STRIDE = 16  # one window every STRIDE pixels fills its STRIDE x STRIDE block; 1: every pixel
 BATCH_SIZE = 256  # windows per forward pass
 BLOCK_ROWS = 256  # scene rows read and written at a time; memory grows with it, not the scene
 BANDS = None  # scene bands for the model: None = by band name or in order; "B04,B03,B02" or "4,3,2"
-BBOX = ()  # minx miny maxx maxy in the scene's CRS: classify only this part
+BBOX = ()  # minx miny maxx maxy in the scene's CRS (or BBOX_CRS): classify only this part
+BBOX_CRS = "scene"  # CRS of BBOX: scene (its own); EPSG:4326 for longitude/latitude; any GDAL CRS
 WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
 PROBABILITIES = "max"  # max | all: one band, the winning class's probability; a band per class
 RGB_SCALING = "auto"  # auto | eurosat | none: auto scales L1C values for RGB models (eurosat)
@@ -61,6 +67,11 @@ WORKERS = 0  # workers of the local Dask cluster; 0: the cores / THREADS_PER_WOR
 THREADS_PER_WORKER = 2  # threads (scenes at a time) of each Dask worker; TensorFlow's there too
 BAND_ROWS = 2048  # Dask: a scene taller than this is cut into row bands, one task each; 0: never
 OVERWRITE = False  # replace existing outputs
+STAC = None  # a STAC API to search (https://earth-search.aws.element84.com/v1) instead of IMAGE
+COLLECTION = None  # the search's collection: sentinel-2-l1c, sentinel-2-l2a, ...
+DATETIME = None  # the search's dates, START/END: 2023-06-01/2023-08-31
+MAX_CLOUD = 100.0  # the search's largest cloud cover of an item, percent
+LIMIT = 10  # the search's most items (each classified within BBOX)
 
 
 def check_flags(settings) -> None:
@@ -87,10 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
         argv,
         choices={"MIXED_PRECISION": PRECISION_MODES},
     )
-    if not settings.image:
+    if not settings.image and not settings.stac:
         raise InputError("give the scene with --image (and a trained model with --model).")
     check_flags(settings)
-    images = list_scenes(settings.image)
+    images = list_scenes(stac_inputs(settings))
     scheduler = choose_scheduler(settings.scheduler, len(images))
     if scheduler == "none" and len(images) == 1:
         return classify_one(settings, images[0])

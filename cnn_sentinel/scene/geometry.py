@@ -136,3 +136,31 @@ def warn_if_pixel_size_differs(
     problem = pixel_size_problem(dataset, model_pixel_size, scene_label)
     if problem:
         warnings.warn(problem + ".", UserWarning, stacklevel=2)
+
+
+def bbox_in_scene_crs(
+    dataset: gdal.Dataset, bbox: Sequence[float], crs: str, scene_label: str
+) -> list[float]:
+    """A bounding box (minx, miny, maxx, maxy) given in `crs` ("EPSG:4326": longitude,
+    latitude) as the smallest box in the scene's CRS that holds it (edges densified,
+    so a box of meridians and parallels is held whole by the scene's UTM box)."""
+    given = osr.SpatialReference()
+    try:
+        known = given.SetFromUserInput(crs) == 0 and bool(given.ExportToWkt())
+    except RuntimeError:  # the error itself, where osr raises exceptions
+        known = False
+    if not known:
+        raise InputError(f"bounding box CRS {crs} is not a CRS GDAL knows (e.g. EPSG:4326).")
+    if not dataset.GetProjection():
+        raise InputError(f"scene {scene_label} has no CRS, so a box in {crs} cannot apply.")
+    scene = osr.SpatialReference(wkt=dataset.GetProjection())
+    for reference in (given, scene):
+        reference.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(given, scene)
+    try:
+        return list(transform.TransformBounds(*bbox, 21))
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(
+            f"bounding box {_numbers(bbox)} in {crs} cannot be put in the CRS of scene "
+            f"{scene_label} ({crs_words(dataset)})."
+        ) from None

@@ -65,13 +65,19 @@ def parse_numbers(values: tuple | list, kind: type, what: str) -> list | None:
 
 def shipped_model_for(scene_names: list[str], bands: str | None) -> tuple[str, str]:
     """The shipped model for a scene (MODEL auto): the 13-band one when the scene has all
-    13 EuroSAT bands (and --bands does not pick fewer), the RGB one otherwise.
-    Returns (path, words for the banner)."""
+    13 EuroSAT bands (and --bands does not pick fewer), the RGB one otherwise (a Level-2A
+    scene, without B10, too: the scene adaptation meets its surface reflectance).
+    Returns (path, words for the banner: which model, and why)."""
     picked = len(str(bands).replace(",", " ").split()) if bands else None
     has_all = set(MS_BAND_NAMES) <= set(scene_names) or len(scene_names) == len(MS_BAND_NAMES)
     if has_all and picked in (None, len(MS_BAND_NAMES)):
         return str(SHIPPED_MODELS["ms"]), ", shipped 13-band model: the scene has all 13 bands"
-    return str(SHIPPED_MODELS["rgb"]), ", shipped RGB model: the scene lacks the 13 bands"
+    missing = [name for name in MS_BAND_NAMES if name not in scene_names]
+    if has_all:
+        return str(SHIPPED_MODELS["rgb"]), f", shipped RGB model: --bands picks {picked} bands"
+    lacks = ", ".join(missing) if len(missing) <= 3 else "the 13 bands"
+    why = " (Level-2A has no cirrus band)" if missing == ["B10"] else ""
+    return str(SHIPPED_MODELS["rgb"]), f", shipped RGB model: the scene lacks {lacks}{why}"
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def open_settings_scene(settings, image: str | Path):
     """The scene `image` opened as 06's --bbox / --window ask (a virtual crop)."""
     bbox = parse_numbers(settings.bbox, float, "bounding box")
     window = parse_numbers(settings.window, int, "pixel window")
-    return scenes.open_scene(Path(image), bbox=bbox, window=window)
+    return scenes.open_scene(Path(image), bbox=bbox, window=window, bbox_crs=settings.bbox_crs)
 
 
 @dataclass

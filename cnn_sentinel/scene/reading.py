@@ -38,8 +38,9 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.networks import load_model
 from cnn_sentinel.scene.blocks import ReadBlock
-from cnn_sentinel.scene.geometry import bbox_window
+from cnn_sentinel.scene.geometry import bbox_in_scene_crs, bbox_window
 from cnn_sentinel.scene.products import is_sentinel2_product, sentinel2_stack
+from cnn_sentinel.scene.stac import is_stac_item, item_stack
 from image_functions import (
     CLASS_NAMES,
     IMAGE_SIZE,
@@ -165,7 +166,7 @@ def load_scene_model(model_path: str | Path):
 def scene_stem(path: str | Path) -> str:
     """Output name stem of a scene: "a/S2A_X.SAFE.zip" -> "S2A_X", "b/scene.tif" -> "scene"."""
     name = Path(str(path).rstrip("/")).name
-    for suffix in (".zip", ".safe", ".vrt", ".tiff", ".tif"):
+    for suffix in (".zip", ".safe", ".vrt", ".tiff", ".tif", ".json"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name
@@ -175,18 +176,23 @@ def open_scene(
     path: str | Path,
     bbox: Sequence[float] | None = None,
     window: Sequence[int] | None = None,
+    bbox_crs: str | None = None,
 ) -> gdal.Dataset:
-    """Open a scene read-only: a GeoTIFF/VRT/any GDAL raster, a .SAFE folder or its .zip.
+    """Open a scene read-only: a GeoTIFF/VRT/any GDAL raster, a .SAFE folder or its .zip,
+    a STAC item's .json (its band assets, stac.item_stack).
 
-    bbox (minx, miny, maxx, maxy) in the scene's CRS or window (xoff, yoff,
-    xsize, ysize) in pixels limits the scene to that part (a virtual crop, no
-    copy). Raises InputError naming the file when it is missing or not a raster.
+    bbox (minx, miny, maxx, maxy) in the scene's CRS (or in bbox_crs, e.g. "EPSG:4326")
+    or window (xoff, yoff, xsize, ysize) in pixels limits the scene to that part (a
+    virtual crop, no copy: only its blocks are read). Raises InputError naming the file
+    when it is missing or not a raster.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"scene {path} does not exist.")
     if is_sentinel2_product(path):
         dataset = sentinel2_stack(path)
+    elif is_stac_item(path):
+        dataset = item_stack(path)
     elif path.is_dir():
         raise InputError(f"scene {path} is a folder but not a Sentinel-2 .SAFE product.")
     else:
@@ -204,6 +210,8 @@ def open_scene(
         transform = dataset.GetGeoTransform(can_return_null=True)
         if transform is None:
             raise InputError(f"scene {path} has no georeferencing, so a bounding box cannot apply.")
+        if bbox_crs and bbox_crs != "scene":
+            bbox = bbox_in_scene_crs(dataset, bbox, bbox_crs, str(path))
         window = bbox_window(dataset, bbox, str(path))
     if window:
         if len(window) != 4:
@@ -285,9 +293,11 @@ def choose_scene_bands(
         return [list(scene_names).index(name) for name in model_bands]
     if len(scene_names) == len(model_bands):
         return list(range(len(model_bands)))
+    missing = [name for name in model_bands if name not in scene_names]
+    lacks = f"; it lacks {', '.join(missing)}" if len(missing) < len(model_bands) else ""
     raise InputError(
         f"scene {scene_label} has {len(scene_names)} bands ({', '.join(scene_names)}) but the "
-        f"model expects {len(model_bands)} bands: {expected}; select them with --bands."
+        f"model expects {len(model_bands)} bands: {expected}{lacks}; select them with --bands."
     )
 
 
