@@ -451,20 +451,25 @@ class ServedFolder:
         if not path.is_file():
             self.reply(handler, 404, b"not found", {}, head)
             return
-        data = path.read_bytes()
-        first, last = 0, len(data) - 1
+        size = path.stat().st_size
+        if head:
+            headers = {"Accept-Ranges": "bytes", "Content-Length": str(size)}
+            self.reply(handler, 200, b"", headers, head)
+            return
+        first, last = 0, size - 1
         ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range", ""))
         if ranged:
             first = int(ranged.group(1))
-            last = min(int(ranged.group(2) or last), len(data) - 1)
-        part = data[first : last + 1]
+            last = min(int(ranged.group(2) or last), size - 1)
+        with path.open("rb") as file:
+            file.seek(first)
+            part = file.read(last + 1 - first)
         headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         if ranged:
-            headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         with self.lock:
-            if not head:
-                self.requests.append((address.path, first, last))
-                self.sent += len(part)
+            self.requests.append((address.path, first, last))
+            self.sent += len(part)
             broken = (
                 ranged and self.break_after is not None and len(self.requests) > self.break_after
             )
@@ -476,4 +481,4 @@ class ServedFolder:
             handler.wfile.write(part[: len(part) // 2])
             handler.close_connection = True
             return
-        self.reply(handler, 206 if ranged else 200, part, headers, head)
+        self.reply(handler, 206 if ranged else 200, part, headers, head=False)

@@ -146,6 +146,16 @@ def test_processing_baseline_offsets_as_products_have_them(properties, raster, e
     assert stac.band_offsets(item, stac.band_assets(item), "i") == {"B04": expected}
 
 
+def test_assets_not_at_reflectance_x_10000_name_the_flag():
+    import pystac
+
+    item = pystac.Item("i", None, None, __import__("datetime").datetime(2023, 6, 1), {})
+    fields = {"raster:bands": [{"scale": 0.001, "offset": -0.1}]}
+    item.add_asset("red", pystac.Asset("B04.tif", extra_fields=fields))
+    with pytest.warns(UserWarning, match="holds reflectance x 1000 .* --reflectance-scale 1000"):
+        assert stac.band_offsets(item, stac.band_assets(item), "i") == {"B04": -100}
+
+
 def test_a_baseline_04_item_reads_as_the_product_reader_does(catalog, tmp_path):
     files = write_band_cogs(
         tmp_path / "assets", gdal.Open(str(catalog["stack"])), MS_BAND_NAMES, offset=1000
@@ -169,7 +179,7 @@ def test_06_on_an_item_gives_the_labels_of_06_on_the_geotiff(catalog, tmp_path):
     assert from_item[0].shape == (100, 100)
     assert len(np.unique(from_item[0])) > 1
     for item_values, tif_values in zip(from_item, from_tif, strict=True):
-        assert np.array_equal(item_values, tif_values)
+        assert np.array_equal(item_values, tif_values, equal_nan=True)  # NaN: Cloud
     # The same box in longitude/latitude: the UTM box that holds it, on both.
     lonlat = ["--bbox", *lonlat_box(catalog["box"]), "--bbox-crs", "EPSG:4326"]
     common = ["--model", catalog["model"], "--stride", 8, *lonlat]
@@ -210,7 +220,7 @@ def test_only_the_blocks_of_the_box_are_read_over_http(catalog, tmp_path):
         "--bbox", *catalog["box"], "--output-dir", local)  # fmt: skip
     remote_outputs = outputs(tmp_path / "out", "remote")
     for remote, here in zip(remote_outputs, outputs(local, "S2A_T33UUU_20170216"), strict=True):
-        assert np.array_equal(remote, here)
+        assert np.array_equal(remote, here, equal_nan=True)
     window = reading.bbox_window(gdal.Open(str(catalog["stack"])), catalog["box"], "stack")
     assert window == (150, 170, 100, 100)
     outside, box_bytes = [], 0
@@ -405,6 +415,16 @@ def test_a_search_lists_its_items_and_classifies_them_as_many_scenes(catalog, tm
     first, second = outputs(tmp_path / "run", "S2A_A")[0], outputs(tmp_path / "run", "S2A_B")[0]
     assert np.array_equal(first, second)  # the same assets under two items
     assert (tmp_path / "run" / "manifest.json").exists()
+    search = ["--datetime", "2017", "--bbox", *lonlat, "--bbox-crs", "EPSG:4326"]
+    with ServedFolder(catalog["folder"]) as served:
+        served.routes.update(stac_api(served.url, items))
+        with pytest.raises(InputError, match=r"found no item over the box; widen --datetime"):
+            run("--stac", served.url, "--collection", "sentinel-2-l2a", *search,
+                "--output-dir", tmp_path / "none")  # fmt: skip
+    with pytest.raises(InputError, match=rf"STAC API {served.url} cannot be searched: \[Errno"):
+        run("--stac", served.url, "--collection", "sentinel-2-l1c", *search,
+            "--output-dir", tmp_path / "none")  # fmt: skip
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize(
