@@ -158,10 +158,19 @@ def eurosat_band(name: object) -> str | None:
     return BAND_ALIASES.get(text.lower())
 
 
+def asset_resolution(key: str, asset: pystac.Asset, fields: dict) -> float:
+    """An asset's pixel size in metres (raster:bands spatial_resolution, gsd, or a key such
+    as "B05_20m"); 0 when it says none."""
+    named = re.search(r"_(\d+)m$", key)
+    value = fields.get("spatial_resolution") or asset.extra_fields.get("gsd")
+    return float(value or (named.group(1) if named else 0))
+
+
 def band_assets(item: pystac.Item) -> dict[str, pystac.Asset]:
     """The item's assets of EuroSAT bands, by band name ("B01".."B8A"). Where a band has
-    several (Earth Search's COG and JPEG2000), a GeoTIFF is taken over another format."""
-    found: dict[str, tuple[tuple[int, int], pystac.Asset]] = {}
+    several, a GeoTIFF is taken over another format (Earth Search's COG and JPEG2000), then
+    the one its key names, then the finest (the Copernicus catalog's B05_20m and B05_60m)."""
+    found: dict[str, tuple[tuple, pystac.Asset]] = {}
     for key, asset in item.assets.items():
         fields = band_fields(asset)
         if fields is None:
@@ -170,7 +179,11 @@ def band_assets(item: pystac.Item) -> dict[str, pystac.Asset]:
         band = by_key or eurosat_band(fields.get("name")) or eurosat_band(fields.get("common_name"))
         if band is None:
             continue
-        rank = (0 if "tiff" in (asset.media_type or "tiff") else 1, 0 if by_key else 1)
+        rank = (
+            0 if "tiff" in (asset.media_type or "tiff") else 1,
+            0 if by_key else 1,
+            asset_resolution(key, asset, fields),
+        )
         if band not in found or rank < found[band][0]:
             found[band] = (rank, asset)
     return {band: asset for band, (_, asset) in found.items()}
