@@ -47,6 +47,11 @@ BANDS = None  # scene bands for the model: None = by band name or in order; "B04
 BBOX = ()  # minx miny maxx maxy in the scene's CRS (or BBOX_CRS): classify only this part
 BBOX_CRS = "scene"  # CRS of BBOX: scene (its own); EPSG:4326 for longitude/latitude; any GDAL CRS
 WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
+STAC = None  # a STAC API to search (https://earth-search.aws.element84.com/v1) instead of IMAGE
+COLLECTION = None  # the search's collection: sentinel-2-l1c, sentinel-2-l2a, ...
+DATETIME = None  # the search's dates, START/END: 2023-06-01/2023-08-31
+MAX_CLOUD = 100.0  # the search's largest cloud cover of an item, percent
+LIMIT = 10  # the search's most items (each classified within BBOX)
 PROBABILITIES = "max"  # max | all: one band, the winning class's probability; a band per class
 RGB_SCALING = "auto"  # auto | eurosat | none: auto scales L1C values for RGB models (eurosat)
 REFLECTANCE_SCALE = "auto"  # auto: 10000 (L1C/L2A products, most exports); or 1000, 1 (0-1)
@@ -67,11 +72,6 @@ WORKERS = 0  # workers of the local Dask cluster; 0: the cores / THREADS_PER_WOR
 THREADS_PER_WORKER = 2  # threads (scenes at a time) of each Dask worker; TensorFlow's there too
 BAND_ROWS = 2048  # Dask: a scene taller than this is cut into row bands, one task each; 0: never
 OVERWRITE = False  # replace existing outputs
-STAC = None  # a STAC API to search (https://earth-search.aws.element84.com/v1) instead of IMAGE
-COLLECTION = None  # the search's collection: sentinel-2-l1c, sentinel-2-l2a, ...
-DATETIME = None  # the search's dates, START/END: 2023-06-01/2023-08-31
-MAX_CLOUD = 100.0  # the search's largest cloud cover of an item, percent
-LIMIT = 10  # the search's most items (each classified within BBOX)
 
 
 def check_flags(settings) -> None:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         choices={"MIXED_PRECISION": PRECISION_MODES},
     )
     if not settings.image and not settings.stac:
-        raise InputError("give the scene with --image (and a trained model with --model).")
+        raise InputError("give the scene with --image (or a STAC search with --stac).")
     check_flags(settings)
     images = list_scenes(stac_inputs(settings))
     scheduler = choose_scheduler(settings.scheduler, len(images))

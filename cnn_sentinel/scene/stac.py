@@ -276,9 +276,11 @@ def item_stack(path: str | Path) -> gdal.Dataset:
         try:
             opened.append(gdal.Open(file, gdal.GA_ReadOnly))
         except RuntimeError as error:
+            unsigned = "blob.core.windows.net" in href and "?" not in href
+            hint = " (Planetary Computer's hrefs need signing: pip install planetary-computer)"
             raise InputError(
                 f"band {name} of STAC item {label} cannot be read from {href}: "
-                f"{failure_words(error)}."
+                f"{failure_words(error)}{hint if unsigned else ''}."
             ) from None
     stack = gdal.BuildVRT("", opened, separate=True, resolution="highest")
     for number, name in enumerate(names, start=1):
