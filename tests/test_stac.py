@@ -246,6 +246,18 @@ def test_only_the_blocks_of_the_box_are_read_over_http(catalog, tmp_path):
     assert served.sent <= box_bytes + header_bytes < total
 
 
+def test_remote_read_options_leave_local_side_files_alone(catalog, tmp_path):
+    with ServedFolder(catalog["folder"]) as served:
+        hrefs = {band: f"{served.url}/assets/{band}.tif" for band in ("B02", "B03", "B04")}
+        item = write_item(tmp_path / "remote.json", hrefs)
+        assert reading.open_scene(item).RasterCount == 3
+    local = write_scene(tmp_path / "local.tif", np.ones((4, 4, 1), np.uint8))
+    dataset = gdal.Open(str(local))
+    dataset.SetMetadataItem("NOTE", "kept in local.tif.aux.xml")
+    dataset = None
+    assert gdal.Open(str(local)).GetMetadataItem("NOTE") == "kept in local.tif.aux.xml"
+
+
 def test_an_item_url_is_fetched_its_relative_hrefs_resolved(catalog, tmp_path):
     with ServedFolder(catalog["folder"]) as served:
         url = f"{served.url}/items/S2A_T33UUU_20170216/S2A_T33UUU_20170216.json"

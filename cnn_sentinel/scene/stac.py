@@ -68,7 +68,8 @@ REMOTE_PREFIXES: Final = {
     "s3://": "/vsis3/",
     "gs://": "/vsigs/",
 }
-# GDAL settings for remote assets (a user's own setting of any of them wins): no
+# GDAL settings for remote assets, set for their file systems only (a user's own setting of
+# any of them wins): no
 # directory listing per asset (a request, and bytes, for nothing), adjacent tiles in one
 # request, a few retries on a busy server.
 REMOTE_READ_OPTIONS: Final = {
@@ -242,11 +243,16 @@ def band_offsets(item: pystac.Item, assets: dict[str, pystac.Asset], label: str)
     return offsets
 
 
-def use_remote_read_options() -> None:
-    """REMOTE_READ_OPTIONS for this process, where the user set none of them."""
-    for name, value in REMOTE_READ_OPTIONS.items():
-        if gdal.GetConfigOption(name) is None:
-            gdal.SetConfigOption(name, value)
+def use_remote_read_options(files: Sequence[str]) -> None:
+    """REMOTE_READ_OPTIONS for the GDAL file systems of `files` (/vsicurl/, /vsis3/, ...)
+    only, so local files keep their side files (.aux.xml), and only where the user set
+    none of them."""
+    for prefix in sorted(
+        {file[: file.index("/", 1) + 1] for file in files if file.startswith("/vsi")}
+    ):
+        for name, value in REMOTE_READ_OPTIONS.items():
+            if gdal.GetConfigOption(name) is None:
+                gdal.SetPathSpecificOption(prefix, name, value)
 
 
 def item_stack(path: str | Path) -> gdal.Dataset:
@@ -269,8 +275,7 @@ def item_stack(path: str | Path) -> gdal.Dataset:
     names = [name for name in MS_BAND_NAMES if name in assets]
     hrefs = [assets[name].get_absolute_href() or assets[name].href for name in names]
     files = [gdal_path(href) for href in hrefs]
-    if any(file.startswith("/vsi") for file in files):
-        use_remote_read_options()
+    use_remote_read_options(files)
     opened = []
     for name, href, file in zip(names, hrefs, files, strict=True):
         try:
