@@ -8,10 +8,10 @@ and report/. `--evaluate-only MODEL` writes the report of a saved model instead.
 """
 
 from cnn_sentinel.datasets import inspect_split
-from cnn_sentinel.networks import build_network
-from cnn_sentinel.reports import evaluate_saved_model
+from cnn_sentinel.optimisation import Stage
+from cnn_sentinel.recipes import evaluate_only, parse_training_settings
 from cnn_sentinel.settings import run_script
-from cnn_sentinel.training import Stage, parse_training_settings, training_run
+from cnn_sentinel.training import training_run
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 ARCH = "vgg16"  # backbone: vgg16 or densenet201 (tiny: small test/demo network)
@@ -34,30 +34,16 @@ OVERWRITE = False  # replace existing outputs: train a finished run of the same 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
-    if settings.evaluate_only:
-        evaluate_saved_model(
-            settings.evaluate_only,
-            settings.data,
-            settings.batch_size,
-            settings.overwrite,
-            tta=settings.tta,
-        )
+    if settings.evaluate_only:  # the report of a saved model instead of training
+        evaluate_only(settings)
         return
     split = inspect_split(settings.data, settings.bands, progress=settings.progress)
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="rgb-finetuning") as run:
         # Raw pixels -> normalisation -> the talk's augmentation (training only)
         # -> ImageNet backbone -> new head.
-        model = build_network(
-            settings.arch,
-            split.band_names,
-            len(split.class_names),
-            split.mean,
-            split.std,
-            weights=settings.weights,
-            seed=settings.seed,
-        )
-        train, validation = run.datasets()
+        model = run.network(weights=settings.weights)
+        train, validation = run.pipelines()
         stages = [
             # Stage 1: the ImageNet backbone frozen, the new head learns (Adadelta).
             Stage("head", "head", "adadelta", settings.head_learning_rate, settings.head_patience),

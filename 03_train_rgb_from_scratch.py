@@ -13,19 +13,12 @@ writes the report of a saved model instead.
 """
 
 from cnn_sentinel.datasets import inspect_split
-from cnn_sentinel.networks import build_network
-from cnn_sentinel.reports import evaluate_saved_model
+from cnn_sentinel.recipes import evaluate_only, parse_training_settings, train_from_scratch
 from cnn_sentinel.settings import run_script
-from cnn_sentinel.training import (
-    Stage,
-    parse_training_settings,
-    pipeline_augmentation,
-    training_run,
-    use_talk_recipe,
-)
+from cnn_sentinel.training import training_run
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
-RECIPE = "fast"  # fast: the settings below; talk: the talk's VGG16 settings (TALK_SCRATCH_RECIPE)
+RECIPE = "fast"  # fast: the settings below; talk: the talk's VGG16 where not edited/given
 ARCH = "resnet-valid-narrow"  # resnet-valid[-narrow]; vgg16, densenet201 (talk); vgg16-bn; tiny
 BANDS = "rgb"  # bands to train on: rgb, all, or names such as B04,B03,B02
 WEIGHTS = "none"  # none (random start) or a local weights file of the backbone without top
@@ -50,49 +43,17 @@ OVERWRITE = False  # replace existing outputs: train a finished run of the same 
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Flags over constants; --recipe talk: the talk's settings where none was chosen.
     settings = parse_training_settings(__file__, argv)
-    if settings.recipe == "talk":  # the talk's settings, except those given as flags
-        use_talk_recipe(settings)
-    if settings.evaluate_only:
-        evaluate_saved_model(
-            settings.evaluate_only,
-            settings.data,
-            settings.batch_size,
-            settings.overwrite,
-            tta=settings.tta,
-        )
+    if settings.evaluate_only:  # the report of a saved model instead of training
+        evaluate_only(settings)
         return
     split = inspect_split(settings.data, settings.bands, progress=settings.progress)
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="rgb-scratch") as run:
-        # Raw pixels -> normalisation -> [the talk's augmentation] -> random backbone -> head.
-        model = build_network(
-            settings.arch,
-            split.band_names,
-            len(split.class_names),
-            split.mean,
-            split.std,
-            weights=settings.weights,
-            seed=settings.seed,
-            augment=settings.augmentation == "talk",
-        )
-        augment = pipeline_augmentation(settings.augmentation, settings.shift)
-        train, validation = run.datasets(augment=augment)
-        # One stage: every layer learns.
-        stage = Stage(
-            "train",
-            "all",
-            settings.optimizer,
-            settings.learning_rate,
-            settings.patience,
-            momentum=settings.momentum,
-            schedule=settings.schedule,
-            warmup_epochs=settings.warmup_epochs,
-            weight_decay=settings.weight_decay,
-            label_smoothing=settings.label_smoothing,
-        )
-        model = run.fit(model, [stage], train, validation)
-        run.report(model)
+        # Raw pixels -> normalisation -> [the talk's augmentation] -> random backbone -> head;
+        # one stage in which every layer learns; the report (the recipe 05 shares).
+        train_from_scratch(run)
 
 
 if __name__ == "__main__":

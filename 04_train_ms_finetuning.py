@@ -15,15 +15,11 @@ writes the report of a saved model instead.
 """
 
 from cnn_sentinel.datasets import inspect_split
-from cnn_sentinel.networks import (
-    build_network,
-    is_project_model,
-    network_from_model,
-    project_model_info,
-)
-from cnn_sentinel.reports import evaluate_saved_model
+from cnn_sentinel.networks import is_project_model, project_model_info
+from cnn_sentinel.optimisation import Stage
+from cnn_sentinel.recipes import evaluate_only, parse_training_settings
 from cnn_sentinel.settings import run_script
-from cnn_sentinel.training import Stage, parse_training_settings, training_run
+from cnn_sentinel.training import training_run
 
 DATA = "split"  # split folder from 01, with train/ and validation/ (test/ optional)
 VARIANT = "first-conv"  # adapter (1x1 conv 13 -> 3) or first-conv (13-band first convolution)
@@ -47,14 +43,8 @@ OVERWRITE = False  # replace existing outputs: train a finished run of the same 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_training_settings(__file__, argv)
-    if settings.evaluate_only:
-        evaluate_saved_model(
-            settings.evaluate_only,
-            settings.data,
-            settings.batch_size,
-            settings.overwrite,
-            tta=settings.tta,
-        )
+    if settings.evaluate_only:  # the report of a saved model instead of training
+        evaluate_only(settings)
         return
     split = inspect_split(settings.data, settings.bands, progress=settings.progress)
     if is_project_model(settings.weights):
@@ -65,28 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     # Run folder, resume, strategy, precision and seed: the recipe runs inside.
     with training_run(settings, split, recipe="ms-finetuning", variant=settings.variant) as run:
         # Raw digital numbers -> normalisation -> the talk's augmentation (training
-        # only) -> 13 bands into the ImageNet backbone (VARIANT) -> new head.
-        if is_project_model(settings.weights):
-            model, _ = network_from_model(
-                settings.weights,
-                split.band_names,
-                split.class_names,
-                split.mean,
-                split.std,
-                seed=settings.seed,
-            )
-        else:
-            model = build_network(
-                settings.arch,
-                split.band_names,
-                len(split.class_names),
-                split.mean,
-                split.std,
-                weights=settings.weights,
-                variant=settings.variant,
-                seed=settings.seed,
-            )
-        train, validation = run.datasets()
+        # only) -> 13 bands into the ImageNet backbone (VARIANT) -> new head; from a
+        # model.keras of 02-05: that network, its kernels for the bands it knows.
+        model = run.network(weights=settings.weights, variant=settings.variant)
+        train, validation = run.pipelines()
         stages = [
             # Stage 1: the ImageNet backbone frozen; adapter or first convolution
             # and the new head learn (Adam).

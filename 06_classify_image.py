@@ -16,7 +16,7 @@ TTA averages each window's probabilities over its 8 flips and 90-degree rotation
 
 Several scenes (paths, globs, folders, a .txt list) run on Dask distributed: an
 embedded LocalCluster (SCHEDULER local, the default for several) or a cluster's
-scheduler (tcp://host:8786); scenes taller than BAND_ROWS are cut into row bands
+scheduler (tcp://host:8786); scenes taller than BAND_ROWS are cut into row strips
 that run on every worker and are assembled into the same outputs. manifest.json
 in the output folder lets a rerun skip finished scenes; summary.csv/.json,
 mosaic.vrt and mosaic_quicklook.png describe the run. See docs/scaling.md.
@@ -33,17 +33,18 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.precision import PRECISION_MODES
 from cnn_sentinel.scene.job import classify_one
 from cnn_sentinel.scene.many import choose_scheduler, classify_many, list_scenes
-from cnn_sentinel.scene.predictors import check_run_settings
+from cnn_sentinel.scene.plan import plan_run, plan_scene, plan_search
+from cnn_sentinel.scene.runner import check_run_settings
 from cnn_sentinel.scene.stac import stac_inputs
 from cnn_sentinel.settings import parse_settings, run_script
 
 IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE, .zip, STAC item .json/URL): paths, globs, folders, .txt
 MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
-OUTPUT_DIR = None  # folder for the outputs; None: the scene's folder
+OUTPUT_DIR = None  # folder for the outputs (unset: the scene's own folder)
 STRIDE = 16  # one window every STRIDE pixels fills its STRIDE x STRIDE block; 1: every pixel
 BATCH_SIZE = 256  # windows per forward pass
 BLOCK_ROWS = 256  # scene rows read and written at a time; memory grows with it, not the scene
-BANDS = None  # scene bands for the model: None = by band name or in order; "B04,B03,B02" or "4,3,2"
+BANDS = None  # scene bands for the model, "B04,B03,B02" or "4,3,2" (unset: by name, else in order)
 BBOX = ()  # minx miny maxx maxy in the scene's CRS (or BBOX_CRS): classify only this part
 BBOX_CRS = "scene"  # CRS of BBOX: scene (its own); EPSG:4326 for longitude/latitude; any GDAL CRS
 WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
@@ -70,7 +71,7 @@ COG = True  # label and probability maps as Cloud-Optimized GeoTIFFs (overviews:
 SCHEDULER = "auto"  # auto: none for one scene, local for several; none; local; or tcp://host:8786
 WORKERS = 0  # workers of the local Dask cluster; 0: the cores / THREADS_PER_WORKER
 THREADS_PER_WORKER = 2  # threads (scenes at a time) of each Dask worker; TensorFlow's there too
-BAND_ROWS = 2048  # Dask: a scene taller than this is cut into row bands, one task each; 0: never
+BAND_ROWS = 2048  # Dask: a scene taller than this is cut into row strips, one task each; 0: never
 OVERWRITE = False  # replace existing outputs
 
 
@@ -101,11 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not settings.image and not settings.stac:
         raise InputError("give the scene with --image (or a STAC search with --stac).")
     check_flags(settings)
-    images = list_scenes(stac_inputs(settings))
+    images = list_scenes(stac_inputs(settings.image, settings.output_dir, plan_search(settings)))
     scheduler = choose_scheduler(settings.scheduler, len(images))
     if scheduler == "none" and len(images) == 1:
-        return classify_one(settings, images[0])
-    return {"scenes": classify_many(settings, images, scheduler)}
+        return classify_one(plan_scene(settings, images[0]))
+    return {"scenes": classify_many(plan_run(settings), images, scheduler)}
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def output_folder(map_path: Path, output_dir: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    settings = parse_settings(__file__, argv)
+    settings = parse_settings(__file__, argv, common_flags=())  # no TensorFlow, no bars
     if not settings.map or not settings.reference:
         raise InputError("give the label map with --map and the reference with --reference.")
     label_map = evaluation.read_label_map(settings.map)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_existing(outputs, settings.overwrite)
     scene = None
     if settings.picture and settings.scene:
-        scene = evaluation.open_scene(settings.scene, settings.scene_bands)
+        scene = evaluation.open_picture_scene(settings.scene, settings.scene_bands)
     reference = evaluation.read_reference(settings.reference, settings.reference_field, label_map)
     table_name, table = evaluation.compatibility_table(
         settings.table, reference.names, label_map.class_names

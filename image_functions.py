@@ -1,9 +1,14 @@
-"""Pixels: the facts about EuroSAT images, reading them, band statistics,
-normalisation and augmentation as Keras layers, and tf.data datasets.
+"""Pixels: the facts about EuroSAT images, reading them, band statistics, the
+normalisation and augmentation that training shares, and tf.data pipelines.
 
-One table of classes, bands and talk constants lives here; every other module
-refers to it. TensorFlow and Keras are imported inside the functions that need
-them, so importing this module is cheap.
+The classes, bands and patch size are named here as the talk named them (their home
+is cnn_sentinel/facts.py, with the class colours and reserved label values); the talk's
+normalisation constants live here. Augmentation has its one home here: the talk's flips
+and rotations as a layer inside the model (built on cnn_sentinel.layers, where the layer
+classes live), and the 8 symmetries of the square and a random shift in the input
+pipeline. Words: a *folder* holds images on disk, a *pipeline* is a tf.data.Dataset of
+batches, a *raster* is a file GDAL opened. TensorFlow and Keras are imported inside the
+functions that need them, so importing this module is cheap.
 
 About 630 lines: the last 60 are the talk's own helpers (its normalisation functions
 and image generator), kept working for code written against the talk; the rest
@@ -25,31 +30,18 @@ from osgeo import gdal
 from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
 
+# The talk's facts (classes, bands, patch size), named here as the talk did; their home
+# is cnn_sentinel/facts.py, with the class colours and the reserved label values.
+from cnn_sentinel.facts import CLASS_NAMES as CLASS_NAMES
+from cnn_sentinel.facts import IMAGE_SIZE as IMAGE_SIZE
+from cnn_sentinel.facts import MS_BAND_NAMES as MS_BAND_NAMES
+from cnn_sentinel.facts import RGB_BAND_NAMES as RGB_BAND_NAMES
+from cnn_sentinel.layers import custom_layers
+
 gdal.UseExceptions()
 # A truncated JPEG is an error, not a warning with grey pixels.
 gdal.SetConfigOption("GDAL_ERROR_ON_LIBJPEG_WARNING", "TRUE")
 
-# EuroSAT class folder names; the class index is the position in this tuple.
-CLASS_NAMES = (
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-)
-# Band order of the EuroSAT MS GeoTIFFs (B8A last, as stored in the files).
-MS_BAND_NAMES = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07",
-    "B08", "B09", "B10", "B11", "B12", "B8A",
-)  # fmt: skip
-# Channels of the EuroSAT RGB JPEGs, as Sentinel-2 bands.
-RGB_BAND_NAMES = ("B04", "B03", "B02")
-IMAGE_SIZE = 64
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff")
 
 # Normalisation constants of the talk models (mean of per-image means and of
@@ -142,9 +134,9 @@ def read_image(path: str | Path, expected_bands: int | None = None) -> np.ndarra
     if not path.is_file():
         raise InputError(f"image {path} does not exist.")
     with unreadable_image(path):
-        dataset = gdal.Open(str(path), gdal.GA_ReadOnly)
-        array = dataset.ReadAsArray()
-        dataset = None
+        raster = gdal.Open(str(path), gdal.GA_ReadOnly)
+        array = raster.ReadAsArray()
+        raster = None
     if array is None:
         raise InputError(f"image {path} cannot be read (corrupt or truncated?).")
     array = array[np.newaxis] if array.ndim == 2 else array
@@ -157,9 +149,9 @@ def read_image(path: str | Path, expected_bands: int | None = None) -> np.ndarra
 def image_shape(path: str | Path) -> tuple[int, int, int]:
     """(bands, rows, cols) of an image from its header, without reading pixels."""
     with unreadable_image(path):
-        dataset = gdal.Open(str(path), gdal.GA_ReadOnly)
-        shape = (dataset.RasterCount, dataset.RasterYSize, dataset.RasterXSize)
-        dataset = None
+        raster = gdal.Open(str(path), gdal.GA_ReadOnly)
+        shape = (raster.RasterCount, raster.RasterYSize, raster.RasterXSize)
+        raster = None
     return shape
 
 
@@ -260,7 +252,7 @@ def band_statistics(
     Streams in float64 (memory does not grow with the number of images), with a
     per-image shift (Chan et al.'s parallel combination of mean and sum of
     squared deviations) so large values such as uint16 digital numbers lose no
-    precision. method "exact": the dataset's true global std; "talk": the mean of
+    precision. method "exact": the true global std of all the images; "talk": the mean of
     per-image means and the mean of per-image stds, as the talk computed them.
     Returns {"bands", "mean", "std", "images", "pixels", "method"}.
     """
@@ -361,86 +353,10 @@ def normalization_layer(mean: Sequence[float], std: Sequence[float], name: str =
     return keras.layers.Normalization(axis=-1, mean=mean, variance=std**2, name=name)
 
 
-_CUSTOM_LAYERS: dict[str, type] = {}
-
-
-def custom_layers() -> dict[str, type]:
-    """The project's Keras layer classes, defined (and registered for saving) on first use.
-
-    Defined lazily so that importing this module does not start TensorFlow.
-    """
-    if _CUSTOM_LAYERS:
-        return _CUSTOM_LAYERS
-    import keras
-    import tensorflow as tf
-
-    @keras.saving.register_keras_serializable(package="cnn_sentinel")
-    class RandomFlipRotation(keras.layers.Layer):
-        """Random up/down and left/right flips and a rotation by a uniform angle in
-        ±max_degrees, bilinear with reflect fill, active only in training.
-
-        One projective transform per batch does all three: an output pixel p
-        samples the input at F R (p - c) + c (R the rotation, F the diagonal of
-        ±1 flips, c the image centre). Keras' RandomFlip + RandomRotation do the
-        same in three passes over the batch, which made augmentation the
-        bottleneck of the input pipeline (see benchmarks/input_pipeline.py).
-        Input and output: (batch, rows, cols, bands), any float dtype.
-        """
-
-        def __init__(self, max_degrees: float = 45.0, seed: int | None = None, **kwargs):
-            super().__init__(**kwargs)
-            self.max_degrees = max_degrees
-            self.seed = seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
-            self.supports_masking = True
-
-        def call(self, inputs, training=False):
-            if not training:
-                return inputs
-            images = tf.cast(inputs, tf.float32)
-            shape = tf.shape(images)
-            count = shape[:1]
-            radians = keras.random.uniform(
-                count, -self.max_degrees, self.max_degrees, seed=self.seed_generator
-            ) * (np.pi / 180.0)
-            flips = keras.random.uniform(tf.concat([count, [2]], 0), seed=self.seed_generator)
-            flip = tf.where(flips < 0.5, -1.0, 1.0)
-            flip_x, flip_y = flip[:, 0], flip[:, 1]
-            cos, sin = tf.cos(radians), tf.sin(radians)
-            centre_y = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
-            centre_x = (tf.cast(shape[2], tf.float32) - 1.0) / 2.0
-            zeros = tf.zeros_like(cos)
-            transforms = tf.stack(
-                [
-                    flip_x * cos,
-                    -flip_x * sin,
-                    centre_x - flip_x * (cos * centre_x - sin * centre_y),
-                    flip_y * sin,
-                    flip_y * cos,
-                    centre_y - flip_y * (sin * centre_x + cos * centre_y),
-                    zeros,
-                    zeros,
-                ],
-                axis=1,
-            )
-            output = tf.raw_ops.ImageProjectiveTransformV3(
-                images=images,
-                transforms=transforms,
-                output_shape=shape[1:3],
-                fill_value=0.0,
-                interpolation="BILINEAR",
-                fill_mode="REFLECT",
-            )
-            return tf.cast(output, inputs.dtype)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-        def get_config(self):
-            return {**super().get_config(), "max_degrees": self.max_degrees, "seed": self.seed}
-
-    _CUSTOM_LAYERS["RandomFlipRotation"] = RandomFlipRotation
-    return _CUSTOM_LAYERS
+# talk: flips and +-45 degree rotations inside the training model (the talk's);
+# dihedral: the 8 flips and 90-degree rotations of the square in the input pipeline
+# (exact, cheap; nadir imagery has no "up"); none.
+AUGMENTATIONS = ("talk", "dihedral", "none")
 
 
 def augmentation_layers(seed: int | None = None, name: str = "augmentation"):
@@ -450,6 +366,50 @@ def augmentation_layers(seed: int | None = None, name: str = "augmentation"):
     ±45° with reflect fill and bilinear interpolation (see RandomFlipRotation).
     """
     return custom_layers()["RandomFlipRotation"](max_degrees=45.0, seed=seed, name=name)
+
+
+def dihedral_augmentation(images, training: bool = True):
+    """Each image of a batch (n, rows, cols, bands), rows == cols, under one of the 8
+    symmetries of the square (4 rotations by 90 degrees, each with or without a
+    flip), drawn independently per image. Exact: no interpolation, no new pixels."""
+    import tensorflow as tf
+
+    if not training:
+        return images
+    rotations = [tf.image.rot90(images, k) for k in range(4)]
+    variants = tf.stack(rotations + [tf.reverse(image, axis=[2]) for image in rotations], axis=1)
+    choice = tf.random.uniform([tf.shape(images)[0]], 0, 8, dtype=tf.int32)
+    return tf.gather(variants, choice, axis=1, batch_dims=1)
+
+
+def random_shift(images, shift: int):
+    """Each image of a batch (n, rows, cols, bands) moved by its own random offset of
+    up to `shift` pixels along each axis, the edges filled by reflection (no new
+    values, no interpolation). shift must be smaller than rows and cols."""
+    import tensorflow as tf
+
+    size = tf.shape(images)[1:3]
+    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="REFLECT")
+    offsets = tf.random.uniform([tf.shape(images)[0], 2], 0, 2 * shift + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(size[0])[tf.newaxis]
+    columns = offsets[:, 1:] + tf.range(size[1])[tf.newaxis]
+    rows_taken = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(rows_taken, columns, axis=2, batch_dims=1)
+
+
+def pipeline_augmentation(augmentation: str, shift: int):
+    """The training batches' augmentation in the input pipeline, or None: the 8
+    symmetries of the square for "dihedral", then a random shift of up to `shift`
+    pixels (reflected edges) when shift > 0. "talk" augments inside the model."""
+    dihedral = augmentation == "dihedral"
+    if not dihedral and not shift:
+        return None
+
+    def augment(images, training: bool = True):
+        images = dihedral_augmentation(images, training) if dihedral else images
+        return random_shift(images, shift) if shift and training else images
+
+    return augment
 
 
 def load_arrays(
@@ -497,7 +457,7 @@ def _load_arrays(pairs, first, indices, folder, progress):
     return images, labels, [path for path, _ in pairs]
 
 
-def make_dataset(
+def array_pipeline(
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int,
@@ -510,17 +470,26 @@ def make_dataset(
 
     images (n, rows, cols, bands) any numeric dtype, labels (n,) int. Training:
     reshuffled every epoch (real epochs, no repeat); `augment`, a Keras layer such
-    as `augmentation_layers()`, is applied per batch in the pipeline when given
-    (models built here carry their own augmentation, so it is usually None).
-    Batches are prefetched. The arrays stay in their compact dtype in memory
-    and are cast per batch.
+    as `augmentation_layers()` or a `pipeline_augmentation`, is applied per batch in
+    the pipeline when given (models built here carry the talk's augmentation
+    themselves). Batches are prefetched. The arrays stay in their compact dtype in
+    memory and are cast per batch.
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    pairs = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    return _training_batches(pairs, len(labels), batch_size, training, num_classes, seed, augment)
+
+
+def _training_batches(pairs, count, batch_size, training, num_classes, seed, augment, read=None):
+    """(image, label) pairs -> shuffled (training), read by `read` (when given), batched,
+    cast to float32, augmented (when given), one-hot labels, prefetched."""
+    import tensorflow as tf
+
     if training:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+        pairs = pairs.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if read is not None:
+        pairs = pairs.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
     def to_training_pair(batch_images, batch_labels):
         batch_images = tf.cast(batch_images, tf.float32)
@@ -528,8 +497,8 @@ def make_dataset(
             batch_images = augment(batch_images, training=True)
         return batch_images, tf.one_hot(batch_labels, num_classes)
 
-    dataset = dataset.map(to_training_pair, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    batches = pairs.batch(batch_size).map(to_training_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def fits_in_memory(byte_count: int, fraction: float = 0.4) -> bool:
@@ -538,7 +507,7 @@ def fits_in_memory(byte_count: int, fraction: float = 0.4) -> bool:
     return byte_count <= fraction * physical
 
 
-def folder_dataset(
+def folder_pipeline(
     folder: str | Path,
     batch_size: int,
     training: bool,
@@ -552,8 +521,8 @@ def folder_dataset(
 
     Decodes every image once into memory when the decoded set fits in 40 % of
     the machine's memory (the whole of EuroSAT MS is 2.9 GB); otherwise streams
-    the files, reading each with GDAL in the pipeline. Returns (dataset, labels)
-    where labels (n,) int32 are in the dataset's order when not training.
+    the files, reading each with GDAL in the pipeline. Returns (pipeline, labels)
+    where labels (n,) int32 are in the pipeline's order when not training.
     """
     import tensorflow as tf
 
@@ -563,10 +532,10 @@ def folder_dataset(
     decoded_bytes = len(pairs) * first.shape[0] * first.shape[1] * len(indices) * first.itemsize
     if fits_in_memory(decoded_bytes):
         images, labels, _ = load_arrays(folder, indices, class_names, progress)
-        dataset = make_dataset(
+        pipeline = array_pipeline(
             images, labels, batch_size, training, len(class_names), seed, augment
         )
-        return dataset, labels
+        return pipeline, labels
     paths = np.array([str(path) for path, _ in pairs])
     labels = np.array([label for _, label in pairs], dtype=np.int32)
     band_count = first.shape[-1]
@@ -580,18 +549,17 @@ def folder_dataset(
         image = tf.numpy_function(read, [path], tf.float32)
         return tf.ensure_shape(image, shape), label
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if training:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(read_pair, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-
-    def finish(batch_images, batch_labels):
-        if augment is not None:
-            batch_images = augment(batch_images, training=True)
-        return batch_images, tf.one_hot(batch_labels, len(class_names))
-
-    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE), labels
+    pipeline = _training_batches(
+        tf.data.Dataset.from_tensor_slices((paths, labels)),
+        len(labels),
+        batch_size,
+        training,
+        len(class_names),
+        seed,
+        augment,
+        read=read_pair,
+    )
+    return pipeline, labels
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ the folder (JPEG or GeoTIFF) once, in float64, prints a table and writes
 `--method exact` (default) gives the true mean and standard deviation over all
 pixels. `--method talk` reproduces the talk's statistics script: the mean of
 per-image means and the mean of per-image standard deviations (which ignores
-the variance between images, so its std is smaller than the dataset's).
+the variance between images, so its std is smaller than the whole folder's).
 
 This file shares its name with the standard-library module `statistics`. When
 it is imported as `statistics` (because the repository root is first on

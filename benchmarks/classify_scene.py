@@ -48,10 +48,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from helpers import PRECISION_MODES, prepare, settings_06  # noqa: E402
 from talk_reference import talk_classify  # noqa: E402
 
 from cnn_sentinel.model_info import ModelInfo  # noqa: E402
-from cnn_sentinel.scene import dense, predictors, writers  # noqa: E402
+from cnn_sentinel.scene import dense, plan, predictors, runner, writers  # noqa: E402
 from cnn_sentinel.scene import reading as scenes  # noqa: E402
 from image_functions import (  # noqa: E402
     CLASS_NAMES,
@@ -126,10 +127,11 @@ def timed(function, *args, **kwargs):
 def ours(dataset, model, folder: Path, name: str, batch_size: int, prefetch_depth: int = 4):
     """Classify the scene with 06's pipeline at stride 1: (best of REPEATS seconds, labels)."""
     config = ModelInfo(list(CLASS_NAMES), list(MS_BAND_NAMES), 64, source="benchmark")
-    classification = predictors.prepare_classification(
-        dataset, model, config, precision=model.layers[-1].dtype_policy.name, method="windows"
-    )
-    predictor = classification.predictor(batch_size, prefetch_depth)
+    classification = prepare(
+        dataset, model, config, precision=model.layers[-1].dtype_policy.name,
+        method="windows", stride=1, block_rows=64, batch_size=batch_size,
+    )  # fmt: skip
+    predictor = classification.predictor(prefetch_depth)
     predictor.forward(np.zeros((batch_size, 64, 64, 13), np.uint16))  # trace once, as a run would
     label_path, probability_path = folder / f"{name}_label.tif", folder / f"{name}_prob.tif"
     best = math.inf
@@ -137,14 +139,7 @@ def ours(dataset, model, folder: Path, name: str, batch_size: int, prefetch_dept
         for path in (label_path, probability_path):
             path.unlink(missing_ok=True)
         outputs = writers.output_writers(dataset, CLASS_NAMES, label_path, probability_path)
-        seconds, _ = timed(
-            classification.run,
-            outputs,
-            stride=1,
-            block_rows=64,
-            progress=False,
-            predictor=predictor,
-        )
+        seconds, _ = timed(classification.run, outputs, progress=False, predictor=predictor)
         best = min(best, seconds)
     return best, gdal.Open(str(label_path)).ReadAsArray()
 
@@ -412,12 +407,13 @@ class Collect:
 
 def classify(model_path: Path, window: list[int], method: str, stride: int, precision="float32"):
     """(seconds, probability grid) of one run through 06's entry point on a crop."""
-    dataset = scenes.open_scene(real_scene(), window=window)
-    classification = predictors.prepare_classification(
-        dataset, model_path, precision=precision, method=method
-    )
+    settings = settings_06(
+        model=str(model_path), window=tuple(window), mixed_precision=PRECISION_MODES[precision],
+        method=method, stride=stride, adapt="off", cloud_mask="off", reflectance_scale=10000,
+    )  # fmt: skip
+    classification = runner.prepare_classification(plan.plan_scene(settings, real_scene()))
     collect = Collect()
-    seconds, _ = timed(classification.run, [collect], stride=stride, progress=False)
+    seconds, _ = timed(classification.run, [collect], progress=False)
     return seconds, collect.result()
 
 
@@ -545,13 +541,12 @@ SHIPPED_MS = REPO_ROOT / "models" / "eurosat-ms-resnet-valid-narrow" / "model.ke
 PREPARE = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
-from cnn_sentinel.scene import clouds, predictors, reading
-scene = reading.open_scene({vrt!r})
-names = reading.scene_band_names(scene)
+sys.path.insert(0, {root!r} + "/tests")
+from helpers import settings_06
+from cnn_sentinel.scene import plan, runner
 started = time.perf_counter()
-classification = predictors.prepare_classification(
-    scene, {model!r}, adapt={mode!r}, cloud_bands=clouds.cloud_band_indices(names),
-    cloud_settings=clouds.CloudSettings())
+settings = settings_06(model={model!r}, adapt={mode!r}, cloud_mask="on", reflectance_scale=10000)
+classification = runner.prepare_classification(plan.plan_scene(settings, {vrt!r}))
 seconds = time.perf_counter() - started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(seconds, peak, classification.describe())
@@ -599,7 +594,7 @@ def small_scene_comparisons(model, folder: Path, arguments: argparse.Namespace) 
         timed(in_batches, forward, windows, arguments.batch_size)[0] for _ in range(REPEATS)
     )
     del windows
-    mixed = predictors.with_precision(model, "mixed_bfloat16")
+    mixed = runner.with_precision(model, "mixed_bfloat16")
     bf16_seconds, bf16_labels = ours(dataset, mixed, folder, "bf16", arguments.batch_size)
     identical = np.array_equal(labels, talk_labels) and np.array_equal(inline_labels, labels)
     row("talk algorithm (model.predict per row)", talk_seconds, patches, None)

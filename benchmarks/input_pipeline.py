@@ -7,7 +7,7 @@ Three feeds of 13-band 64x64 training batches, timed side by side in one run:
   with each batch, normalised, random up/down and left/right flips, rotated by
   a uniform angle in ±45° with scikit-image (bilinear, reflect), one image at a
   time in Python.
-- ours: `image_functions.make_dataset` over arrays decoded once
+- ours: `image_functions.array_pipeline` over arrays decoded once
   (`load_arrays`), shuffled per epoch, batched, with the same augmentation as
   the Keras layer the models carry (`augmentation_layers`: flips folded into
   the ±45° reflect rotation, one ImageProjectiveTransformV3 per batch) run per
@@ -17,7 +17,7 @@ Three feeds of 13-band 64x64 training batches, timed side by side in one run:
 - keras stock: the same feed with Keras' RandomFlip + RandomRotation layers
   (three passes per batch), what `augmentation_layers` used before.
 - fast: the same feed with 03/05's default augmentation in the pipeline
-  (`cnn_sentinel.training.pipeline_augmentation("dihedral", 4)`: one of the 8
+  (`image_functions.pipeline_augmentation("dihedral", 4)`: one of the 8
   symmetries of the square, then a shift of up to 4 pixels with reflected edges).
 
 The feeds take turns (ROUNDS rounds of SECONDS / ROUNDS each), so a change in
@@ -110,19 +110,18 @@ def talk_feed(folder: Path, batch_size: int) -> Iterator:
 def our_feed(images, labels, batch_size: int, augment, seed: int) -> Iterator:
     """Our cached tf.data feed, endless (epochs repeated); `augment` None, "layers"
     (image_functions.augmentation_layers) or a callable(images, training)."""
-    from image_functions import augmentation_layers, make_dataset
+    from image_functions import array_pipeline, augmentation_layers
 
     if augment == "layers":
         augment = augmentation_layers(seed=seed)
-    dataset = make_dataset(images, labels, batch_size, training=True, seed=seed, augment=augment)
+    dataset = array_pipeline(images, labels, batch_size, training=True, seed=seed, augment=augment)
     return iter(dataset.repeat())
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the three feeds, print images/s and ratios; returns {feed: images/s}."""
     from cnn_sentinel.settings import parse_settings
-    from cnn_sentinel.training import pipeline_augmentation
-    from image_functions import load_arrays
+    from image_functions import load_arrays, pipeline_augmentation
 
     settings = parse_settings(__file__, argv)
     with tempfile.TemporaryDirectory() as scratch:

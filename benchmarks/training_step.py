@@ -40,8 +40,8 @@ def time_one(arch: str, precision: str, settings) -> dict:
     import tensorflow as tf
 
     from cnn_sentinel import networks as nf
+    from cnn_sentinel.optimisation import make_optimizer
     from cnn_sentinel.precision import set_mixed_precision
-    from cnn_sentinel.training import make_optimizer
     from image_functions import default_band_names
 
     policy = set_mixed_precision(precision)

@@ -4,6 +4,9 @@ inspect a split folder for training and evaluation (inspect_split, at the end).
 
 The mechanics of 01_split_data_to_train_and_validation.py (the recipe); see
 its docstring for how the split reproduces the talk's.
+
+About 590 lines: one thing, EuroSAT's folders on disk, from the archive to the split
+that 02-05 read; the download and the split share its checks of files and classes.
 """
 
 from __future__ import annotations

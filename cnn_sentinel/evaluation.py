@@ -33,7 +33,7 @@ from cnn_sentinel.scene.quicklooks import (
     label_colours,
     true_colour_bands,
 )
-from cnn_sentinel.scene.reading import scene_band_names
+from cnn_sentinel.scene.reading import band_numbers, band_spec_items, open_scene, scene_band_names
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -482,20 +482,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def open_scene(path: str | Path, spec: str | None) -> tuple[gdal.Dataset, list[int]]:
-    """The scene to show beside the map, and its 1-based red, green, blue bands: `spec`
-    ("3,2,1"), else B04, B03, B02 by band name, else the bands of a 3-band image."""
-    if not Path(path).exists():
-        raise InputError(f"scene {path} does not exist.")
-    try:
-        scene = gdal.Open(str(path))
-    except RuntimeError:
-        raise InputError(f"scene {path} is not a raster GDAL can read.") from None
+def open_picture_scene(path: str | Path, spec: str | None) -> tuple[gdal.Dataset, list[int]]:
+    """The scene to show beside the map (reading.open_scene: GeoTIFF/VRT, .SAFE or .zip),
+    and its 1-based red, green, blue bands: `spec` ("3,2,1"), else B04, B03, B02 by band
+    name, else the bands of a 3-band image."""
+    scene = open_scene(path)
     count = scene.RasterCount
     if spec:
-        items = str(spec).replace(",", " ").split()
-        bands = [int(item) for item in items if item.isdigit()]
-        if len(bands) != 3 or len(items) != 3 or not all(1 <= band <= count for band in bands):
+        bands = band_numbers(band_spec_items(spec)) or []
+        if len(bands) != 3 or not all(1 <= band <= count for band in bands):
             raise InputError(
                 f"scene bands {spec} must be three band numbers of {path} (1-{count})."
             )

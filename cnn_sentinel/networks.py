@@ -7,7 +7,7 @@ talk's augmentation is a training-only layer that the saved file leaves out
 (inference_model), so model.keras holds stock Keras layers only.
 Training lives in training.py, reports in reports.py, precision in precision.py.
 TensorFlow and Keras are imported inside functions: importing this module is cheap.
-About 640 lines: every use of the backbone table (build, the two transfers, freezing,
+About 710 lines: every use of the backbone table (build, the two transfers, freezing,
 the saved and runtime forms of a model) stays beside it.
 """
 
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.layers import custom_layers, custom_objects, fused_batch_normalization_class
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.precision import dtype_policy
 from image_functions import (
     IMAGE_SIZE,
     RGB_BAND_NAMES,
     augmentation_layers,
-    custom_layers,
     normalization_layer,
 )
 
@@ -61,10 +61,15 @@ TINY_BLOCKS = ((16, 1), (32, 1))
 RESNET_VALID_WIDTHS = (32, 64, 128, 256)
 # resnet-valid-narrow: the same network at 3/4 of the filters (0.56x the FLOPs).
 RESNET_VALID_NARROW_WIDTHS = (24, 48, 96, 192)
+# Filters of tiny-valid: stem (16 x 16), conv2 (14 x 14, pooled to 7 x 7), conv3 (5 x 5).
+TINY_VALID_WIDTHS = (16, 32, 64)
+# Its batch normalisation forgets faster than Keras' 0.99: a demo epoch is 17 steps, and
+# at 0.99 the statistics used for validation lag the weights by about 6 epochs.
+TINY_VALID_BN_MOMENTUM = 0.9
 # The backbones (adding one is one entry). vgg16 and densenet201 are the talk's; the
 # talk froze VGG16's layers[:4] (input + block 1) and DenseNet201's layers[:7] (stem
 # to pool1); VGG16 was trained on Caffe-style BGR input, DenseNet on RGB.
-# "tiny" is a two-block CNN for tests and quick demos, not a talk network.
+# "tiny" is a two-block CNN for tests, not a talk network.
 # "vgg16-bn" is VGG16 with batch normalisation after every convolution: not the
 # talk's network but the documented fix when VGG16 from scratch does not converge
 # (from scratch only: Keras has no ImageNet weights for it).
@@ -73,6 +78,9 @@ RESNET_VALID_NARROW_WIDTHS = (24, 48, 96, 192)
 # anywhere inside the window ('valid' convolutions), so that a whole scene can be
 # classified in one fully convolutional pass that equals the per-window result;
 # "resnet-valid-narrow" is its candidate at 3/4 of the filters (benchmarks/README.md).
+# "tiny-valid" is the demo's network (`make demo`): a stride-4 stem and three small
+# 'valid' convolutions, so 06 classifies a scene in one dense pass; under 1/5 of tiny's
+# FLOPs (benchmarks/README.md#demo).
 BACKBONES = {
     "vgg16": Backbone(
         build=lambda shape: keras_application("VGG16", shape),
@@ -90,7 +98,7 @@ BACKBONES = {
         build=lambda shape: keras_application("DenseNet201", shape),
         first_conv="conv1_conv",
         frozen_through="pool1",
-        channel_bands=("B04", "B03", "B02"),
+        channel_bands=RGB_BAND_NAMES,
         imagenet=(
             "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
             "densenet",
@@ -115,6 +123,11 @@ BACKBONES = {
     ),
     "resnet-valid-narrow": Backbone(
         build=lambda shape: resnet_valid(shape, RESNET_VALID_NARROW_WIDTHS, "resnet-valid-narrow"),
+        first_conv="stem_conv",
+        frozen_through="stem_relu",
+    ),
+    "tiny-valid": Backbone(
+        build=lambda shape: tiny_valid(shape),
         first_conv="stem_conv",
         frozen_through="stem_relu",
     ),
@@ -181,62 +194,6 @@ def resolve_weights(arch: str, weights: str | None) -> Path | None:
             f"cannot download the ImageNet weights of {arch} from {url}; copy {file_name} "
             f"into {cached} or pass --weights PATH to a local copy."
         ) from None
-
-
-_FUSED_BATCH_NORMALIZATION = []
-
-
-def fused_batch_normalization_class():
-    """BatchNormalization computed by TensorFlow's fused kernel in the input's dtype.
-
-    Keras 3's BatchNormalization casts bfloat16/float16 input to float32 and
-    computes moments, normalisation and the casts as separate small ops; in
-    DenseNet201 (about 200 BN layers on small feature maps) those dominate the
-    step and eat the bfloat16 gain. FusedBatchNormV3 (oneDNN on CPU, cuDNN on
-    GPU) takes 16-bit input with float32 statistics in one op. Same weights and
-    config as BatchNormalization; the moving variance is updated with the
-    unbiased batch variance (TensorFlow's fused kernel), a negligible difference.
-    """
-    if _FUSED_BATCH_NORMALIZATION:
-        return _FUSED_BATCH_NORMALIZATION[0]
-    import keras
-    import tensorflow as tf
-
-    @keras.saving.register_keras_serializable(package="cnn_sentinel")
-    class FusedBatchNormalization(keras.layers.BatchNormalization):
-        def call(self, inputs, training=None, mask=None):
-            # Keras 3 keeps `axis` as an int (3 for NHWC after build, -1 before).
-            if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
-                return super().call(inputs, training=training, mask=mask)
-            if training and self.trainable:
-                empty = tf.constant([], tf.float32)
-                outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-                    x=inputs, scale=self.gamma, offset=self.beta, mean=empty, variance=empty,
-                    epsilon=self.epsilon, data_format="NHWC", is_training=True,
-                )  # fmt: skip
-                self.moving_mean.assign(
-                    self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
-                )
-                self.moving_variance.assign(
-                    self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-                )
-                return outputs
-            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=self.gamma, offset=self.beta, mean=self.moving_mean,
-                variance=self.moving_variance, epsilon=self.epsilon, data_format="NHWC",
-                is_training=False,
-            )  # fmt: skip
-            return outputs
-
-    _FUSED_BATCH_NORMALIZATION.append(FusedBatchNormalization)
-    return FusedBatchNormalization
-
-
-def custom_objects() -> dict:
-    """Layers of ours that saved models may hold; pass to keras.saving.load_model."""
-    fused = fused_batch_normalization_class()
-    layers = {"FusedBatchNormalization": fused, **custom_layers()}
-    return {**layers, **{f"cnn_sentinel>{name}": layer for name, layer in layers.items()}}
 
 
 def with_fused_batch_normalization(model):
@@ -384,6 +341,32 @@ def resnet_valid(shape, widths: Sequence[int] = RESNET_VALID_WIDTHS, name: str =
     x = convolution(x, widths[2], 3, "stage2")
     x = residual(x, widths[2], "res2")
     x = convolution(x, widths[3], 3, "stage3")
+    return keras.Model(inputs, x, name=name)
+
+
+def tiny_valid(shape, widths: Sequence[int] = TINY_VALID_WIDTHS, name: str = "tiny-valid"):
+    """The demo's small backbone for 64 x 64 patches, without zero padding.
+
+    stem: 4x4 convolution, stride 4 (64 -> 16); conv2: 3x3 convolution (-> 14),
+    2x2 max pooling (-> 7); conv3: 3x3 convolution (-> 5). Every convolution is
+    'valid', followed by batch normalisation and ReLU, so 06 runs it densely and
+    exactly (cnn_sentinel/scene/dense.py). About 4.4 MFLOPs per 13-band patch (tiny: 25).
+    """
+    import keras
+
+    x = inputs = keras.Input(shape)
+    for (filters, kernel, strides), stage in zip(
+        ((widths[0], 4, 4), (widths[1], 3, 1), (widths[2], 3, 1)),
+        ("stem", "conv2", "conv3"),
+        strict=True,
+    ):
+        x = keras.layers.Conv2D(
+            filters, kernel, strides=strides, use_bias=False, name=f"{stage}_conv"
+        )(x)
+        x = keras.layers.BatchNormalization(momentum=TINY_VALID_BN_MOMENTUM, name=f"{stage}_bn")(x)
+        x = keras.layers.ReLU(name=f"{stage}_relu")(x)
+        if stage == "conv2":
+            x = keras.layers.MaxPooling2D(2, name="pool2")(x)
     return keras.Model(inputs, x, name=name)
 
 

@@ -20,7 +20,7 @@ from cnn_sentinel.networks import load_model, with_dihedral_averaging
 from cnn_sentinel.outputs import atomic_output, write_atomic
 from image_functions import (
     default_band_names,
-    folder_dataset,
+    folder_pipeline,
     normalization_layer,
     select_bands,
 )
@@ -186,7 +186,7 @@ def evaluate_model(
     with atomic_output(report_folder, overwrite) as temporary:
         temporary.mkdir()
         for part in parts:
-            dataset, labels = folder_dataset(
+            pipeline, labels = folder_pipeline(
                 split_folder / part,
                 batch_size,
                 training=False,
@@ -194,7 +194,7 @@ def evaluate_model(
                 class_names=class_names,
                 progress=False,
             )
-            probabilities = model.predict(dataset.map(lambda images, _: images), verbose=0)
+            probabilities = model.predict(pipeline.map(lambda images, _: images), verbose=0)
             metrics[part] = classification_metrics(labels, probabilities, class_names)
             texts.append(
                 f"{part}/ of {split_folder}\n"

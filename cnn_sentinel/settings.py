@@ -31,6 +31,8 @@ from cnn_sentinel.console import quiet_native_logs
 from cnn_sentinel.errors import EXIT_INPUT_ERROR, InputError
 from cnn_sentinel.outputs import Terminated, interrupt_on_sigterm
 
+# Flags every script gets unless it says otherwise: TensorFlow's own log lines, progress bars.
+COMMON_FLAGS = ("verbose", "progress")
 # "copy | hardlink | symlink: how files get into TARGET" declares three choices.
 CHOICES_COMMENT = re.compile(r"^\s*([\w.+-]+(?:\s*\|\s*[\w.+-]+)+)\s*:")
 SETTING_FORM = "`NAME = <literal>  # help` (a flag) or `NAME: Final = ...` (a fixed fact)"
@@ -120,11 +122,46 @@ def declared_choices(help_text: str) -> list[str] | None:
     return [choice.strip() for choice in match.group(1).split("|")] if match else None
 
 
+def readable_default(action: argparse.Action) -> str:
+    """A flag's default as --help shows it: none for an unset one (None, empty), values
+    joined by spaces, --flag or --no-flag for an on/off one."""
+    default = action.default
+    if default is None or default is argparse.SUPPRESS or default in ((), [], ""):
+        return ""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        flag = action.option_strings[0]
+        return flag if default else "--no-" + flag[2:]
+    if isinstance(default, bool):  # store_true / store_false
+        return ""
+    if isinstance(default, (tuple, list)):
+        return " ".join(str(value) for value in default)
+    return str(default)
+
+
+# A constant's comment says what its None default means ("None: the scene's folder");
+# --help, where no None is typed, says "unset:" instead.
+NONE_MEANING = re.compile(r"\bNone(?: =|:)")
+
+
+class SettingsHelpFormatter(argparse.HelpFormatter):
+    """--help with each flag's default as a user writes it (`readable_default`), never a
+    Python literal such as () or None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").replace(" (default: %(default)s)", "")
+        text = NONE_MEANING.sub("unset:", text)
+        default = readable_default(action)
+        if default and action.option_strings:
+            text += f" (default: {default.replace('%', '%%')})"
+        return text
+
+
 def parse_settings(
     script_file: str | Path,
     argv: list[str] | None = None,
     choices: dict[str, Iterable[str]] | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    common_flags: Iterable[str] = COMMON_FLAGS,
 ) -> argparse.Namespace:
     """Parse flags made from a script's UPPER_CASE constants.
 
@@ -133,16 +170,18 @@ def parse_settings(
     list default takes several values; a None default takes a string. Allowed
     values come from the constant's comment ("a | b: ...") or from `choices`
     (name -> values; it wins over the comment). `extra` may add flags that are
-    not constants (e.g. `--evaluate-only`). Every script also gets `--verbose`
+    not constants (e.g. `--evaluate-only`). A script also gets `--verbose`
     (TensorFlow's own log lines) and, without a PROGRESS constant,
-    `--progress/--no-progress`. Attribute names are the constant names in lower case.
+    `--progress/--no-progress`, unless `common_flags` leaves them out (a script
+    without TensorFlow or progress bars). --help shows each default as a user writes
+    it (SettingsHelpFormatter). Attribute names are the constant names in lower case.
     """
     source = Path(script_file).read_text(encoding="utf-8")
     docstring = ast.get_docstring(ast.parse(source)) or ""
     parser = argparse.ArgumentParser(
         prog=Path(script_file).name,
         description=docstring.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=SettingsHelpFormatter,
     )
     choices = choices or {}
     constants = script_constants(script_file)
@@ -168,13 +207,14 @@ def parse_settings(
             options["type"] = str
         parser.add_argument(flag, **options)
     names = {name for name, _default, _help in constants}
-    if "VERBOSE" not in names:
+    common_flags = set(common_flags)
+    if "VERBOSE" not in names and "verbose" in common_flags:
         parser.add_argument(
             "--verbose",
             action="store_true",
             help="show TensorFlow's own log lines (CUDA, XLA, absl) too",
         )
-    if "PROGRESS" not in names:
+    if "PROGRESS" not in names and "progress" in common_flags:
         parser.add_argument(
             "--progress",
             action=argparse.BooleanOptionalAction,

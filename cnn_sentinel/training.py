@@ -1,15 +1,20 @@
-"""Training: the run folder and its resume state, strategy and precision, stages with
-their optimisers, and fit.
+"""Training runs: the run folder and its resume state, and the fit loop that keeps them.
 
 A training script (02-05) is the recipe: it inspects its split, opens a
 `training_run` (this module's context manager: run folder, resume, strategy,
-precision, seed), builds its model, names its stages and calls `run.fit` and
-`run.report`. An interrupted run (Ctrl-C, SIGTERM, kill -9, a power cut) never
-loses a finished epoch: every epoch ends with a checkpoint and then state.json,
-written atomically and in that order, and the same command resumes from there.
-TensorFlow and Keras are imported inside functions: importing this module is cheap.
-About 800 lines: the crash safety of the run folder stays beside the fit loop that
-relies on it.
+precision, seed), builds its model (`run.network`), names its stages and calls
+`run.fit` and `run.report`. An interrupted run (Ctrl-C, SIGTERM, kill -9, a power cut)
+never loses a finished epoch: every epoch ends with a checkpoint and then state.json,
+written atomically and in that order (`progress_callback`), and the same command
+resumes from there. The rest of training has rooms of its own: optimisation.py
+(stages, optimisers, schedules), strategy.py (tf.distribute), image_functions.py
+(augmentation), recipes.py (what the scripts share: flags, the talk's recipe,
+--evaluate-only). TensorFlow and Keras are imported inside functions: importing this
+module is cheap.
+
+About 520 lines: the crash safety of the run folder (state, checkpoints, the per-epoch
+callback, resume) is one thing, and it stays beside the fit loop and the run that rely
+on it; splitting it would put the order of its writes in two places.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import argparse
 import contextlib
 import csv
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -30,308 +34,26 @@ from cnn_sentinel.datasets import SplitInfo, band_choice_note
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import CHECKPOINTS_FOLDER, MODEL_INFO_FILE, ModelInfo
 from cnn_sentinel.networks import (
-    ARCHITECTURES,
     MODEL_FILE,
-    VARIANTS,
+    build_network,
     inference_model,
+    is_project_model,
     load_model,
-    set_trainable,
+    network_from_model,
 )
+from cnn_sentinel.optimisation import Stage, compile_for_stage
 from cnn_sentinel.outputs import folder_lock, write_atomic
-from cnn_sentinel.precision import PRECISION_MODES, dtype_policy, precision_policy
+from cnn_sentinel.precision import dtype_policy, precision_policy
 from cnn_sentinel.reports import evaluate_model
-from cnn_sentinel.settings import flags_given, parse_settings, settings_values
-from image_functions import IMAGE_SIZE, folder_dataset
+from cnn_sentinel.settings import settings_values
+from cnn_sentinel.strategy import choose_strategy, is_chief
+from image_functions import folder_pipeline
 
-# talk: flips and +-45 degree rotations inside the training model (the talk's);
-# dihedral: the 8 flips and 90-degree rotations of the square in the input pipeline
-# (exact, cheap; nadir imagery has no "up"); none.
-AUGMENTATIONS = ("talk", "dihedral", "none")
-OPTIMIZERS = ("adam", "sgd", "sgd-nesterov", "adamw", "adadelta")
-SCHEDULES = ("constant", "cosine")
-# Flag choices of the training scripts' constants (settings.parse_settings).
-SCRIPT_CHOICES = {
-    "ARCH": ARCHITECTURES,
-    "MIXED_PRECISION": PRECISION_MODES,
-    "VARIANT": VARIANTS,
-    "AUGMENTATION": AUGMENTATIONS,
-    "OPTIMIZER": OPTIMIZERS,
-    "SCHEDULE": SCHEDULES,
-    "RECIPE": ("fast", "talk"),
-}
-# The talk's from-scratch settings (03/05 --recipe talk): VGG16, Adam 0.001, batch 64,
-# 100 epochs with patience 50, flips and +-45 degree rotations in the model.
-TALK_SCRATCH_RECIPE = {
-    "arch": "vgg16",
-    "batch_size": 64,
-    "epochs": 100,
-    "optimizer": "adam",
-    "learning_rate": 0.001,
-    "schedule": "constant",
-    "warmup_epochs": 0,
-    "momentum": 0.0,
-    "weight_decay": 0.0,
-    "label_smoothing": 0.0,
-    "augmentation": "talk",
-    "shift": 0,
-    "patience": 50,
-}
-
-
-def use_talk_recipe(settings: argparse.Namespace) -> None:
-    """03/05 `--recipe talk`: every setting of TALK_SCRATCH_RECIPE takes the talk's value,
-    except those the user passed as flags, whatever their value (`--batch-size 128`
-    keeps 128 even where 128 is the script's default)."""
-    given = flags_given(settings)
-    for key, value in TALK_SCRATCH_RECIPE.items():
-        if key not in given:
-            setattr(settings, key, value)
-
-
-# Keras versions known to need work_around_keras_20585 (multi-worker fit).
-KERAS_20585_CHECKED_UP_TO = (3, 15)
 # Logged by Keras for compile(metrics=["categorical_accuracy"]); checkpoints follow it.
 MONITOR = "val_categorical_accuracy"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINTS = CHECKPOINTS_FOLDER
-
-
-# ---------------------------------------------------------------------------
-# Stages and their optimisers
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One training stage of a recipe.
-
-    trainable: "head" (backbone frozen), "above-block1" (backbone frozen up to its
-    frozen_through layer) or "all". optimizer: one of OPTIMIZERS.
-    """
-
-    name: str
-    trainable: str
-    optimizer: str
-    learning_rate: float
-    patience: int
-    momentum: float = 0.0
-    # "constant", or "cosine": linear warm-up over warmup_epochs from a tenth of
-    # learning_rate to learning_rate, then cosine decay to zero at the last epoch.
-    schedule: str = "constant"
-    warmup_epochs: int = 0
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-
-
-def make_optimizer(name: str, learning_rate, momentum: float = 0.0, weight_decay: float = 0.0):
-    """Keras optimizer by name; learning rates are explicit (Keras 3 changed defaults).
-
-    learning_rate: a number or a Keras schedule. weight_decay: decoupled, for
-    sgd-nesterov and adamw.
-    """
-    import keras
-
-    if name == "sgd-nesterov":
-        return keras.optimizers.SGD(
-            learning_rate=learning_rate,
-            momentum=momentum,
-            nesterov=True,
-            weight_decay=weight_decay or None,
-        )
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
-    if name == "adadelta":
-        return keras.optimizers.Adadelta(learning_rate=learning_rate)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    raise ValueError(f"optimizer must be adadelta, sgd or adam, not {name}")
-
-
-def dihedral_augmentation(images, training: bool = True):
-    """Each image of a batch (n, rows, cols, bands), rows == cols, under one of the 8
-    symmetries of the square (4 rotations by 90 degrees, each with or without a
-    flip), drawn independently per image. Exact: no interpolation, no new pixels."""
-    import tensorflow as tf
-
-    if not training:
-        return images
-    rotations = [tf.image.rot90(images, k) for k in range(4)]
-    variants = tf.stack(rotations + [tf.reverse(image, axis=[2]) for image in rotations], axis=1)
-    choice = tf.random.uniform([tf.shape(images)[0]], 0, 8, dtype=tf.int32)
-    return tf.gather(variants, choice, axis=1, batch_dims=1)
-
-
-def random_shift(images, shift: int):
-    """Each image of a batch (n, rows, cols, bands) moved by its own random offset of
-    up to `shift` pixels along each axis, the edges filled by reflection (no new
-    values, no interpolation). shift must be smaller than rows and cols."""
-    import tensorflow as tf
-
-    size = tf.shape(images)[1:3]
-    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="REFLECT")
-    offsets = tf.random.uniform([tf.shape(images)[0], 2], 0, 2 * shift + 1, dtype=tf.int32)
-    rows = offsets[:, :1] + tf.range(size[0])[tf.newaxis]
-    columns = offsets[:, 1:] + tf.range(size[1])[tf.newaxis]
-    rows_taken = tf.gather(padded, rows, axis=1, batch_dims=1)
-    return tf.gather(rows_taken, columns, axis=2, batch_dims=1)
-
-
-def pipeline_augmentation(augmentation: str, shift: int):
-    """The training batches' augmentation in the input pipeline, or None: the 8
-    symmetries of the square for "dihedral", then a random shift of up to `shift`
-    pixels (reflected edges) when shift > 0. "talk" augments inside the model."""
-    dihedral = augmentation == "dihedral"
-    if not dihedral and not shift:
-        return None
-
-    def augment(images, training: bool = True):
-        images = dihedral_augmentation(images, training) if dihedral else images
-        return random_shift(images, shift) if shift and training else images
-
-    return augment
-
-
-def learning_rate_schedule(stage: Stage, steps_per_epoch: int, epochs: int):
-    """The stage's learning rate: a number, or for "cosine" a stock Keras schedule
-    (so a saved model loads without this project)."""
-    import keras
-
-    if stage.schedule == "constant":
-        return stage.learning_rate
-    if stage.schedule != "cosine":
-        raise InputError(f"schedule must be constant or cosine, not {stage.schedule}.")
-    warmup = min(stage.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=stage.learning_rate / 10,
-        decay_steps=max(epochs * steps_per_epoch - warmup, 1),
-        warmup_target=stage.learning_rate,
-        warmup_steps=warmup,
-    )
-
-
-def compile_for_stage(
-    model,
-    stage: Stage,
-    arch: str,
-    variant: str | None = None,
-    steps_per_epoch: int = 1,
-    epochs: int = 1,
-) -> None:
-    """Set the stage's trainable layers and compile (categorical cross-entropy with
-    the stage's label smoothing, categorical accuracy); fp16 policies get loss
-    scaling from Keras."""
-    import keras
-
-    set_trainable(model, arch, stage.trainable, variant)
-    learning_rate = learning_rate_schedule(stage, steps_per_epoch, epochs)
-    model.compile(
-        optimizer=make_optimizer(
-            stage.optimizer, learning_rate, stage.momentum, stage.weight_decay
-        ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=stage.label_smoothing),
-        metrics=["categorical_accuracy"],
-    )
-
-
-# ---------------------------------------------------------------------------
-# Distribution
-# ---------------------------------------------------------------------------
-
-
-def choose_strategy():
-    """MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy for
-    more than one visible GPU, TensorFlow's default strategy otherwise.
-
-    Call it before any other TensorFlow work: collective ops are configured once.
-    """
-    import tensorflow as tf
-
-    if os.environ.get("TF_CONFIG"):
-        work_around_keras_20585()
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def keras_version() -> tuple[int, int]:
-    """(major, minor) of the installed Keras."""
-    import keras
-
-    return tuple(int(part) for part in keras.__version__.split(".")[:2])
-
-
-def work_around_keras_20585() -> None:
-    """Make Keras 3's fit work under MultiWorkerMirroredStrategy (TensorFlow backend).
-
-    Keras (checked up to KERAS_20585_CHECKED_UP_TO) reduces per-replica values
-    with calls that collective all-reduce rejects: the first batch before
-    building (eagerly) and scalar metrics with axis=0 (keras-team/keras#20585).
-    This replaces two private functions of Keras' TensorFlow trainer: it builds
-    from the worker's own first batch and averages scalars over replicas.
-    Harmless for other strategies. tests/test_distributed.py runs fit without it
-    and fails once a Keras release no longer needs it: then delete this function.
-    """
-    import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer as tensorflow_trainer
-
-    if getattr(tensorflow_trainer, "_keras_20585_worked_around", False):
-        return
-    if keras_version() > KERAS_20585_CHECKED_UP_TO:
-        print(
-            f"note: Keras {'.'.join(map(str, keras_version()))} is newer than the versions "
-            "checked for keras-team/keras#20585; applying the multi-worker workaround."
-        )
-    original_reduce = tensorflow_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            return tf.nest.map_structure(
-                lambda value: (
-                    strategy.reduce("MEAN", value, axis=None)
-                    if isinstance(value, tf.distribute.DistributedValues)
-                    else value
-                ),
-                values,
-            )
-        return original_reduce(values, strategy, reduction)
-
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None:
-            return
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda value: (
-                        self.distribute_strategy.experimental_local_results(value)[0]
-                        if isinstance(value, tf.distribute.DistributedValues)
-                        else value
-                    ),
-                    next(batches),
-                )
-                break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    tensorflow_trainer.reduce_per_replica = reduce_per_replica
-    tensorflow_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
-    tensorflow_trainer._keras_20585_worked_around = True
-
-
-def is_chief(strategy) -> bool:
-    """Whether this process writes the run's outputs (always true without TF_CONFIG)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 # ---------------------------------------------------------------------------
@@ -596,7 +318,7 @@ def train_stages(
             model.fit(
                 train_data,
                 validation_data=validation_data,
-                shuffle=False,  # the dataset reshuffles itself every epoch
+                shuffle=False,  # the pipeline reshuffles itself every epoch
                 epochs=state["stage_start"] + epochs,
                 initial_epoch=state["epoch"],
                 steps_per_epoch=steps_per_epoch or None,
@@ -621,33 +343,6 @@ def train_stages(
 # ---------------------------------------------------------------------------
 
 
-def add_action_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags every training script has besides its constants: what to do, not how."""
-    parser.add_argument(
-        "--evaluate-only",
-        metavar="MODEL",
-        default="",
-        help="write the report of a saved model on --data instead of training",
-    )
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="with --evaluate-only: average predictions over the 8 flips/90-degree rotations",
-    )
-
-
-def parse_training_settings(script_file: str, argv: list[str] | None = None):
-    """A training script's settings: its constants as flags plus the action flags,
-    checked before anything is read or written."""
-    settings = parse_settings(script_file, argv, choices=SCRIPT_CHOICES, extra=add_action_flags)
-    if settings.batch_size < 1 or settings.epochs < 1 or settings.steps_per_epoch < 0:
-        raise InputError("batch size and epochs must be at least 1, steps per epoch at least 0.")
-    if not 0 <= getattr(settings, "shift", 0) < IMAGE_SIZE:
-        raise InputError(f"shift must be 0 to {IMAGE_SIZE - 1} pixels, not {settings.shift}.")
-    return settings
-
-
 @dataclass
 class TrainingRun:
     """An open run folder with its strategy and precision (see training_run)."""
@@ -662,11 +357,30 @@ class TrainingRun:
     policy: str
     stages: Sequence[Stage] = ()
 
-    def datasets(self, augment=None) -> tuple:
-        """(train, validation) tf.data datasets of raw pixels and one-hot labels;
-        `augment` (e.g. dihedral_augmentation) is applied to training batches."""
+    def network(self, weights=None, variant: str | None = None, augment: bool = True):
+        """The run's classifier for its split (bands, classes, normalisation) and seed:
+        build_network(settings.arch, ...) with `weights` (None, "imagenet", a backbone
+        weights file), or for a trained model of this project (a .keras of 02-05) that
+        model's network with its kernels for the bands it knows (network_from_model).
+        `augment`: the talk's augmentation layer inside the model (training only)."""
+        split, settings = self.split, self.settings
+        if is_project_model(weights):
+            model, _ = network_from_model(
+                weights, split.band_names, split.class_names, split.mean, split.std,
+                seed=settings.seed, augment=augment,
+            )  # fmt: skip
+            return model
+        return build_network(
+            settings.arch, split.band_names, len(split.class_names), split.mean, split.std,
+            weights=weights, variant=variant, seed=settings.seed, augment=augment,
+        )  # fmt: skip
+
+    def pipelines(self, augment=None) -> tuple:
+        """(train, validation) tf.data pipelines of raw pixels and one-hot labels;
+        `augment` (e.g. image_functions.pipeline_augmentation) is applied to training
+        batches."""
         return tuple(
-            folder_dataset(
+            folder_pipeline(
                 self.split.folder / part,
                 self.settings.batch_size,
                 training=part == "train",

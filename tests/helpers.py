@@ -18,8 +18,9 @@ from osgeo import gdal
 
 import demo_data
 from cnn_sentinel.model_info import ModelInfo
-from cnn_sentinel.scene import predictors, writers
+from cnn_sentinel.scene import plan, runner, writers
 from cnn_sentinel.scene import reading as scenes
+from cnn_sentinel.settings import parse_settings
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, list_images, talk_constants
 
 gdal.UseExceptions()
@@ -205,41 +206,66 @@ def raw_config(band_names) -> ModelInfo:
     return ModelInfo(list(CLASS_NAMES), list(band_names), 64, source="test")
 
 
+def settings_06(**overrides):
+    """06's settings (its constants as parsed with no flags), some replaced by name."""
+    settings = parse_settings(REPO_ROOT / "06_classify_image.py", [])
+    for name, value in overrides.items():
+        if not hasattr(settings, name):
+            raise AttributeError(f"06 has no setting {name}")
+        setattr(settings, name, value)
+    return settings
+
+
+# The Keras dtype policies the tests name, as 06's MIXED_PRECISION modes.
+PRECISION_MODES = {"float32": "off", "mixed_bfloat16": "bf16", "mixed_float16": "fp16"}
+
+
+def scene_plan(dataset, model, info, label="scene", precision="float32", **settings):
+    """The plan 06 makes of an opened scene with a model in memory (`info` its ModelInfo):
+    06's defaults but no adaptation, no cloud mask and the scale 10000 unless asked,
+    `settings` (06's names: stride, bands, method, ...) replacing some."""
+    defaults = {"adapt": "off", "cloud_mask": "off", "reflectance_scale": 10000}
+    settings = {**defaults, **settings}
+    settings.setdefault("mixed_precision", PRECISION_MODES[precision])
+    settings.setdefault("model", "in-memory")
+    return plan.plan_scene(
+        settings_06(**settings), label, load_model=lambda path: (model, info), scene=dataset
+    )
+
+
+def prepare(dataset, model, info, label="scene", **settings) -> runner.SceneClassification:
+    """The runner of `scene_plan` (model under its precision, adapted, method chosen)."""
+    return runner.prepare_classification(scene_plan(dataset, model, info, label, **settings))
+
+
 def run_classification(
     tmp_path: Path,
     scene_path: Path,
     model,
-    config,
+    info,
     name="out",
-    bands=None,
-    rgb_scaling="none",
-    precision="float32",
-    method="auto",
     probabilities="max",
-    tta=False,
-    reflectance_scale=10000,
-    **options,
+    prefetch_depth=4,
+    steps=(),
+    rgb_scaling="none",
+    **settings,
 ):
-    """Classify a file through the one entry point into the label and probability
-    GeoTIFFs; returns (labels, probabilities) as read back."""
+    """Classify a file through 06's plan and runner into the label and probability
+    GeoTIFFs; returns (labels, probabilities) as read back. `settings`: 06's names."""
     dataset = scenes.open_scene(scene_path)
-    classification = predictors.prepare_classification(
+    classification = prepare(
         dataset,
         model,
-        config,
-        bands=bands,
+        info,
         rgb_scaling=rgb_scaling,
-        precision=precision,
-        method=method,
-        tta=tta,
-        reflectance_scale=reflectance_scale,
+        **settings,
     )
     label_path = tmp_path / f"{name}_label.tif"
     probability_path = tmp_path / f"{name}_prob.tif"
     outputs = writers.output_writers(
-        dataset, config.class_names, label_path, probability_path, probabilities=probabilities
+        dataset, info.class_names, label_path, probability_path, probabilities=probabilities
     )
-    classification.run(outputs, progress=False, **options)
+    classification.run(outputs, progress=False, prefetch_depth=prefetch_depth, steps=steps)
     return read_raster(label_path), read_raster(probability_path)
 
 

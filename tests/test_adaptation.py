@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from helpers import (
+    prepare,
     raw_config,
     read_raster,
     run_classification,
@@ -218,12 +219,10 @@ def test_auto_leaves_a_close_scene_alone_and_measures_the_shift(scene_case, monk
 
 def test_a_model_object_given_to_06_keeps_its_statistics(scene_case):
     """A worker's cached model serves scene after scene: adapting works on a copy."""
-    from cnn_sentinel.scene import predictors
-
     _, path, _ = scene_case
     model = valid_model()
     before = [weight.copy() for weight in model.get_weights()]
-    classification = predictors.prepare_classification(
+    classification = prepare(
         scenes.open_scene(path), model, raw_config(RGB_BAND_NAMES), rgb_scaling="none",
         adapt="on", adapt_windows=64,
     )  # fmt: skip

@@ -121,7 +121,12 @@ def test_every_script_answers_help_at_once_with_every_setting_as_a_flag(script):
     constants = settings.script_constants(REPO_ROOT / script)
     for name, _default, _help in constants:
         assert "--" + name.lower().replace("_", "-") in help_text, name
-    assert "--verbose" in help_text and "--no-progress" in help_text
+    # 07 runs no TensorFlow and shows no progress bar: it offers neither flag.
+    common = script != "07_evaluate_map.py"
+    assert ("--verbose" in help_text and "--no-progress" in help_text) == common
+    # Defaults as a user writes them, never a Python literal.
+    for literal in ("(default: ())", "(default: None)", "(default: [])", "None =", "None:"):
+        assert literal not in help_text, literal
     overwrite = [entry for entry in constants if entry[0] == "OVERWRITE"]
     if overwrite:  # one form everywhere: the last setting, False, "replace existing outputs..."
         assert constants[-1][0] == "OVERWRITE", "OVERWRITE is not the last setting"

@@ -34,9 +34,10 @@ def test_demo_runs_the_chain_and_is_idempotent(tmp_path, readme_chain):
     demo_dir = tmp_path / "demo"
     (demo_dir / "runs").mkdir(parents=True)
     # The README made data/demo with these very settings (seed 0), so demo.py would
-    # write the same bytes; and its 05 run stands in for the demo's training.
+    # write the same bytes; and its 05 run (tiny) stands in for the demo's training,
+    # under the run name of the demo's own network (tiny-valid).
     (demo_dir / "data").symlink_to(readme_chain.folder / "data" / "demo")
-    (demo_dir / "runs" / "demo-ms-scratch-tiny").symlink_to(
+    (demo_dir / "runs" / "demo-ms-scratch-tiny-valid").symlink_to(
         readme_chain.folder / "runs" / "ms-scratch-tiny"
     )
     settings = ["--demo-dir", str(demo_dir), "--images-per-class", "10", "--scene-size", "160"]
@@ -44,6 +45,7 @@ def test_demo_runs_the_chain_and_is_idempotent(tmp_path, readme_chain):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "== generate demo data: skipped" in first.stdout
     assert "== training (05_train_ms_from_scratch.py): skipped" in first.stdout
+    assert "/runs/demo-ms-scratch-tiny-valid/model.keras exists" in first.stdout
     for step in ("01_split", "statistics.py", "06_classify"):
         assert f"$ python {step}" in first.stdout
     label = demo_dir / "classified" / "scene_ms_label.tif"

@@ -40,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 if sys.argv[1] == "worked-around":
-    from cnn_sentinel import training
-    training.work_around_keras_20585()
+    from cnn_sentinel.keras_workaround import work_around_keras_20585
+    work_around_keras_20585()
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 with strategy.scope():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
@@ -129,7 +129,7 @@ def test_multi_worker_mirrored_strategy_two_local_workers(ms_split, tmp_path):
 @pytest.mark.slow
 def test_keras_still_needs_the_multi_worker_workaround(tmp_path):
     """When this fails, a Keras release fixed keras-team/keras#20585: delete
-    cnn_sentinel.training.work_around_keras_20585 and KERAS_20585_CHECKED_UP_TO."""
+    the module cnn_sentinel.keras_workaround and its call in cnn_sentinel.strategy."""
     import keras
 
     results = run_local_workers([sys.executable, "-c", PLAIN_MULTI_WORKER_FIT, "plain"], tmp_path)

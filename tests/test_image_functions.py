@@ -194,7 +194,7 @@ def test_augmentation_survives_saving(tmp_path):
 
 
 def test_folder_dataset_is_a_real_epoch(sample_ms_dataset):
-    dataset, labels = imf.folder_dataset(
+    dataset, labels = imf.folder_pipeline(
         sample_ms_dataset, batch_size=16, training=True, band_indices=[3, 2, 1], progress=False
     )
     batches = list(dataset)
@@ -202,7 +202,7 @@ def test_folder_dataset_is_a_real_epoch(sample_ms_dataset):
     assert sorted(seen.tolist()) == sorted(labels.tolist())  # every image once per epoch
     first_images = batches[0][0]
     assert first_images.shape[1:] == (64, 64, 3) and first_images.dtype.name == "float32"
-    evaluation, _ = imf.folder_dataset(
+    evaluation, _ = imf.folder_pipeline(
         sample_ms_dataset, batch_size=16, training=False, progress=False
     )
     order = np.concatenate([np.argmax(np.asarray(y), axis=1) for _, y in evaluation])

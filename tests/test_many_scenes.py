@@ -25,6 +25,7 @@ from script_modules import load_script
 import demo_data
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.scene import blocks, job, many
+from cnn_sentinel.scene import plan as scene_plan
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
 
 classify_image = load_script("06_classify_image.py", "classify_image_many")
@@ -133,11 +134,11 @@ def test_scheduler_choice():
 
 
 def test_row_bands_are_whole_row_blocks():
-    assert job.row_bands(100, 32, 1, 16) == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert job.row_strips(100, 32, 1, 16) == [(0, 32), (32, 64), (64, 96), (96, 100)]
     # Bands are rounded to the blocks a run reads (block rows rounded to the stride).
-    assert job.row_bands(100, 40, 16, 16) == [(0, 32), (32, 64), (64, 96), (96, 100)]
-    assert job.row_bands(100, 8, 16, 40) == [(0, 32), (32, 64), (64, 96), (96, 100)]
-    assert job.row_bands(10, 2048, 1, 256) == [(0, 10)]
+    assert job.row_strips(100, 40, 16, 16) == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert job.row_strips(100, 8, 16, 40) == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert job.row_strips(10, 2048, 1, 256) == [(0, 10)]
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,7 @@ def test_row_bands_are_whole_row_blocks():
 def test_bands_assemble_into_the_whole_scene_outputs(
     case, tmp_path, stride, cloud_mask, probabilities
 ):
-    """classify_band on each band (halo from the scene's real rows) then assemble_scene
+    """classify_rows on each strip (halo from the scene's real rows) then assemble_scene
     give the outputs of classify_one: labels identical, probabilities within 1e-6."""
     flags = [
         "--model", case["model"], "--stride", stride, "--cloud-mask", cloud_mask,
@@ -162,13 +163,14 @@ def test_bands_assemble_into_the_whole_scene_outputs(
         classify_image.__file__,
         [str(value) for value in ["--output-dir", tmp_path / "bands", *flags]],
     )
+    plan = scene_plan.plan_scene(settings, case["cloudy"])
     bands_folder = tmp_path / "bands" / ".cloudy.bands"
     bands = [
-        job.classify_band(settings, case["cloudy"], first, last, bands_folder)
-        for first, last in reversed(job.row_bands(96, 32, stride, 16))
+        job.classify_rows(plan, first, last, bands_folder)
+        for first, last in reversed(job.row_strips(96, 32, stride, 16))
     ]
     assert len(bands) == 3 and (bands_folder / "rows000032.json").exists()
-    summary = job.assemble_scene(settings, case["cloudy"], bands, bands_folder)
+    summary = job.assemble_scene(plan, bands, bands_folder)
     assert not bands_folder.exists()
     assert_same_outputs(tmp_path / "bands", tmp_path / "whole", "cloudy")
     for name in ("windows", "classified", "pixels", "cloud", "nodata"):

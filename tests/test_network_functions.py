@@ -1,5 +1,5 @@
 """Tests of cnn_sentinel.networks (heads, freezing, weight transfer) and precision, of the
-optimisers and strategy of training.py, and of the metrics of reports.py."""
+optimisers of optimisation.py and the strategy of strategy.py, and of the metrics of reports.py."""
 
 from __future__ import annotations
 
@@ -13,13 +13,8 @@ from helpers import WRONG_WEIGHTS_WARNING
 from cnn_sentinel import fonts, precision, reports
 from cnn_sentinel import networks as nf
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.training import (
-    Stage,
-    choose_strategy,
-    compile_for_stage,
-    is_chief,
-    make_optimizer,
-)
+from cnn_sentinel.optimisation import Stage, compile_for_stage, make_optimizer
+from cnn_sentinel.strategy import choose_strategy, is_chief
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES
 
 MEAN3, STD3 = [100.0, 100.0, 100.0], [30.0, 30.0, 30.0]
@@ -318,6 +313,35 @@ def test_class_names_in_any_alphabet_draw_without_glyph_warnings(tmp_path, capsy
     notes = capsys.readouterr().err.count("note: no installed font has the characters 林森")
     assert notes == (1 if fonts.font_with("森林") is None else 0)
     assert fonts.font_with("Лес") is not None and (tmp_path / "2.png").stat().st_size > 1000
+
+
+def test_tiny_valid_is_a_dense_network_at_a_fifth_of_tinys_cost(keras_backend):
+    """The demo's network: 5 x 5 x 64 features, exact in 06's whole-block pass (also
+    averaged over the 8 symmetries), and under a fifth of tiny's FLOPs per patch."""
+    from cnn_sentinel.model_info import ModelInfo
+    from cnn_sentinel.scene.dense import DenseNetwork, dihedral_unsupported_reason
+
+    def flops(backbone):  # 2 per multiply-add of every convolution
+        return sum(
+            2 * np.prod(layer.kernel.shape) * np.prod(layer.output.shape[1:3])
+            for layer in backbone.layers
+            if type(layer).__name__ == "Conv2D"
+        )
+
+    mean, std = [1000.0] * 13, [500.0] * 13
+    model = nf.build_network("tiny-valid", MS_BAND_NAMES, 10, mean, std, augment=False)
+    backbone = model.get_layer("tiny-valid")
+    assert tuple(backbone.output.shape[1:]) == (5, 5, 64)
+    assert dihedral_unsupported_reason(model) is None
+    assert flops(backbone) < flops(nf.build_backbone("tiny", 13)) / 5
+    # The whole-block pass at stride 4 equals one pass per window.
+    image = np.random.default_rng(0).uniform(0, 3000, (80, 76, 13)).astype(np.float32)
+    config = ModelInfo([f"c{index}" for index in range(10)], list(MS_BAND_NAMES), 64)
+    rows, cols = np.arange(0, 17, 4), np.arange(0, 13, 4)
+    dense = DenseNetwork(model, config).tile(image, rows, cols)
+    windows = np.stack([image[r : r + 64, c : c + 64] for r in rows for c in cols])
+    expected = np.asarray(model(windows)).reshape(len(rows), len(cols), 10)
+    np.testing.assert_allclose(dense, expected, atol=1e-5)
 
 
 def test_mixed_precision_backbones_use_fused_batch_normalization(keras_backend):

@@ -20,6 +20,7 @@ from helpers import (
     ORIGIN,
     expected_at_stride,
     generated_jp2_bands,
+    prepare,
     raw_config,
     read_raster,
     run_classification,
@@ -36,7 +37,7 @@ from talk_reference import talk_classify
 from cnn_sentinel import precision
 from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
-from cnn_sentinel.scene import blocks, clouds, geometry, predictors, quicklooks, writers
+from cnn_sentinel.scene import blocks, clouds, geometry, quicklooks, runner, writers
 from cnn_sentinel.scene import reading as scenes
 from cnn_sentinel.scene.products import sentinel2_band_files
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
@@ -224,7 +225,7 @@ def test_files_that_are_not_models_are_refused(tmp_path):
 
 def test_bfloat16_copy_keeps_weights_and_mostly_the_labels(rgb_case, tmp_path):
     _, scene_path, _, model, (talk_labels, _) = rgb_case
-    mixed = predictors.with_precision(model, "mixed_bfloat16")
+    mixed = runner.with_precision(model, "mixed_bfloat16")
     assert mixed.layers[1].dtype_policy.name == "float32"  # Normalization stays float32
     assert mixed.layers[-1].dtype_policy.name == "mixed_bfloat16"
     labels, _ = run_classification(
@@ -410,11 +411,11 @@ def test_not_georeferenced_scene_warns_and_classifies(rgb_case, tmp_path):
 def test_quicklook_decimates_like_gdal_and_is_a_png(rgb_case, tmp_path):
     _, scene_path, _, model, _ = rgb_case
     dataset = scenes.open_scene(scene_path)
-    classification = predictors.prepare_classification(dataset, model, raw_config(RGB_BAND_NAMES))
+    classification = prepare(dataset, model, raw_config(RGB_BAND_NAMES), stride=3, block_rows=7)
     label_path, png = tmp_path / "out_label.tif", tmp_path / "look.png"
     quicklook = quicklooks.SideBySideQuicklookWriter(dataset, png, CLASS_NAMES, "test", max_side=17)
     label = writers.LabelWriter(dataset, label_path, CLASS_NAMES)
-    classification.run([label, quicklook], stride=3, block_rows=7, progress=False)
+    classification.run([label, quicklook], progress=False)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     decimated = gdal.Open(str(label_path)).ReadAsArray(
         buf_xsize=17, buf_ysize=14, resample_alg=gdal.GRIORA_NearestNeighbour
@@ -510,9 +511,7 @@ def test_pixels_far_from_the_models_10_m_or_degrees_are_warned_about_with_the_fi
     # 06's entry point warns (run_script prints it as one "warning: ..." line).
     model = tiny_model(3, [100.0] * 3, [30.0] * 3)
     with pytest.warns(UserWarning, match="scene landsat.tif has 300 m pixels"):
-        predictors.prepare_classification(
-            landsat, model, raw_config(RGB_BAND_NAMES), scene_label="landsat.tif"
-        )
+        prepare(landsat, model, raw_config(RGB_BAND_NAMES), "landsat.tif")
 
 
 def mixed_scene(types: list[int], names: list[str]) -> gdal.Dataset:
@@ -539,14 +538,12 @@ def test_scene_decisions_look_at_the_bands_read_and_name_their_fallbacks():
     # Bands taken in file order because their names are not the model's: said in the banner.
     model = tiny_model(3, [100.0] * 3, [30.0] * 3)
     colours = mixed_scene([byte] * 3, ["Red", "Green", "Blue"])
-    classification = predictors.prepare_classification(
-        colours, model, raw_config(RGB_BAND_NAMES), scene_label="colours.tif"
-    )
+    classification = prepare(colours, model, raw_config(RGB_BAND_NAMES), "colours.tif")
     assert classification.describe().startswith(
         "64x64 px, bands Red, Green, Blue (taken in file order as the model's B04, B03, B02) ->"
     )
     named = mixed_scene([byte] * 3, list(RGB_BAND_NAMES))
-    by_name = predictors.prepare_classification(named, model, raw_config(RGB_BAND_NAMES))
+    by_name = prepare(named, model, raw_config(RGB_BAND_NAMES))
     assert "taken" not in by_name.describe() and "named by" not in by_name.describe()
     # The cloud mask reads its bands by name: assumed names are said too.
     pytest.importorskip("s2cloudless")
@@ -723,7 +720,7 @@ def test_models_with_our_custom_layers_load_and_convert(tmp_path):
     path = save_model(keras.Model(inputs, outputs), tmp_path, RGB_BAND_NAMES)
     model, config = scenes.load_scene_model(path)
     assert tuple(config.band_names) == RGB_BAND_NAMES
-    assert predictors.with_precision(model, "mixed_bfloat16").layers[-1].dtype_policy.name == (
+    assert runner.with_precision(model, "mixed_bfloat16").layers[-1].dtype_policy.name == (
         "mixed_bfloat16"
     )
 
@@ -737,9 +734,9 @@ def test_float32_classification_of_a_model_trained_in_bfloat16(tmp_path):
         model = nf.build_network("tiny", RGB_BAND_NAMES, 10, [100.0] * 3, [30.0] * 3)
     model.save(tmp_path / "model.keras")
     loaded = nf.load_model(tmp_path / "model.keras")
-    assert predictors._has_mixed_layers(loaded)
-    exact = predictors.with_precision(loaded, "float32")
-    assert not predictors._has_mixed_layers(exact)
+    assert runner._has_mixed_layers(loaded)
+    exact = runner.with_precision(loaded, "float32")
+    assert not runner._has_mixed_layers(exact)
     pixels = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.float32)
     float32_output = np.asarray(exact(pixels, training=False))
     bfloat16_output = np.asarray(loaded(pixels, training=False))
@@ -819,10 +816,10 @@ def test_dense_tiles_and_phase_methods_agree(valid_case):
 def test_auto_picks_dense_only_where_it_is_exact(valid_case, rgb_case):
     dataset = scenes.open_scene(valid_case[1])
     config = raw_config(RGB_BAND_NAMES)
-    valid = predictors.prepare_classification(dataset, valid_case[3], config)
+    valid = prepare(dataset, valid_case[3], config)
     assert valid.method == "dense" and valid.dense_reason is None
     assert "whole-block pass" in valid.describe()
-    flatten = predictors.prepare_classification(dataset, rgb_case[3], config)
+    flatten = prepare(dataset, rgb_case[3], config)
     assert flatten.method == "windows"
     assert "Flatten" in flatten.dense_reason
 
@@ -836,17 +833,15 @@ def test_dense_refused_with_one_sentence_for_zero_padding(valid_case):
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
     dataset = scenes.open_scene(valid_case[1])
     with pytest.raises(InputError, match="block1_conv1 \\(Conv2D\\) pads with zeros") as error:
-        predictors.prepare_classification(
-            dataset, model, raw_config(RGB_BAND_NAMES), method="dense"
-        )
+        prepare(dataset, model, raw_config(RGB_BAND_NAMES), method="dense")
     assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
 
 
 def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
     """A per-block step (a mask) runs before the writers; a writer sees block pixels."""
     dataset = scenes.open_scene(valid_case[1])
-    classification = predictors.prepare_classification(
-        dataset, valid_case[3], raw_config(RGB_BAND_NAMES)
+    classification = prepare(
+        dataset, valid_case[3], raw_config(RGB_BAND_NAMES), stride=2, block_rows=10
     )
 
     def mask_left_half(block):
@@ -869,7 +864,7 @@ def test_block_steps_and_extra_writers_plug_in(valid_case, tmp_path):
 
     sums = PixelSums()
     label = writers.LabelWriter(dataset, tmp_path / "masked.tif", CLASS_NAMES)
-    summary = classification.run([label, sums], stride=2, block_rows=10, steps=[mask_left_half])
+    summary = classification.run([label, sums], steps=[mask_left_half])
     labels = read_raster(tmp_path / "masked.tif")
     assert np.all(labels[:, :24] == blocks.LABEL_NODATA)
     assert np.all(labels[3:9, 30:] != blocks.LABEL_NODATA)
@@ -880,8 +875,8 @@ def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
     """The reading thread, done early and blocked on a full queue, must not hang the
     run when a writer fails (it once did: the end marker was put without a timeout)."""
     dataset = scenes.open_scene(valid_case[1])
-    classification = predictors.prepare_classification(
-        dataset, valid_case[3], raw_config(RGB_BAND_NAMES)
+    classification = prepare(
+        dataset, valid_case[3], raw_config(RGB_BAND_NAMES), stride=8, block_rows=24
     )
 
     class Failing:
@@ -896,7 +891,7 @@ def test_a_failing_writer_stops_the_run_without_hanging(valid_case, tmp_path):
 
     failing = Failing()
     with pytest.raises(OSError, match="disk full"):
-        classification.run([failing], stride=8, block_rows=24, progress=False, prefetch_depth=1)
+        classification.run([failing], progress=False, prefetch_depth=1)
     assert failing.closed
 
 
@@ -942,10 +937,10 @@ def test_per_window_batches_of_a_large_network_stay_under_the_activation_budget(
 
     mean, std = talk_constants(13)
     vgg16 = networks.build_network("vgg16", MS_BAND_NAMES, 10, mean, std, augment=False)
-    assert predictors.activation_bytes(vgg16) == 2 * 4 * 64 * 64 * 64
-    assert predictors.batch_within_budget(vgg16, 256) == 64
+    assert runner.activation_bytes(vgg16) == 2 * 4 * 64 * 64 * 64
+    assert runner.batch_within_budget(vgg16, 256) == 64
     assert "note: batches of 64 windows, not 256" in capsys.readouterr().err
-    assert predictors.batch_within_budget(vgg16, 32) == 32
-    assert predictors.batch_within_budget(vgg16, 256, symmetries=8) == 8
+    assert runner.batch_within_budget(vgg16, 32) == 32
+    assert runner.batch_within_budget(vgg16, 256, symmetries=8) == 8
     small = tiny_model(3, [100.0] * 3, [30.0] * 3)
-    assert predictors.batch_within_budget(small, 256) == 256
+    assert runner.batch_within_budget(small, 256) == 256

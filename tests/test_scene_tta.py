@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import (
+    prepare,
     raw_config,
     run_classification,
     smooth_scene,
@@ -15,7 +16,7 @@ from helpers import (
 )
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, predictors
+from cnn_sentinel.scene import blocks
 from cnn_sentinel.scene import reading as scenes
 
 RGB = ("B04", "B03", "B02")
@@ -86,12 +87,12 @@ def test_tta_dense_refused_where_turning_kernels_is_not_exact(tta_case):
     dataset = scenes.open_scene(tta_case[0])
     config = raw_config(RGB)
     with pytest.raises(InputError, match="--method dense --tta: its layer odd_steps") as error:
-        predictors.prepare_classification(dataset, model, config, method="dense", tta=True)
+        prepare(dataset, model, config, method="dense", tta=True)
     assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
-    fallback = predictors.prepare_classification(dataset, model, config, tta=True)
+    fallback = prepare(dataset, model, config, tta=True)
     assert fallback.method == "windows" and fallback.tta
     assert "averaged over the 8 flips and rotations" in fallback.describe()
-    assert predictors.prepare_classification(dataset, model, config).method == "dense"
+    assert prepare(dataset, model, config).method == "dense"
 
 
 def test_turned_kernels_cover_the_whole_group():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from script_modules import load_script
 
-from cnn_sentinel.scene import job
+from cnn_sentinel.scene import plan
 from image_functions import CLASS_NAMES, MS_BAND_NAMES, RGB_BAND_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -101,12 +101,12 @@ def test_shipped_model_maps_a_real_scene_crop_plausibly(name, scenes_dir, tmp_pa
 
 
 def test_default_model_fits_the_scene_bands():
-    ms, words = job.shipped_model_for(list(MS_BAND_NAMES), None)
+    ms, words = plan.shipped_model_for(list(MS_BAND_NAMES), None)
     assert ms.endswith("eurosat-ms-resnet-valid-narrow/model.keras") and "13 bands" in words
     assert Path(ms).is_file()
     unnamed = [f"band {index}" for index in range(1, 14)]  # a 13-band stack without names
-    assert job.shipped_model_for(unnamed, None)[0] == ms
+    assert plan.shipped_model_for(unnamed, None)[0] == ms
     for names, bands in [(list(RGB_BAND_NAMES), None), (list(MS_BAND_NAMES), "B04,B03,B02")]:
-        rgb, words = job.shipped_model_for(names, bands)
+        rgb, words = plan.shipped_model_for(names, bands)
         assert rgb.endswith("eurosat-rgb-resnet-valid-narrow/model.keras") and "RGB" in words
         assert Path(rgb).is_file()

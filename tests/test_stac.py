@@ -25,7 +25,7 @@ from osgeo import gdal, osr
 from script_modules import load_script
 
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import reading, stac
+from cnn_sentinel.scene import geometry, reading, stac
 from cnn_sentinel.scene.products import dn_offset_words
 from image_functions import MS_BAND_NAMES, talk_constants
 
@@ -223,7 +223,7 @@ def test_only_the_blocks_of_the_box_are_read_over_http(catalog, tmp_path):
     remote_outputs = outputs(tmp_path / "out", "remote")
     for remote, here in zip(remote_outputs, outputs(local, "S2A_T33UUU_20170216"), strict=True):
         assert np.array_equal(remote, here, equal_nan=True)
-    window = reading.bbox_window(gdal.Open(str(catalog["stack"])), catalog["box"], "stack")
+    window = geometry.bbox_window(gdal.Open(str(catalog["stack"])), catalog["box"], "stack")
     assert window == (150, 170, 100, 100)
     outside, box_bytes = [], 0
     for name in MS_BAND_NAMES:

@@ -14,6 +14,7 @@ import pytest
 from helpers import FAST, SCRIPTS, WRONG_WEIGHTS_WARNING, make_split, read_history
 from script_modules import load_script
 
+import image_functions as imf
 from cnn_sentinel import networks as nf
 from cnn_sentinel import training
 from cnn_sentinel.errors import InputError
@@ -144,6 +145,38 @@ def test_recipe_talk_takes_the_talks_settings_except_flags_given(rgb_split, tmp_
         0.0,
         50,
     )
+
+
+@pytest.mark.parametrize("number", ["03", "05"])
+def test_recipe_talk_keeps_a_constant_edited_at_the_top_of_the_script(number, tmp_path, capsys):
+    from cnn_sentinel import recipes
+    from cnn_sentinel.settings import script_constants
+
+    script = REPO_ROOT / SCRIPTS[number]
+    # The shipped constants are what the recipe compares with: unedited, all talk values.
+    shipped = {name.lower(): value for name, value, _ in script_constants(script)}
+    expected = recipes.shipped_fast_recipe(script)
+    assert {key: shipped[key] for key in expected} == expected
+    assert set(expected) == set(recipes.TALK_SCRATCH_RECIPE)
+    untouched = recipes.parse_training_settings(str(script), ["--recipe", "talk"])
+    for key, value in recipes.TALK_SCRATCH_RECIPE.items():
+        assert getattr(untouched, key) == value, key
+    # A copy with BATCH_SIZE and EPOCHS edited: both kept, each named in a note.
+    edited = tmp_path / script.name
+    source = script.read_text(encoding="utf-8")
+    source = source.replace("BATCH_SIZE = 128  #", "BATCH_SIZE = 32  #")
+    source = source.replace(f"EPOCHS = {expected['epochs']}  #", "EPOCHS = 7  #")
+    edited.write_text(source, encoding="utf-8")
+    settings = recipes.parse_training_settings(str(edited), ["--recipe", "talk", "--shift", "2"])
+    assert (settings.batch_size, settings.epochs, settings.shift) == (32, 7, 2)
+    assert (settings.arch, settings.optimizer, settings.learning_rate) == ("vgg16", "adam", 0.001)
+    assert (settings.augmentation, settings.patience) == ("talk", 50)
+    notes = capsys.readouterr().out
+    assert "keeps BATCH_SIZE = 32" in notes and "keeps EPOCHS = 7" in notes
+    assert "SHIFT" not in notes  # given as a flag: kept without a note
+    # The fast recipe leaves every edited constant as it is.
+    fast = recipes.parse_training_settings(str(edited), [])
+    assert (fast.batch_size, fast.epochs, fast.arch) == (32, 7, "resnet-valid-narrow")
 
 
 @pytest.mark.parametrize("variant", ["adapter", "first-conv"])
@@ -328,7 +361,7 @@ def test_random_shift_moves_each_image_by_its_own_offset_with_reflected_edges():
 
     tf.random.set_seed(0)
     images = np.random.default_rng(0).normal(size=(96, 9, 9, 2)).astype(np.float32)
-    shifted = training.random_shift(tf.constant(images), 1).numpy()
+    shifted = imf.random_shift(tf.constant(images), 1).numpy()
     offsets = []
     for image, result in zip(images, shifted, strict=True):
         found = [
@@ -350,11 +383,11 @@ def test_random_shift_moves_each_image_by_its_own_offset_with_reflected_edges():
 def test_pipeline_augmentation_is_a_symmetry_then_a_shift_and_only_in_training():
     import tensorflow as tf
 
-    assert training.pipeline_augmentation("none", 0) is None
-    assert training.pipeline_augmentation("talk", 0) is None
+    assert imf.pipeline_augmentation("none", 0) is None
+    assert imf.pipeline_augmentation("talk", 0) is None
     tf.random.set_seed(1)
     images = np.random.default_rng(1).normal(size=(32, 8, 8, 3)).astype(np.float32)
-    augment = training.pipeline_augmentation("dihedral", 2)
+    augment = imf.pipeline_augmentation("dihedral", 2)
     results = augment(tf.constant(images)).numpy()
     moved = 0
     for image, result in zip(images, results, strict=True):
@@ -368,7 +401,7 @@ def test_pipeline_augmentation_is_a_symmetry_then_a_shift_and_only_in_training()
         moved += all(offset != (0, 0) for offset in candidates)
     assert moved > 16  # 24 of 25 offsets move the image
     assert np.array_equal(augment(tf.constant(images), training=False).numpy(), images)
-    only_shift = training.pipeline_augmentation("none", 3)(tf.constant(images)).numpy()
+    only_shift = imf.pipeline_augmentation("none", 3)(tf.constant(images)).numpy()
     assert all(
         any(np.array_equal(shifted, result) for *_, shifted in shifted_variants(image, 3))
         for image, result in zip(images, only_shift, strict=True)

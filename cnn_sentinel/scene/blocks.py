@@ -1,6 +1,7 @@
 """The bottom of the scene package: the blocks that flow from reading to predicting to
 writing, `prefetch` that runs a producer of them ahead in a thread, and the reserved
-label values and colours every output agrees on. Imports nothing of the project.
+label values and colours every output agrees on (named from cnn_sentinel/facts.py, the
+one module of the project it imports).
 """
 
 from __future__ import annotations
@@ -13,27 +14,13 @@ from functools import cached_property
 
 import numpy as np
 
-# Label value of pixels that were not classified (nodata in the scene).
-LABEL_NODATA = 255
-# Probability value of pixels that were not classified.
-PROBABILITY_NODATA = float("nan")
-# Colours (R, G, B) of the EuroSAT classes in label rasters and quicklooks.
-CLASS_COLOURS = {
-    "AnnualCrop": (230, 200, 90),
-    "Forest": (30, 110, 40),
-    "HerbaceousVegetation": (150, 200, 90),
-    "Highway": (120, 120, 120),
-    "Industrial": (200, 60, 60),
-    "Pasture": (180, 230, 120),
-    "PermanentCrop": (200, 140, 60),
-    "Residential": (240, 120, 160),
-    "River": (70, 140, 230),
-    "SeaLake": (20, 50, 150),
-}
-# Label value of cloudy pixels in label rasters (class indices below it, nodata LABEL_NODATA).
-CLOUD_LABEL = 254
-CLOUD_NAME = "Cloud"
-CLOUD_COLOUR = (255, 255, 255)
+# The reserved label values and the class colours every output agrees on (cnn_sentinel/facts.py).
+from cnn_sentinel.facts import CLASS_COLOURS as CLASS_COLOURS
+from cnn_sentinel.facts import CLOUD_COLOUR as CLOUD_COLOUR
+from cnn_sentinel.facts import CLOUD_LABEL as CLOUD_LABEL
+from cnn_sentinel.facts import CLOUD_NAME as CLOUD_NAME
+from cnn_sentinel.facts import LABEL_NODATA as LABEL_NODATA
+from cnn_sentinel.facts import PROBABILITY_NODATA as PROBABILITY_NODATA
 
 
 def class_colour(name: str, index: int) -> tuple[int, int, int]:

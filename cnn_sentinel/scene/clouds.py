@@ -139,17 +139,17 @@ def cell_probability(reflectance_cells: np.ndarray) -> np.ndarray:
 
 
 def mask_from_cell_probability(
-    probability: np.ndarray, shape: tuple[int, int], settings: CloudSettings
+    probability: np.ndarray, shape: tuple[int, int], cloud: CloudSettings
 ) -> np.ndarray:
     """Spread cell probabilities over their pixels, then average, threshold and dilate.
 
     probability (cell rows, cell cols) -> (rows, cols) bool mask of `shape`.
     """
-    cell = settings.cell
+    cell = cloud.cell
     pixels = np.repeat(np.repeat(probability, cell, axis=0), cell, axis=1)
     pixels = np.ascontiguousarray(pixels[: shape[0], : shape[1]])
-    detector = _detector(settings.average_over, settings.dilation_size)
-    return detector.get_mask_from_prob(pixels[None], settings.threshold)[0].astype(bool)
+    detector = _detector(cloud.average_over, cloud.dilation_size)
+    return detector.get_mask_from_prob(pixels[None], cloud.threshold)[0].astype(bool)
 
 
 def cell_reflectance(means: np.ndarray, scale: float = EUROSAT_REFLECTANCE_SCALE) -> np.ndarray:
@@ -158,7 +158,7 @@ def cell_reflectance(means: np.ndarray, scale: float = EUROSAT_REFLECTANCE_SCALE
 
 
 def cloud_mask_block(
-    bands: np.ndarray, band_names: Sequence[str], settings: CloudSettings = CloudSettings()
+    bands: np.ndarray, band_names: Sequence[str], cloud: CloudSettings = CloudSettings()
 ) -> np.ndarray:
     """Cloud mask of a whole array of L1C digital numbers: True where cloudy.
 
@@ -167,9 +167,9 @@ def cloud_mask_block(
     bool. The edges of the array are treated as the edges of the scene; for a
     block of a larger scene use `scene_cloud_mask`, which adds the halo.
     """
-    means = cell_means(bands[..., cloud_band_indices(band_names)], settings.cell)
-    probability = cell_probability(cell_reflectance(means, settings.reflectance_scale))
-    return mask_from_cell_probability(probability, bands.shape[:2], settings)
+    means = cell_means(bands[..., cloud_band_indices(band_names)], cloud.cell)
+    probability = cell_probability(cell_reflectance(means, cloud.reflectance_scale))
+    return mask_from_cell_probability(probability, bands.shape[:2], cloud)
 
 
 def scene_cloud_mask(
@@ -177,7 +177,7 @@ def scene_cloud_mask(
     band_indices: Sequence[int],
     first_row: int,
     last_row: int,
-    settings: CloudSettings = CloudSettings(),
+    cloud: CloudSettings = CloudSettings(),
 ) -> np.ndarray:
     """Rows first_row..last_row-1 of the whole-scene cloud mask, read with their halo.
 
@@ -188,15 +188,15 @@ def scene_cloud_mask(
     (last_row - first_row, scene cols) bool, equal to those rows of
     `cloud_mask_block` over the whole scene.
     """
-    rows, cols, cell = dataset.RasterYSize, dataset.RasterXSize, settings.cell
-    top = max(0, (first_row - settings.halo) // cell * cell)
-    bottom = min(rows, math.ceil((last_row + settings.halo) / cell) * cell)
+    rows, cols, cell = dataset.RasterYSize, dataset.RasterXSize, cloud.cell
+    top = max(0, (first_row - cloud.halo) // cell * cell)
+    bottom = min(rows, math.ceil((last_row + cloud.halo) / cell) * cell)
     means = np.empty((math.ceil((bottom - top) / cell), math.ceil(cols / cell), len(band_indices)))
     for position, index in enumerate(band_indices):
         values = dataset.GetRasterBand(index + 1).ReadAsArray(0, top, cols, bottom - top)
         means[..., position] = cell_means(values, cell)
-    probability = cell_probability(cell_reflectance(means, settings.reflectance_scale))
-    mask = mask_from_cell_probability(probability, (bottom - top, cols), settings)
+    probability = cell_probability(cell_reflectance(means, cloud.reflectance_scale))
+    mask = mask_from_cell_probability(probability, (bottom - top, cols), cloud)
     return mask[first_row - top : last_row - top]
 
 
@@ -264,13 +264,13 @@ class CloudMaskStep:
         self,
         dataset: gdal.Dataset,
         band_indices: Sequence[int],
-        settings: CloudSettings = CloudSettings(),
+        cloud: CloudSettings = CloudSettings(),
         chunk_rows: int = CLOUD_CHUNK_ROWS,
         depth: int = 2,
         first_row: int = 0,
         last_row: int | None = None,
     ):
-        self.dataset, self.band_indices, self.settings = dataset, list(band_indices), settings
+        self.dataset, self.band_indices, self.cloud = dataset, list(band_indices), cloud
         self.chunk_rows, self.depth = chunk_rows, depth
         self.first_row = first_row
         self.last_row = dataset.RasterYSize if last_row is None else last_row
@@ -280,7 +280,7 @@ class CloudMaskStep:
     def chunk_masks(self) -> Iterator[tuple[int, np.ndarray]]:
         for top in range(self.first_row, self.last_row, self.chunk_rows):
             bottom = min(self.last_row, top + self.chunk_rows)
-            mask = scene_cloud_mask(self.dataset, self.band_indices, top, bottom, self.settings)
+            mask = scene_cloud_mask(self.dataset, self.band_indices, top, bottom, self.cloud)
             yield top, mask
 
     def rows(self, first_row: int, last_row: int) -> np.ndarray:

@@ -236,16 +236,16 @@ class DenseNetwork:
     scores over the 8 flips and rotations of each window (check_dihedral says when).
     """
 
-    def __init__(self, model, config: ModelInfo, method: str = "fragments", symmetries: int = 1):
+    def __init__(self, model, info: ModelInfo, method: str = "fragments", symmetries: int = 1):
         check_dense(model)
         if symmetries not in (1, 8):
             raise ValueError("symmetries must be 1 or 8")
         if symmetries > 1:
             check_dihedral(model)
-        self.model, self.config, self.method = model, config, method
+        self.model, self.info, self.method = model, info, method
         self.symmetries = symmetries
         self._symmetry = 0  # the one the graph walk traces now
-        self.size = config.input_size
+        self.size = info.input_size
         self._functions: dict = {}
         self._phases: dict = {}
 
@@ -367,9 +367,9 @@ class DenseNetwork:
         if key not in self._functions:
             import tensorflow as tf
 
-            config = self.config
-            mean = tf.constant(config.mean, tf.float32) if config.normalise_in_front else None
-            std = tf.constant(config.std, tf.float32) if config.normalise_in_front else None
+            info = self.info
+            mean = tf.constant(info.mean, tf.float32) if info.normalise_in_front else None
+            std = tf.constant(info.std, tf.float32) if info.normalise_in_front else None
 
             @tf.function(
                 autograph=False,
@@ -432,7 +432,7 @@ class DensePredictor:
     symmetries 8: averaged over the 8 flips and rotations (test-time augmentation)."""
 
     model: object
-    config: ModelInfo
+    info: ModelInfo
     prefetch_depth: int = 4
     tile_pixels: int = DENSE_TILE_PIXELS
     phase_method: str = "fragments"
@@ -440,13 +440,13 @@ class DensePredictor:
     symmetries: int = 1
 
     def __post_init__(self):
-        self.network = DenseNetwork(self.model, self.config, self.phase_method, self.symmetries)
+        self.network = DenseNetwork(self.model, self.info, self.phase_method, self.symmetries)
 
     def predict_block(self, block: ReadBlock) -> np.ndarray:
         """(grid rows, grid cols, classes) scores of every window of the block."""
         stride = block.stride
         grid = np.empty(
-            (len(block.centre_rows), len(block.centre_cols), len(self.config.class_names)),
+            (len(block.centre_rows), len(block.centre_cols), len(self.info.class_names)),
             np.float32,
         )
         row_runs = _runs(block.window_rows, stride)

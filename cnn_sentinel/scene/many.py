@@ -1,19 +1,21 @@
 """Many scenes through 06: in this process, or on Dask distributed (an embedded
 LocalCluster or an existing cluster), resumable, with a summary and a mosaic.
 
-    results = classify_many(settings, scenes, scheduler)
+    results = classify_many(plan.plan_run(settings), scenes, scheduler)
 
 - Units of work: a scene that fits in BAND_ROWS rows is one task (job.classify_one
-  on a worker); a larger one is cut into row bands (job.classify_band, one task each,
+  on a worker); a larger one is cut into row strips (job.classify_rows, one task each,
   on any worker) and assembled by one more task (job.assemble_scene), with the same
-  outputs as one process would write.
+  outputs as one process would write. Each task makes the scene's plan from 06's
+  settings (plan.plan_scene); the client makes it too, for the manifest.
 - Each worker process loads a model once and keeps it (`cached_model`, keyed by
-  path and modification time): tasks carry the model's path, never the model.
+  path and modification time): tasks carry 06's settings, never the model.
   TensorFlow's threads in a worker follow the worker's threads.
 - A worker that dies: Dask runs its tasks again elsewhere; band files are written
   atomically and a finished band is not redone, so outputs end complete.
 - A manifest (manifest.json in the run folder) records each finished scene: its
-  inputs (size, modification time), the settings that change outputs and the
+  inputs (size, modification time), what changes its outputs (the scene plan's
+  fields that say so, and the model file's SHA-256: plan.output_values) and the
   outputs' SHA-256. A rerun skips those scenes; --overwrite redoes them. A scene
   that fails (bad input) fails alone, with its sentence in summary.csv/summary.json.
 - Several scenes also give mosaic.vrt (every label map, one layer) and its quicklook.
@@ -25,9 +27,9 @@ functions that need it.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import csv
+import dataclasses
 import glob
 import hashlib
 import io
@@ -49,6 +51,8 @@ from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.outputs import atomic_output, refuse_existing, write_atomic
 from cnn_sentinel.scene import job, quicklooks
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, CLOUD_NAME, LABEL_NODATA
+from cnn_sentinel.scene.plan import RunPlan, SceneOutputs, ScenePlan, file_sha256, plan_scene
+from cnn_sentinel.scene.plan import output_values as plan_output_values
 from cnn_sentinel.scene.products import is_sentinel2_product
 from cnn_sentinel.scene.reading import load_scene_model, scene_stem
 
@@ -64,25 +68,6 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 MOSAIC_FILE = "mosaic.vrt"
 MOSAIC_QUICKLOOK = "mosaic_quicklook.png"
-# 06's settings that change a scene's outputs (a finished scene is redone when one differs).
-OUTPUT_SETTINGS = (
-    "model",
-    "stride",
-    "bands",
-    "bbox",
-    "window",
-    "probabilities",
-    "rgb_scaling",
-    "mixed_precision",
-    "method",
-    "tta",
-    "cloud_mask",
-    "cloud_threshold",
-    "quicklook",
-    "cog",
-)
-# Bytes read at a time for a checksum.
-HASH_CHUNK = 2**22
 
 
 # ---------------------------------------------------------------------------
@@ -207,47 +192,55 @@ def cached_model(path: str) -> tuple[object, ModelInfo]:
     """The model at `path` and its ModelInfo, loaded once per process and thread, its
     weights set back to the file's at every call (what an earlier task changed is undone)."""
     resolved = Path(path).resolve()
+    if not resolved.is_file():
+        return load_scene_model(path)  # its one sentence for a missing model
     key = (str(resolved), resolved.stat().st_mtime_ns, threading.get_ident())
     if key not in _LOADED_MODELS:
         set_up_worker_process()
-        model, config = load_scene_model(resolved)
-        _LOADED_MODELS[key] = (model, config, model.get_weights())
-    model, config, weights = _LOADED_MODELS[key]
+        model, info = load_scene_model(resolved)
+        _LOADED_MODELS[key] = (model, info, model.get_weights())
+    model, info, weights = _LOADED_MODELS[key]
     model.set_weights(weights)
-    return model, config
+    return model, info
 
 
-def scene_task(settings: argparse.Namespace, image: str) -> dict:
+def worker_plan(settings, image: str) -> ScenePlan:
+    """The plan of a scene on a worker: with the cached model, without a progress bar,
+    replacing outputs (existing ones were refused by the client, once; a task run again
+    after its worker died may find the outputs it had written)."""
+    plan = plan_scene(settings, image, cached_model)
+    return dataclasses.replace(plan, progress=False, overwrite=True)
+
+
+def scene_task(settings, image: str) -> dict:
     """One whole scene on a worker: job.classify_one with the cached model; the lines
     it would print are returned as "text". A bad input is returned as {"error": its
     sentence} (an expected outcome, not a task failure for Dask to log)."""
     lines: list[str] = []
     try:
-        summary = job.classify_one(settings, image, cached_model, report=lines.append)
+        summary = job.classify_one(worker_plan(settings, image), report=lines.append)
     except InputError as error:
         return {"error": str(error)}
     return {**summary, "text": "\n".join(lines)}
 
 
-def band_task(
-    settings: argparse.Namespace, image: str, first_row: int, last_row: int, folder: str
-) -> dict:
-    """One row band of a scene on a worker (job.classify_band with the cached model);
+def band_task(settings, image: str, first_row: int, last_row: int, folder: str) -> dict:
+    """One row strip of a scene on a worker (job.classify_rows with the cached model);
     a bad input as {"error": its sentence}."""
     try:
-        return job.classify_band(settings, image, first_row, last_row, folder, cached_model)
+        return job.classify_rows(worker_plan(settings, image), first_row, last_row, folder)
     except InputError as error:
         return {"error": str(error)}
 
 
-def assemble_task(settings: argparse.Namespace, image: str, bands: list[dict], folder: str) -> dict:
+def assemble_task(settings, image: str, bands: list[dict], folder: str) -> dict:
     """The outputs of a scene from its bands (job.assemble_scene), or the first band's error."""
     errors = [band for band in bands if "error" in band]
     if errors:
         shutil.rmtree(folder, ignore_errors=True)
         return errors[0]
     try:
-        return job.assemble_scene(settings, image, bands, folder)
+        return job.assemble_scene(worker_plan(settings, image), bands, folder)
     except InputError as error:
         return {"error": str(error)}
 
@@ -267,17 +260,10 @@ def input_fingerprint(path: Path) -> dict:
     }
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def output_settings(settings: argparse.Namespace) -> dict:
-    """The settings that change outputs, as JSON values."""
-    return {name: json.loads(json.dumps(getattr(settings, name))) for name in OUTPUT_SETTINGS}
+def output_settings(plan: ScenePlan) -> dict:
+    """What changes a scene's outputs, as JSON values: the plan's fields that say so
+    and the model file's SHA-256 (plan.output_values)."""
+    return plan_output_values(plan)
 
 
 class Manifest:
@@ -297,15 +283,16 @@ class Manifest:
     def key(image: Path) -> str:
         return str(image.resolve())
 
-    def finished(self, image: Path, settings: argparse.Namespace) -> dict | None:
-        """The record of `image` when it finished with these inputs, settings and
-        outputs (checked by SHA-256); None when it must be (re)done."""
+    def finished(self, image: Path, settings: dict) -> dict | None:
+        """The record of `image` when it finished with these inputs, output settings
+        (`output_settings` of its plan) and outputs (checked by SHA-256); None when it
+        must be (re)done."""
         record = self.scenes.get(self.key(image))
         if (
             record is None
             or not image.exists()
             or record["inputs"] != input_fingerprint(image)
-            or record["settings"] != output_settings(settings)
+            or record["settings"] != settings
         ):
             return None
         for name, digest in record["outputs"].items():
@@ -313,11 +300,10 @@ class Manifest:
                 return None
         return record
 
-    def record(self, image: Path, settings: argparse.Namespace, summary: dict) -> None:
-        outputs = job.scene_outputs(settings, image)
+    def record(self, image: Path, settings: dict, outputs: SceneOutputs, summary: dict) -> None:
         self.scenes[self.key(image)] = {
             "inputs": input_fingerprint(image),
-            "settings": output_settings(settings),
+            "settings": settings,
             "outputs": {str(path): file_sha256(path) for path in outputs.files},
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "summary": {name: value for name, value in summary.items() if name != "text"},
@@ -337,11 +323,11 @@ def failure_sentence(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_in_process(settings, todo: list[Path], finished) -> None:
-    """The scenes one after another in this process, as 06 runs one scene."""
-    for image in todo:
+def run_in_process(plans: dict[Path, ScenePlan], finished) -> None:
+    """The planned scenes one after another in this process, as 06 runs one scene."""
+    for image in list(plans):
         try:
-            summary = job.classify_one(settings, image)
+            summary = job.classify_one(plans.pop(image))
         except Exception as error:  # a bad scene fails alone, as a task on Dask does
             print(f"error: {failure_sentence(error)}")
             finished(image, None, error)
@@ -349,21 +335,20 @@ def run_in_process(settings, todo: list[Path], finished) -> None:
             finished(image, summary, None)
 
 
-def submit_scene(client, settings, image: Path, run: str) -> list:
-    """The futures of one scene, the one that ends it last: a whole-scene task, or
-    its band tasks and the assembling task (keys named by scene and by `run`, so two
-    runs on one cluster never share a task)."""
-    scene = job.open_settings_scene(settings, image)
-    bands = [(0, scene.RasterYSize)]
-    if settings.band_rows:
-        bands = job.row_bands(
-            scene.RasterYSize, settings.band_rows, settings.stride, settings.block_rows
+def submit_scene(client, run_plan: RunPlan, plan: ScenePlan, run: str) -> list:
+    """The futures of one planned scene, the one that ends it last: a whole-scene task,
+    or its strip tasks and the assembling task (keys named by scene and by `run`, so
+    two runs on one cluster never share a task). The tasks carry 06's settings."""
+    settings, image = run_plan.settings, plan.image
+    bands = [(0, plan.scene.RasterYSize)]
+    if run_plan.strip_rows:
+        bands = job.row_strips(
+            plan.scene.RasterYSize, run_plan.strip_rows, plan.stride, plan.block_rows
         )
     name = f"{scene_stem(image)}-{hashlib.sha1(str(image).encode()).hexdigest()[:8]}-{run}"
     if len(bands) == 1:
         return [client.submit(scene_task, settings, str(image), key=f"scene-{name}")]
-    outputs = job.scene_outputs(settings, image)
-    folder = outputs.label.parent / f".{scene_stem(image)}.bands"
+    folder = plan.outputs.label.parent / f".{scene_stem(image)}.bands"
     shutil.rmtree(folder, ignore_errors=True)
     band_futures = [
         client.submit(
@@ -377,19 +362,20 @@ def submit_scene(client, settings, image: Path, run: str) -> list:
     return [*band_futures, assembled]
 
 
-def run_on_dask(client, settings, todo: list[Path], finished) -> None:
-    """The scenes as Dask tasks; a progress bar counts scenes (bands in its postfix)."""
+def run_on_dask(client, run_plan: RunPlan, plans: dict[Path, ScenePlan], finished) -> None:
+    """The planned scenes as Dask tasks; a progress bar counts scenes (strips in its
+    postfix)."""
     from dask.distributed import as_completed
 
-    # Existing outputs are refused here, once; a task run again after its worker died may
-    # find the outputs it had written, and replaces them.
-    worker_settings = argparse.Namespace(**{**vars(settings), "progress": False, "overwrite": True})
+    # Existing outputs are refused here, once; the workers' plans replace them
+    # (worker_plan), as a task run again after its worker died may find its own.
     last_futures, all_futures = {}, []
     run = uuid.uuid4().hex[:8]
-    for image in todo:
+    for image in list(plans):
+        plan = plans.pop(image)
         try:
-            refuse_existing(job.scene_outputs(settings, image).files, settings.overwrite)
-            futures = submit_scene(client, worker_settings, image, run)
+            refuse_existing(plan.outputs.files, run_plan.overwrite)
+            futures = submit_scene(client, run_plan, plan, run)
         except InputError as error:
             print(f"error: {error}")
             finished(image, None, error)
@@ -399,7 +385,7 @@ def run_on_dask(client, settings, todo: list[Path], finished) -> None:
     bands_total = len(all_futures) - len(last_futures)
     bands_done = 0
     with progress_bar(
-        total=len(last_futures), unit="scene", desc="scenes", disable=not settings.progress
+        total=len(last_futures), unit="scene", desc="scenes", disable=not run_plan.progress
     ) as bar:
         for future in as_completed(all_futures):
             image = last_futures.get(future.key)
@@ -418,19 +404,27 @@ def run_on_dask(client, settings, todo: list[Path], finished) -> None:
             bar.update(1)
 
 
-def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: str) -> list[dict]:
+def classify_many(run_plan: RunPlan, images: list[Path], scheduler: str) -> list[dict]:
     """Classify `images` (scheduler "none", "local" or an address), skipping those the
     manifest has finished (unless OVERWRITE); write the summary and, for several
     scenes, the mosaic. Returns one row per scene (summary_row). InputError at the
     end when some scenes failed."""
-    run_folder = Path(settings.output_dir) if settings.output_dir else common_folder(images)
+    run_folder = run_plan.output_dir or common_folder(images)
     manifest = Manifest(run_folder / MANIFEST_FILE)
     rows: dict[Path, dict] = {}
-    todo = []
+    plans: dict[Path, ScenePlan] = {}  # the scenes to do, until they start
+    planned: dict[Path, tuple[dict, SceneOutputs]] = {}  # output settings and files
     for image in images:
-        record = None if settings.overwrite else manifest.finished(image, settings)
+        try:
+            plan = plan_scene(run_plan.settings, image, cached_model)
+        except Exception as error:  # a bad scene fails alone, as a task on Dask does
+            print(f"error: {failure_sentence(error)}")
+            rows[image] = summary_row(image, "failed", None, failure_sentence(error))
+            continue
+        planned[image] = (output_settings(plan), plan.outputs)
+        record = None if run_plan.overwrite else manifest.finished(image, planned[image][0])
         if record is None:
-            todo.append(image)
+            plans[image] = plan
         else:
             print(f"{image}: finished before with these settings ({MANIFEST_FILE}); skipped.")
             rows[image] = summary_row(image, "skipped", record["summary"], None)
@@ -439,17 +433,17 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
         if error is not None:
             rows[image] = summary_row(image, "failed", None, failure_sentence(error))
             return
-        manifest.record(image, settings, summary)
+        manifest.record(image, *planned[image], summary)
         rows[image] = summary_row(image, "done", summary, None)
 
     stopping = threading.Thread()
-    if todo and scheduler == "none":
-        run_in_process(settings, todo, finished)
-    elif todo:
-        client = start_client(scheduler, settings.workers, settings.threads_per_worker)
+    if plans and scheduler == "none":
+        run_in_process(plans, finished)
+    elif plans:
+        client = start_client(scheduler, run_plan.workers, run_plan.threads_per_worker)
         try:
             print(f"Dask: {len(client.nthreads())} workers; dashboard {client.dashboard_link}")
-            run_on_dask(client, settings, todo, finished)
+            run_on_dask(client, run_plan, plans, finished)
         except BaseException:
             stop_client(client, scheduler)
             raise
@@ -460,8 +454,8 @@ def classify_many(settings: argparse.Namespace, images: list[Path], scheduler: s
         ordered = [rows[image] for image in images]
         write_summary(run_folder, ordered)
         if len(images) > 1:
-            done = [image for image in images if rows[image]["done"]]
-            write_mosaic(run_folder, settings, done)
+            done = [planned[image][1] for image in images if rows[image]["done"]]
+            write_mosaic(run_folder, done)
     finally:
         stopping.join()
     failed = [row for row in ordered if row["status"] == "failed"]
@@ -540,12 +534,12 @@ def write_summary(folder: Path, rows: list[dict]) -> None:
     write_atomic(folder / SUMMARY_CSV, text.getvalue(), overwrite=True)
 
 
-def write_mosaic(folder: Path, settings, images: list[Path]) -> None:
+def write_mosaic(folder: Path, outputs: list[SceneOutputs]) -> None:
     """mosaic.vrt of the scenes' label maps (one layer for QGIS) and its quicklook;
     a note instead when GDAL cannot mosaic them (e.g. different coordinate systems)."""
-    if not images:
+    if not outputs:
         return
-    labels = [str(job.scene_outputs(settings, image).label) for image in images]
+    labels = [str(scene_outputs.label) for scene_outputs in outputs]
     try:
         with atomic_output(folder / MOSAIC_FILE, overwrite=True) as temporary:
             mosaic = gdal.BuildVRT(str(temporary), labels)

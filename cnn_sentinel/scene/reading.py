@@ -1,16 +1,19 @@
-"""Large rasters in: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip), choosing
+"""Large rasters in: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip, STAC item), choosing
 their bands, loading the model, and reading row blocks with a mirrored halo.
 
 Scene classification (cnn_sentinel/scene/) is split by what changes together:
-  blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch, label values, colours
+  blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch
   reading.py      scenes and models in: open, bands, block reads (this module)
   products.py     .SAFE folders and .zip files as one 13-band stack
-  predictors.py   blocks of class probabilities out: the per-window predictor,
-                  the entry point `prepare_classification` -> SceneClassification.run
+  stac.py         STAC items (their band assets, over HTTP too) and STAC API searches
+  plan.py         ScenePlan: 06's settings for one scene, decided once (plan_scene)
+  predictors.py   blocks of class probabilities out, one pass per window
   dense.py        the whole-block (fully convolutional) pass, exact for models
                   without zero padding inside the window
+  runner.py       a plan's model made ready and run: prepare_classification(plan).run
   clouds.py       the s2cloudless cloud mask, a block step
   writers.py      outputs: label and probability GeoTIFFs; quicklooks.py the PNG
+  job.py, many.py 06 on one planned scene, on many (Dask)
 A new output format is one writer; a new way to compute probabilities is one predictor.
 
 The window of pixel (r, c) covers rows r-32..r+31 and cols c-32..c+31 (for the
@@ -38,7 +41,7 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.networks import load_model
 from cnn_sentinel.scene.blocks import ReadBlock
-from cnn_sentinel.scene.geometry import bbox_in_scene_crs, bbox_window
+from cnn_sentinel.scene.geometry import crop_scene
 from cnn_sentinel.scene.products import is_sentinel2_product, sentinel2_stack
 from cnn_sentinel.scene.stac import is_stac_item, item_stack
 from image_functions import (
@@ -176,15 +179,14 @@ def open_scene(
     path: str | Path,
     bbox: Sequence[float] | None = None,
     window: Sequence[int] | None = None,
-    bbox_crs: str | None = None,
 ) -> gdal.Dataset:
     """Open a scene read-only: a GeoTIFF/VRT/any GDAL raster, a .SAFE folder or its .zip,
     a STAC item's .json (its band assets, stac.item_stack).
 
-    bbox (minx, miny, maxx, maxy) in the scene's CRS (or in bbox_crs, e.g. "EPSG:4326")
-    or window (xoff, yoff, xsize, ysize) in pixels limits the scene to that part (a
-    virtual crop, no copy: only its blocks are read). Raises InputError naming the file
-    when it is missing or not a raster.
+    bbox (minx, miny, maxx, maxy) in the scene's CRS or window (xoff, yoff, xsize,
+    ysize) in pixels limits the scene to that part (geometry.crop_scene: a virtual crop, no
+    copy, only its blocks are read). Raises InputError naming the file when it is
+    missing or not a raster.
     """
     path = Path(path)
     if not path.exists():
@@ -202,41 +204,7 @@ def open_scene(
             dataset = None
         if dataset is None or dataset.RasterCount == 0:
             raise InputError(f"scene {path} is not a raster GDAL can read.")
-    if bbox and window:
-        raise InputError("give either a bounding box or a pixel window, not both.")
-    if bbox:
-        if len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
-            raise InputError(f"bounding box {list(bbox)} is not minx miny maxx maxy.")
-        transform = dataset.GetGeoTransform(can_return_null=True)
-        if transform is None:
-            raise InputError(f"scene {path} has no georeferencing, so a bounding box cannot apply.")
-        if bbox_crs and bbox_crs != "scene":
-            bbox = bbox_in_scene_crs(dataset, bbox, bbox_crs, str(path))
-        window = bbox_window(dataset, bbox, str(path))
-    if window:
-        if len(window) != 4:
-            raise InputError(f"pixel window {list(window)} is not xoff yoff xsize ysize.")
-        xoff, yoff, xsize, ysize = (int(value) for value in window)
-        if (
-            xsize <= 0
-            or ysize <= 0
-            or xoff < 0
-            or yoff < 0
-            or xoff + xsize > dataset.RasterXSize
-            or yoff + ysize > dataset.RasterYSize
-        ):
-            raise InputError(
-                f"window {xoff} {yoff} {xsize} {ysize} (pixels) is not inside scene {path} "
-                f"of {dataset.RasterXSize}x{dataset.RasterYSize} pixels."
-            )
-        descriptions = [
-            dataset.GetRasterBand(number).GetDescription()
-            for number in range(1, dataset.RasterCount + 1)
-        ]
-        dataset = gdal.Translate("", dataset, format="VRT", srcWin=[xoff, yoff, xsize, ysize])
-        for number, description in enumerate(descriptions, start=1):
-            dataset.GetRasterBand(number).SetDescription(description)
-    return dataset
+    return crop_scene(dataset, str(path), bbox, window)
 
 
 def scene_band_names(dataset: gdal.Dataset) -> tuple[str, ...]:
@@ -249,6 +217,19 @@ def scene_band_names(dataset: gdal.Dataset) -> tuple[str, ...]:
     if all(descriptions):
         return tuple(normalise_band_name(name) for name in descriptions)
     return default_band_names(dataset.RasterCount)
+
+
+def band_spec_items(spec: str | None) -> list[str]:
+    """The items of a band choice: "B04,B03,B02" -> ["B04", "B03", "B02"]; "4,3,2" and
+    "4 3 2" -> ["4", "3", "2"]; None or "" -> []."""
+    return str(spec).replace(",", " ").split() if spec else []
+
+
+def band_numbers(items: Sequence[str]) -> list[int] | None:
+    """GDAL band numbers (1-based) when every item of a band choice is one, else None."""
+    if not items or not all(item.isdigit() for item in items):
+        return None
+    return [int(item) for item in items]
 
 
 def choose_scene_bands(
@@ -266,9 +247,10 @@ def choose_scene_bands(
     """
     expected = ", ".join(model_bands)
     if spec:
-        items = [item.strip() for item in spec.split(",") if item.strip()]
-        if all(item.isdigit() for item in items):
-            indices = [int(item) - 1 for item in items]
+        items = band_spec_items(spec)
+        numbers = band_numbers(items)
+        if numbers is not None:
+            indices = [number - 1 for number in numbers]
             if any(index < 0 or index >= len(scene_names) for index in indices):
                 raise InputError(
                     f"bands {spec} are not all among the {len(scene_names)} bands of scene "

@@ -2,7 +2,7 @@
 its band assets in EuroSAT order, and a STAC API search whose items 06 classifies as scenes.
 
     dataset = item_stack(Path("S2B_33UUU_20170216_0_L1C.json"))   # reading.open_scene's hook
-    inputs = stac_inputs(settings)                                 # 06: --image URLs, --stac
+    inputs = stac_inputs(images, output_dir, plan.plan_search(settings))  # 06
 
 The stack is a VRT held in memory over the assets, never a copy: http(s) hrefs are read
 through GDAL's /vsicurl/, s3:// through /vsis3/, gs:// through /vsigs/, others from disk
@@ -397,51 +397,55 @@ def numbers(values: Sequence[object]) -> list[float]:
         raise InputError(f"bounding box {' '.join(items)} must be four numbers.") from None
 
 
-def search_of(settings) -> StacSearch:
-    """06's --stac flags as a StacSearch; InputError naming the flag that is missing or
-    wrong."""
-    if settings.image:
+def search_of(
+    url: str,
+    collection: str | None,
+    datetime: str | None,
+    bbox: Sequence[object],
+    bbox_crs: str | None,
+    max_cloud: float = 100.0,
+    limit: int = 10,
+    images: Sequence[str] = (),
+) -> StacSearch:
+    """06's --stac flags (plan.plan_search gives them) as a StacSearch; InputError naming
+    the flag that is missing or wrong (and for scenes given with --image as well)."""
+    if images:
         raise InputError("give the scenes with --image or a STAC search with --stac, not both.")
     for flag, value, example in (
-        ("--collection", settings.collection, "sentinel-2-l2a"),
-        ("--datetime", settings.datetime, "2023-06-01/2023-08-31"),
+        ("--collection", collection, "sentinel-2-l2a"),
+        ("--datetime", datetime, "2023-06-01/2023-08-31"),
     ):
         if not value:
             raise InputError(f"a STAC search needs {flag} (e.g. {flag} {example}).")
-    bbox = numbers(settings.bbox)
-    if len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
+    box = numbers(bbox)
+    if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
         raise InputError(
             "a STAC search needs --bbox minlon minlat maxlon maxlat (with --bbox-crs EPSG:4326)."
         )
-    if str(settings.bbox_crs).upper() != SEARCH_BBOX_CRS:
+    if str(bbox_crs).upper() != SEARCH_BBOX_CRS:
         raise InputError(
             f"a STAC search takes --bbox in longitude/latitude: add --bbox-crs {SEARCH_BBOX_CRS}."
         )
-    if not 0 <= settings.max_cloud <= 100:
-        raise InputError(f"max cloud must be a percentage (0-100), not {settings.max_cloud}.")
-    if settings.limit < 1:
-        raise InputError(f"the search limit must be at least 1 item, not {settings.limit}.")
-    return StacSearch(
-        settings.stac,
-        settings.collection,
-        settings.datetime,
-        tuple(bbox),
-        settings.max_cloud,
-        settings.limit,
-    )
+    if not 0 <= max_cloud <= 100:
+        raise InputError(f"max cloud must be a percentage (0-100), not {max_cloud}.")
+    if limit < 1:
+        raise InputError(f"the search limit must be at least 1 item, not {limit}.")
+    return StacSearch(url, collection, datetime, tuple(box), max_cloud, limit)
 
 
-def stac_inputs(settings, report=print) -> list[str]:
-    """06's scenes as many.list_scenes takes them: --image with every STAC item URL
-    fetched into <id>.json in OUTPUT_DIR (else the current folder), or, with --stac, the
-    search's items, listed (through `report`) and saved there. InputError for a dead URL
-    or API, a missing search flag, a search that finds nothing."""
-    folder = Path(settings.output_dir or ".")
-    if not settings.stac:
-        return [
-            str(fetch_item(value, folder)) if is_url(value) else value for value in settings.image
-        ]
-    search = search_of(settings)
+def stac_inputs(
+    images: Sequence[str],
+    output_dir: str | Path | None,
+    search: StacSearch | None = None,
+    report=print,
+) -> list[str]:
+    """06's scenes as many.list_scenes takes them: `images` (--image) with every STAC
+    item URL fetched into <id>.json in `output_dir` (else the current folder), or, with a
+    `search` (plan.plan_search), its items, listed (through `report`) and saved there.
+    InputError for a dead URL or API, a search that finds nothing."""
+    folder = Path(output_dir or ".")
+    if search is None:
+        return [str(fetch_item(value, folder)) if is_url(value) else value for value in images]
     items = search_items(search)
     where = f"{search.collection} {search.datetime}, cloud <= {search.max_cloud:g} %"
     if not items:
