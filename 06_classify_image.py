@@ -1,7 +1,8 @@
 """Classify a scene: every pixel gets the class of the 64x64 window around it.
 
-Reads a GeoTIFF/VRT, or a Sentinel-2 .SAFE folder or its .zip (stacked on the
-fly into the 13 bands at 10 m in EuroSAT order), streams it block by block
+Reads a GeoTIFF/VRT, a Sentinel-2 .SAFE folder or its .zip, or a STAC item (its .json
+or URL; its band assets read over HTTP, only the blocks of BBOX) stacked on the fly
+into the 13 bands at 10 m in EuroSAT order, streams it block by block
 through a trained model and writes <stem>_label.tif (class index, colour table,
 class names), <stem>_prob.tif (the winning class's probability, or every class's)
 and <stem>_quicklook.png (true colour beside the label map, legend with shares).
@@ -21,6 +22,9 @@ scheduler (tcp://host:8786); scenes taller than BAND_ROWS are cut into row strip
 that run on every worker and are assembled into the same outputs. manifest.json
 in the output folder lets a rerun skip finished scenes; summary.csv/.json,
 mosaic.vrt and mosaic_quicklook.png describe the run. See docs/scaling.md.
+STAC, COLLECTION, DATETIME, BBOX (with BBOX_CRS EPSG:4326) search a STAC API: the
+items found are listed, saved as <id>.json in OUTPUT_DIR and classified as these
+scenes are. See docs/scenes.md, "From a STAC catalog".
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from cnn_sentinel.scene.dense import check_antialias
 from cnn_sentinel.scene.job import classify_one
 from cnn_sentinel.scene.listing import list_scenes
 from cnn_sentinel.scene.many import classify_many
-from cnn_sentinel.scene.plan import plan_run, plan_scene
+from cnn_sentinel.scene.plan import plan_run, plan_scene, plan_search
 from cnn_sentinel.scene.runner import check_run_settings
+from cnn_sentinel.scene.stac import stac_inputs
 from cnn_sentinel.settings import parse_settings, run_script
 
-IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE folder or .zip): paths, globs, folders, .txt lists
+IMAGE = ()  # scenes (GeoTIFF/VRT, .SAFE, .zip, STAC item .json/URL): paths, globs, folders, .txt
 MODEL = "auto"  # auto: the shipped model that fits the scene (models/); or a .keras/.h5 file
 OUTPUT_DIR = None  # folder for the outputs (unset: the scene's own folder)
 STRIDE = 16  # one window every STRIDE pixels fills its STRIDE x STRIDE block; 1: every pixel
@@ -46,8 +51,14 @@ ANTIALIAS = 4  # stride 1: mean probabilities of the windows within 4 px (no dit
 BATCH_SIZE = 256  # windows per forward pass
 BLOCK_ROWS = 256  # scene rows read and written at a time; memory grows with it, not the scene
 BANDS = None  # scene bands for the model, "B04,B03,B02" or "4,3,2" (unset: by name, else in order)
-BBOX = ()  # minx miny maxx maxy in the scene's CRS: classify only this part
+BBOX = ()  # minx miny maxx maxy in the scene's CRS (or BBOX_CRS): classify only this part
+BBOX_CRS = "scene"  # CRS of BBOX: scene (its own); EPSG:4326 for longitude/latitude; any GDAL CRS
 WINDOW = ()  # xoff yoff xsize ysize in pixels: classify only this part
+STAC = None  # a STAC API to search (https://earth-search.aws.element84.com/v1) instead of IMAGE
+COLLECTION = None  # the search's collection: sentinel-2-l1c, sentinel-2-l2a, ...
+DATETIME = None  # the search's dates, START/END: 2023-06-01/2023-08-31
+MAX_CLOUD = 100.0  # the search's largest cloud cover of an item, percent
+LIMIT = 10  # the search's most items (each classified within BBOX)
 PROBABILITIES = "max"  # max | all: one band, the winning class's probability; a band per class
 RGB_SCALING = "auto"  # auto | eurosat | none: auto scales L1C values for RGB models (eurosat)
 REFLECTANCE_SCALE = "auto"  # auto: 10000 (L1C/L2A products, most exports); or 1000, 1 (0-1)
@@ -95,10 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
         argv,
         choices={"MIXED_PRECISION": PRECISION_MODES},
     )
-    if not settings.image:
-        raise InputError("give the scene with --image (and a trained model with --model).")
+    if not settings.image and not settings.stac:
+        raise InputError("give the scene with --image (or a STAC search with --stac).")
     check_flags(settings)
-    images = list_scenes(settings.image)
+    images = list_scenes(stac_inputs(settings.image, settings.output_dir, plan_search(settings)))
     scheduler = choose_scheduler(settings.scheduler, len(images))
     if scheduler == "none" and len(images) == 1:
         return classify_one(plan_scene(settings, images[0]))

@@ -351,3 +351,161 @@ def runnable_blocks(text: str) -> list[str]:
         for language, body in code_blocks(text)
         if language == "bash" and body.lstrip().splitlines()[0].strip() == RUNNABLE_MARK
     ]
+
+
+# ---------------------------------------------------------------------------
+# STAC: static items over band files, and a folder served over HTTP as catalogs serve COGs
+# (test_stac and benchmarks/stac_reading.py)
+# ---------------------------------------------------------------------------
+
+
+def write_band_cogs(folder: Path, dataset, names, block: int = 128, offset: int = 0) -> dict:
+    """Each band of `dataset` as folder/<name>.tif, a Cloud-Optimized GeoTIFF (deflate,
+    `block` x `block` tiles, no overviews), `offset` added to its non-zero values (the
+    digital numbers of processing baseline 04.00+). Returns {name: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for number, name in enumerate(names, start=1):
+        band = gdal.Translate("", dataset, format="MEM", bandList=[number])
+        if offset:
+            values = band.GetRasterBand(1).ReadAsArray().astype(np.int64)
+            band.GetRasterBand(1).WriteArray(np.where(values > 0, values + offset, 0))
+        files[name] = folder / f"{name}.tif"
+        gdal.Translate(
+            str(files[name]),
+            band,
+            format="COG",
+            creationOptions=["COMPRESS=DEFLATE", f"BLOCKSIZE={block}", "OVERVIEWS=NONE"],
+        )
+    return files
+
+
+def write_item(path: Path, hrefs: dict, properties=None, collection="sentinel-2-l1c") -> Path:
+    """A STAC item (1.0.0) at `path` whose assets are the bands {key: href}, each with
+    eo:bands (its name) and raster:bands; `properties` added to the item's."""
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [],
+        "id": path.stem,
+        "collection": collection,
+        "geometry": {"type": "Point", "coordinates": [13.0, 52.5]},
+        "bbox": [12.9, 52.4, 13.1, 52.6],
+        "properties": {"datetime": "2017-02-16T10:22:04Z", **(properties or {})},
+        "links": [],
+        "assets": {
+            key: {
+                "href": str(href),
+                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "roles": ["data"],
+                "eo:bands": [{"name": key}],
+            }
+            for key, href in hrefs.items()
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(item, indent=1))
+    return path
+
+
+class ServedFolder:
+    """A folder served on 127.0.0.1 over HTTP/1.1 with byte ranges (as GDAL's /vsicurl/
+    reads COGs), in a thread; every GET is recorded in `requests` as (path, first byte,
+    last byte) and its body bytes added to `sent`. `routes` {path: function(query or
+    JSON body) -> JSON object} answer as an API does; `break_after` N: from the N+1-th
+    ranged GET on, half the promised bytes are sent and the connection dropped."""
+
+    def __init__(self, folder: Path, routes=None, break_after: int | None = None):
+        import http.server
+        import threading
+
+        self.folder, self.routes, self.break_after = Path(folder), routes or {}, break_after
+        self.requests: list[tuple[str, int, int]] = []
+        self.bodies: list[dict] = []
+        self.sent = 0
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                owner.answer(self, head=True)
+
+            def do_GET(self):
+                owner.answer(self, head=False)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                owner.answer(self, head=False, body=json.loads(self.rfile.read(length) or b"{}"))
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reply(self, handler, status: int, body: bytes, headers: dict, head: bool) -> None:
+        handler.send_response(status)
+        for name, value in {"Content-Length": str(len(body)), **headers}.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        if not head:
+            handler.wfile.write(body)
+
+    def answer(self, handler, head: bool, body: dict | None = None) -> None:
+        from urllib.parse import parse_qs, unquote, urlparse
+
+        address = urlparse(handler.path)
+        if address.path in self.routes:
+            query = body if body is not None else parse_qs(address.query)
+            with self.lock:
+                self.bodies.append(query)
+            payload = json.dumps(self.routes[address.path](query)).encode()
+            self.reply(handler, 200, payload, {"Content-Type": "application/json"}, head)
+            return
+        path = self.folder / unquote(address.path).lstrip("/")
+        if not path.is_file():
+            self.reply(handler, 404, b"not found", {}, head)
+            return
+        size = path.stat().st_size
+        if head:
+            headers = {"Accept-Ranges": "bytes", "Content-Length": str(size)}
+            self.reply(handler, 200, b"", headers, head)
+            return
+        first, last = 0, size - 1
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range", ""))
+        if ranged:
+            first = int(ranged.group(1))
+            last = min(int(ranged.group(2) or last), size - 1)
+        with path.open("rb") as file:
+            file.seek(first)
+            part = file.read(last + 1 - first)
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        if ranged:
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        with self.lock:
+            self.requests.append((address.path, first, last))
+            self.sent += len(part)
+            broken = (
+                ranged and self.break_after is not None and len(self.requests) > self.break_after
+            )
+        if broken:
+            handler.send_response(206)
+            handler.send_header("Content-Length", str(len(part)))
+            handler.send_header("Content-Range", headers["Content-Range"])
+            handler.end_headers()
+            handler.wfile.write(part[: len(part) // 2])
+            handler.close_connection = True
+            return
+        self.reply(handler, 206 if ranged else 200, part, headers, head=False)

@@ -1,5 +1,6 @@
-"""Where a scene lies: its extent and CRS, bounding boxes as pixel windows, and whether
-its pixels are the size the model was trained on.
+"""Where a scene lies: its extent and CRS, bounding boxes as pixel windows (a box in
+another CRS put in the scene's), the virtual crop to one, and whether its pixels are
+the size the model was trained on.
 
 Below reading.py (which opens scenes); GDAL and OSR only, no TensorFlow.
 """
@@ -163,3 +164,82 @@ def centred_in_box(
         )
     top, left = int(picked_rows[0]), int(picked_cols[0])
     return [top, left, int(picked_rows[-1]) + 1 - top, int(picked_cols[-1]) + 1 - left]
+
+
+def bbox_in_scene_crs(
+    dataset: gdal.Dataset, bbox: Sequence[float], crs: str, scene_label: str
+) -> list[float]:
+    """A bounding box (minx, miny, maxx, maxy) given in `crs` ("EPSG:4326": longitude,
+    latitude) as the smallest box in the scene's CRS that holds it (edges densified,
+    so a box of meridians and parallels is held whole by the scene's UTM box)."""
+    given = osr.SpatialReference()
+    try:
+        known = given.SetFromUserInput(crs) == 0 and bool(given.ExportToWkt())
+    except RuntimeError:  # the error itself, where osr raises exceptions
+        known = False
+    if not known:
+        raise InputError(f"bounding box CRS {crs} is not a CRS GDAL knows (e.g. EPSG:4326).")
+    if not dataset.GetProjection():
+        raise InputError(f"scene {scene_label} has no CRS, so a box in {crs} cannot apply.")
+    scene = osr.SpatialReference(wkt=dataset.GetProjection())
+    for reference in (given, scene):
+        reference.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(given, scene)
+    try:
+        return list(transform.TransformBounds(*bbox, 21))
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(
+            f"bounding box {_numbers(bbox)} in {crs} cannot be put in the CRS of scene "
+            f"{scene_label} ({crs_words(dataset)})."
+        ) from None
+
+
+def check_crop(bbox: Sequence[float] | None, window: Sequence[int] | None) -> None:
+    """InputError for a bounding box and a pixel window together, or a box that is not
+    minx miny maxx maxy."""
+    if bbox and window:
+        raise InputError("give either a bounding box or a pixel window, not both.")
+    if bbox and (len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3])):
+        raise InputError(f"bounding box {list(bbox)} is not minx miny maxx maxy.")
+
+
+def crop_scene(
+    dataset: gdal.Dataset,
+    label: str,
+    bbox: Sequence[float] | None = None,
+    window: Sequence[int] | None = None,
+) -> gdal.Dataset:
+    """An opened scene limited to bbox (in its CRS) or window (pixels): a virtual crop
+    (VRT) with the band descriptions kept; the scene itself without either."""
+    check_crop(bbox, window)
+    if bbox:
+        transform = dataset.GetGeoTransform(can_return_null=True)
+        if transform is None:
+            raise InputError(
+                f"scene {label} has no georeferencing, so a bounding box cannot apply."
+            )
+        window = bbox_window(dataset, bbox, label)
+    if window:
+        if len(window) != 4:
+            raise InputError(f"pixel window {list(window)} is not xoff yoff xsize ysize.")
+        xoff, yoff, xsize, ysize = (int(value) for value in window)
+        if (
+            xsize <= 0
+            or ysize <= 0
+            or xoff < 0
+            or yoff < 0
+            or xoff + xsize > dataset.RasterXSize
+            or yoff + ysize > dataset.RasterYSize
+        ):
+            raise InputError(
+                f"window {xoff} {yoff} {xsize} {ysize} (pixels) is not inside scene {label} "
+                f"of {dataset.RasterXSize}x{dataset.RasterYSize} pixels."
+            )
+        descriptions = [
+            dataset.GetRasterBand(number).GetDescription()
+            for number in range(1, dataset.RasterCount + 1)
+        ]
+        dataset = gdal.Translate("", dataset, format="VRT", srcWin=[xoff, yoff, xsize, ysize])
+        for number, description in enumerate(descriptions, start=1):
+            dataset.GetRasterBand(number).SetDescription(description)
+    return dataset

@@ -4,14 +4,17 @@
     summary = job.classify_one(plan)              # 06's work on it
 
 `plan_scene` is the one place that reads 06's settings (the namespace of its
-constants, flags applied) for a scene: it opens the scene (cropped to --bbox or
---window), picks the model (the shipped one that fits, MODEL auto) and loads it with
+constants, flags applied) for a scene: it opens the scene (cropped to --bbox, in
+--bbox-crs, or --window), picks the model (the shipped one that fits, MODEL auto) and loads it with
 its ModelInfo, chooses the bands, the RGB scaling and the reflectance factor, decides
 the cloud mask, and fixes the geometry, adaptation, precision, method and output
 paths. Every other scene module takes the plan, or the part of it it needs. A
 ScenePlan is frozen; each field says in its metadata whether it changes the
 outputs (`changes_outputs`), which is what the many-scene manifest compares
 (`output_values`), so a new setting cannot be left out of it.
+
+`plan_search` makes 06's --stac flags a stac.StacSearch (None without --stac), whose
+items stac.stac_inputs saves as the scenes to plan.
 
 08 (fine-tuning on the user's reference) builds the same plan to read the scene
 exactly as 06 does: `windows_at` cuts the model's windows at given pixels, and
@@ -39,7 +42,12 @@ from cnn_sentinel.precision import precision_policy
 from cnn_sentinel.scene import clouds
 from cnn_sentinel.scene.adaptation import check_adapt_settings
 from cnn_sentinel.scene.dense import check_antialias
-from cnn_sentinel.scene.geometry import warn_if_pixel_size_differs
+from cnn_sentinel.scene.geometry import (
+    bbox_in_scene_crs,
+    check_crop,
+    crop_scene,
+    warn_if_pixel_size_differs,
+)
 from cnn_sentinel.scene.radiometry import (
     EUROSAT_REFLECTANCE_SCALE,
     check_reflectance_scale,
@@ -61,6 +69,7 @@ from cnn_sentinel.scene.reading import (
     warn_if_not_georeferenced,
     window_view,
 )
+from cnn_sentinel.scene.stac import StacSearch, search_of
 from image_functions import MS_BAND_NAMES
 
 # The models the project ships, trained by its own scripts (see models/*/README.md).
@@ -116,10 +125,12 @@ class ScenePlan:
     says whether a different value gives different outputs.
     """
 
-    # The scene: the path as given, opened (a virtual crop to bbox / window).
+    # The scene: the path as given, opened (a virtual crop to bbox / window); bbox as
+    # given, in bbox_crs ("scene": the scene's own CRS; "EPSG:4326": longitude/latitude).
     image: Path = changes_outputs(False)
     scene: gdal.Dataset = changes_outputs(False, repr=False, compare=False)
     bbox: tuple[float, ...] | None = changes_outputs(True)
+    bbox_crs: str = changes_outputs(True)
     window: tuple[int, ...] | None = changes_outputs(True)
     # The model: its file (the manifest adds its checksum), loaded, and its facts.
     model_path: str = changes_outputs(True)
@@ -228,13 +239,19 @@ def parse_numbers(values: tuple | list, kind: type, what: str) -> list | None:
 
 def shipped_model_for(scene_names: Sequence[str], bands: str | None) -> tuple[str, str]:
     """The shipped model for a scene (MODEL auto): the 13-band one when the scene has all
-    13 EuroSAT bands (and --bands does not pick fewer), the RGB one otherwise.
-    Returns (path, words for the banner)."""
+    13 EuroSAT bands (and --bands does not pick fewer), the RGB one otherwise (a Level-2A
+    scene, without B10, too: the scene adaptation meets its surface reflectance).
+    Returns (path, words for the banner: which model, and why)."""
     picked = len(band_spec_items(bands)) if bands else None
     has_all = set(MS_BAND_NAMES) <= set(scene_names) or len(scene_names) == len(MS_BAND_NAMES)
     if has_all and picked in (None, len(MS_BAND_NAMES)):
         return str(SHIPPED_MODELS["ms"]), ", shipped 13-band model: the scene has all 13 bands"
-    return str(SHIPPED_MODELS["rgb"]), ", shipped RGB model: the scene lacks the 13 bands"
+    if has_all:
+        return str(SHIPPED_MODELS["rgb"]), f", shipped RGB model: --bands picks {picked} bands"
+    missing = [name for name in MS_BAND_NAMES if name not in scene_names]
+    lacks = ", ".join(missing) if len(missing) <= 3 else "the 13 bands"
+    why = " (Level-2A has no cirrus band)" if missing == ["B10"] else ""
+    return str(SHIPPED_MODELS["rgb"]), f", shipped RGB model: the scene lacks {lacks}{why}"
 
 
 def scene_outputs(settings, image: str | Path) -> SceneOutputs:
@@ -249,11 +266,40 @@ def scene_outputs(settings, image: str | Path) -> SceneOutputs:
     )
 
 
+def bbox_crs_of(settings) -> str:
+    """06's --bbox-crs: "scene" (the scene's own CRS) when unset or without --bbox."""
+    return str(settings.bbox_crs or "scene") if settings.bbox else "scene"
+
+
 def open_settings_scene(settings, image: str | Path) -> gdal.Dataset:
-    """The scene `image` opened as 06's --bbox / --window ask (a virtual crop)."""
+    """The scene `image` opened as 06's --bbox (in --bbox-crs: put in the scene's CRS,
+    geometry.bbox_in_scene_crs) / --window ask (a virtual crop)."""
     bbox = parse_numbers(settings.bbox, float, "bounding box")
     window = parse_numbers(settings.window, int, "pixel window")
-    return open_scene(Path(image), bbox=bbox, window=window)
+    crs = bbox_crs_of(settings)
+    if crs == "scene":
+        return open_scene(Path(image), bbox=bbox, window=window)
+    check_crop(bbox, window)
+    whole = open_scene(Path(image))
+    return crop_scene(whole, str(image), bbox_in_scene_crs(whole, bbox, crs, str(image)))
+
+
+def plan_search(settings) -> StacSearch | None:
+    """06's --stac search (--collection, --datetime, --bbox in --bbox-crs EPSG:4326,
+    --max-cloud, --limit) as a StacSearch; None without --stac. InputError naming the
+    flag that is missing or wrong (stac.search_of)."""
+    if not settings.stac:
+        return None
+    return search_of(
+        settings.stac,
+        collection=settings.collection,
+        datetime=settings.datetime,
+        bbox=settings.bbox,
+        bbox_crs=settings.bbox_crs,
+        max_cloud=settings.max_cloud,
+        limit=settings.limit,
+        images=settings.image,
+    )
 
 
 def cloud_settings(settings) -> clouds.CloudSettings:
@@ -314,6 +360,7 @@ def plan_scene(
         image=image,
         scene=scene,
         bbox=tuple(bbox) if bbox else None,
+        bbox_crs=bbox_crs_of(settings),
         window=tuple(window) if window else None,
         model_path=str(model_path),
         model=model,

@@ -1,10 +1,11 @@
-"""Large rasters in: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip), choosing
+"""Large rasters in: opening scenes (GeoTIFF, VRT, Sentinel-2 .SAFE or .zip, STAC item), choosing
 their bands, loading the model, and reading row blocks with a mirrored halo.
 
 Scene classification (cnn_sentinel/scene/) is split by what changes together:
   blocks.py       the bottom: ReadBlock, PredictedBlock, prefetch
   reading.py      scenes and models in: open, bands, block reads (this module)
   products.py     .SAFE folders and .zip files as one 13-band stack
+  stac.py         STAC items (their band assets, over HTTP too) and STAC API searches
   plan.py         ScenePlan: 06's settings for one scene, decided once (plan_scene)
   predictors.py   blocks of class probabilities out, one pass per window
   dense.py        the whole-block (fully convolutional) pass, exact for models
@@ -40,8 +41,9 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.networks import load_model
 from cnn_sentinel.scene.blocks import ReadBlock
-from cnn_sentinel.scene.geometry import bbox_window
+from cnn_sentinel.scene.geometry import crop_scene
 from cnn_sentinel.scene.products import is_sentinel2_product, sentinel2_stack
+from cnn_sentinel.scene.stac import is_stac_item, item_stack
 from image_functions import (
     CLASS_NAMES,
     IMAGE_SIZE,
@@ -167,7 +169,7 @@ def load_scene_model(model_path: str | Path):
 def scene_stem(path: str | Path) -> str:
     """Output name stem of a scene: "a/S2A_X.SAFE.zip" -> "S2A_X", "b/scene.tif" -> "scene"."""
     name = Path(str(path).rstrip("/")).name
-    for suffix in (".zip", ".safe", ".vrt", ".tiff", ".tif"):
+    for suffix in (".zip", ".safe", ".vrt", ".tiff", ".tif", ".json"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name
@@ -178,17 +180,21 @@ def open_scene(
     bbox: Sequence[float] | None = None,
     window: Sequence[int] | None = None,
 ) -> gdal.Dataset:
-    """Open a scene read-only: a GeoTIFF/VRT/any GDAL raster, a .SAFE folder or its .zip.
+    """Open a scene read-only: a GeoTIFF/VRT/any GDAL raster, a .SAFE folder or its .zip,
+    a STAC item's .json (its band assets, stac.item_stack).
 
-    bbox (minx, miny, maxx, maxy) in the scene's CRS or window (xoff, yoff,
-    xsize, ysize) in pixels limits the scene to that part (a virtual crop, no
-    copy). Raises InputError naming the file when it is missing or not a raster.
+    bbox (minx, miny, maxx, maxy) in the scene's CRS or window (xoff, yoff, xsize,
+    ysize) in pixels limits the scene to that part (geometry.crop_scene: a virtual crop, no
+    copy, only its blocks are read). Raises InputError naming the file when it is
+    missing or not a raster.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"scene {path} does not exist.")
     if is_sentinel2_product(path):
         dataset = sentinel2_stack(path)
+    elif is_stac_item(path):
+        dataset = item_stack(path)
     elif path.is_dir():
         raise InputError(f"scene {path} is a folder but not a Sentinel-2 .SAFE product.")
     else:
@@ -198,39 +204,7 @@ def open_scene(
             dataset = None
         if dataset is None or dataset.RasterCount == 0:
             raise InputError(f"scene {path} is not a raster GDAL can read.")
-    if bbox and window:
-        raise InputError("give either a bounding box or a pixel window, not both.")
-    if bbox:
-        if len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
-            raise InputError(f"bounding box {list(bbox)} is not minx miny maxx maxy.")
-        transform = dataset.GetGeoTransform(can_return_null=True)
-        if transform is None:
-            raise InputError(f"scene {path} has no georeferencing, so a bounding box cannot apply.")
-        window = bbox_window(dataset, bbox, str(path))
-    if window:
-        if len(window) != 4:
-            raise InputError(f"pixel window {list(window)} is not xoff yoff xsize ysize.")
-        xoff, yoff, xsize, ysize = (int(value) for value in window)
-        if (
-            xsize <= 0
-            or ysize <= 0
-            or xoff < 0
-            or yoff < 0
-            or xoff + xsize > dataset.RasterXSize
-            or yoff + ysize > dataset.RasterYSize
-        ):
-            raise InputError(
-                f"window {xoff} {yoff} {xsize} {ysize} (pixels) is not inside scene {path} "
-                f"of {dataset.RasterXSize}x{dataset.RasterYSize} pixels."
-            )
-        descriptions = [
-            dataset.GetRasterBand(number).GetDescription()
-            for number in range(1, dataset.RasterCount + 1)
-        ]
-        dataset = gdal.Translate("", dataset, format="VRT", srcWin=[xoff, yoff, xsize, ysize])
-        for number, description in enumerate(descriptions, start=1):
-            dataset.GetRasterBand(number).SetDescription(description)
-    return dataset
+    return crop_scene(dataset, str(path), bbox, window)
 
 
 def scene_band_names(dataset: gdal.Dataset) -> tuple[str, ...]:
@@ -301,9 +275,11 @@ def choose_scene_bands(
         return [list(scene_names).index(name) for name in model_bands]
     if len(scene_names) == len(model_bands):
         return list(range(len(model_bands)))
+    missing = [name for name in model_bands if name not in scene_names]
+    lacks = f"; it lacks {', '.join(missing)}" if len(missing) < len(model_bands) else ""
     raise InputError(
         f"scene {scene_label} has {len(scene_names)} bands ({', '.join(scene_names)}) but the "
-        f"model expects {len(model_bands)} bands: {expected}; select them with --bands."
+        f"model expects {len(model_bands)} bands: {expected}{lacks}; select them with --bands."
     )
 
 
