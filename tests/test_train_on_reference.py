@@ -196,13 +196,14 @@ def test_real_t33uuu_taught_on_the_west_half_scored_on_the_east(scenes_dir, tmp_
          "--output", str(tmp_path), "--run-name", "t33uuu", "--no-progress"]
     )  # fmt: skip
     before = result["held_out"]["before"]
-    # The shipped 13-band model on the east half, as 07 --bbox measures it.
-    assert before["class_balanced_agreement"] == pytest.approx(0.4296, abs=5e-4)
+    # The shipped 13-band model on the east half, as 07 --bbox measures it, 06's defaults
+    # (ANTIALIAS 4; the raw stride-1 pass, --antialias 1, gives 0.4296).
+    assert before["class_balanced_agreement"] == pytest.approx(0.4305, abs=5e-4)
     assert before["classes"]["forest"]["agreement"] == 0.0
     assert set(result["training_windows"]) == {
         "farm", "forest", "grass", "meadow", "residential", "water",
     }  # fmt: skip
-    assert "held-out class-balanced agreement: before 0.4296" in capsys.readouterr().out
+    assert "held-out class-balanced agreement: before 0.4305" in capsys.readouterr().out
 
 
 def test_report_picture_of_a_scene_without_band_names_takes_the_models_bands(generated, tmp_path):
