@@ -35,10 +35,11 @@ from cnn_sentinel.errors import InputError
 from cnn_sentinel.precision import PRECISION_MODES
 from cnn_sentinel.scene.cluster import choose_scheduler
 from cnn_sentinel.scene.dense import check_antialias
-from cnn_sentinel.scene.job import classify_one
+from cnn_sentinel.scene.job import classify_one, scene_lock
 from cnn_sentinel.scene.listing import list_scenes
 from cnn_sentinel.scene.many import classify_many
-from cnn_sentinel.scene.plan import plan_run, plan_scene, plan_search
+from cnn_sentinel.scene.plan import plan_run, plan_scene, plan_search, scene_outputs
+from cnn_sentinel.scene.reading import scene_stem
 from cnn_sentinel.scene.runner import check_run_settings
 from cnn_sentinel.scene.stac import stac_inputs
 from cnn_sentinel.settings import parse_settings, run_script
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     images = list_scenes(stac_inputs(settings.image, settings.output_dir, plan_search(settings)))
     scheduler = choose_scheduler(settings.scheduler, len(images))
     if scheduler == "none" and len(images) == 1:
-        return classify_one(plan_scene(settings, images[0]))
+        # The outputs' folder is locked before the model loads: a second run into it is
+        # refused at once, before TensorFlow starts.
+        with scene_lock(scene_outputs(settings, images[0]), scene_stem(images[0])):
+            return classify_one(plan_scene(settings, images[0]), locked=True)
     return {"scenes": classify_many(plan_run(settings), images, scheduler)}
 
 

@@ -96,25 +96,33 @@ def summary_lines(summary: dict, seconds: float, method: str, outputs: SceneOutp
     return lines + [f"wrote {path}" for path in [*outputs.files, outputs.category_file]]
 
 
+def scene_lock(outputs: SceneOutputs, stem: str):
+    """One run at a time writes a scene's outputs (`stem`_*) into their folder; a second
+    is refused in one sentence (a context manager, outputs.folder_lock)."""
+    return folder_lock(
+        outputs.label.parent,
+        stem,
+        f"output folder {outputs.label.parent} (outputs {stem}_*)",
+        "wait for that run to end or give another --output-dir",
+    )
+
+
 def classify_one(
     plan: ScenePlan,
     report: Callable[[str], object] = print,
     stop: Callable[[], None] | None = None,
+    locked: bool = False,
 ) -> dict:
     """Classify the planned scene: writes <stem>_label.tif, <stem>_prob.tif
     (Cloud-Optimized with cog) and (quicklook) <stem>_quicklook.png, prints (through
     `report`) the banner, the timing, the class shares and the files written; returns
     the run's counts (runner.SceneClassification.run) with "seconds" and "method".
     InputError for every bad input. `stop`: called before each block is written, it
-    may raise to end the run (nothing is left half-written)."""
-    outputs = plan.outputs
-    # One run at a time writes a scene's outputs into a folder; a second is refused.
-    with folder_lock(
-        outputs.label.parent,
-        plan.stem,
-        f"output folder {outputs.label.parent} (outputs {plan.stem}_*)",
-        "wait for that run to end or give another --output-dir",
-    ):
+    may raise to end the run (nothing is left half-written). `locked`: the caller holds
+    scene_lock already (06 takes it before the model loads)."""
+    if locked:
+        return _classify_into(plan, report, stop)
+    with scene_lock(plan.outputs, plan.stem):
         return _classify_into(plan, report, stop)
 
 
