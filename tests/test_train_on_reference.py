@@ -10,10 +10,15 @@ hold-out box is its columns 144-191, so training centres may only lie in columns
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
-from helpers import ORIGIN, UTM33N, save_model, smooth_scene, valid_model, write_scene
+from helpers import ORIGIN, REPO_ROOT, UTM33N, save_model, smooth_scene, valid_model, write_scene
 from osgeo import ogr, osr
 from script_modules import load_script
 
@@ -184,6 +189,49 @@ def test_bad_input_is_one_sentence(generated, tmp_path):
 def test_eurosat_split_folder_must_exist(generated, tmp_path):
     expect_error(generated, "has no train/", "--eurosat", tmp_path, "--no-maps")
     assert not (generated["folder"] / "runs" / "reference-scene").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_the_same_command_finishes_every_epoch_once(generated):
+    """08 killed (SIGKILL, no clean-up) after its first saved epoch: the same command
+    resumes from the last saved epoch, and the finished run holds each epoch once and a
+    model.keras that a Python which never imported the project opens."""
+    folder = generated["folder"] / "runs"
+    command = [sys.executable, str(REPO_ROOT / "08_train_on_reference.py"),
+               "--image", generated["scene"], "--reference", generated["reference"],
+               "--model", generated["model"], "--output", str(folder),
+               "--holdout-bbox", *map(str, HOLDOUT), "--samples-per-class", "200",
+               "--min-samples", "4", "--epochs", "30", "--batch-size", "16", "--no-progress",
+               "--no-maps", "--run-name", "killed"]  # fmt: skip
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    state_file = folder / "killed" / "state.json"
+    first = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, "08 finished before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    killed_at = json.loads(state_file.read_text())
+    assert 1 <= killed_at["epoch"] < 30 and not killed_at["finished"]
+    again = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    state = json.loads(state_file.read_text())
+    assert state["finished"]
+    assert [row["epoch"] for row in state["history"]] == list(range(1, 31))
+    assert not list((folder / "killed").rglob("partial-*"))
+    opened = subprocess.run(
+        [sys.executable, "-c", "import sys, keras; "
+         "model = keras.saving.load_model(sys.argv[1]); print(model.output_shape[-1])",
+         str(folder / "killed" / "model.keras")],
+        capture_output=True, text=True, timeout=300, cwd=folder,
+        env={**environment, "PYTHONPATH": ""},
+    )  # fmt: skip
+    assert opened.returncode == 0, opened.stderr[-3000:]
+    assert opened.stdout.strip().splitlines()[-1] == "10"
 
 
 @pytest.mark.slow
