@@ -15,6 +15,16 @@ EUROSAT replays patches of a split of 01 against forgetting, and both models are
 measured on its validation set. PSEUDO_LABELS adds windows the start model is sure
 of where the reference says nothing (the lakes and fields it already knows).
 
+CLASSES "reference" makes the model's classes your own instead of EuroSAT's ten: the
+reference classes the table teaches (a built-in table: OSM farm, forest, grass, meadow,
+residential, water), or the classes a table file of yours names instead of EuroSAT
+classes (one a row; rows may share one), coloured by the table's `#rrggbb` cells or a
+fixed palette. The start model's backbone is kept and a new softmax head with a unit
+per class learns, first alone for HEAD_EPOCHS; model.json lists the classes and their
+colours (own_classes true), and 06 and 07 take them from it. EuroSAT replay then
+teaches each patch the own classes its class agrees with through the table; the
+model's EuroSAT accuracy is not measured (it has no EuroSAT classes).
+
 Writes runs/<run name>/ like 02-05: model.keras (plain Keras), model.json (where the
 model came from and how it was taught), history.csv, report/ (the maps before and
 after, 06 at stride 1 over the whole scene; held_out.json, 07's scores inside the
@@ -54,6 +64,8 @@ IMAGE = None  # the scene (GeoTIFF/VRT, .SAFE folder or .zip), as 06 reads it
 REFERENCE = None  # OGR vector (polygons or points, any CRS) or a class raster, as 07 reads it
 REFERENCE_FIELD = "auto"  # field with the class; layer: the layer names; auto: fclass, class...
 TABLE = "auto"  # auto: the built-in table that fits; or a JSON/CSV file: class -> EuroSAT classes
+CLASSES = "eurosat"  # eurosat: keep EuroSAT's ten; reference: your reference classes (a new head)
+HEAD_EPOCHS = 1  # with CLASSES reference: epochs that train the new head alone, before EPOCHS
 MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run folder or a .keras
 HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of training, scored
 EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
@@ -137,9 +149,10 @@ def training_centres(settings, scene, reference, targets, part):
     return centres, allowed
 
 
-def training_windows(settings, scene, reference, targets, centres, allowed, before_map):
+def training_windows(settings, scene, reference, targets, centres, allowed, before_map, own=None):
     """The training windows and their target masks: the reference classes' centres, and
-    PSEUDO_LABELS per class of the start model where no reference is."""
+    PSEUDO_LABELS per class of the start model where no reference is (with `own`
+    classes, the own classes its EuroSAT class agrees with)."""
     from osgeo import gdal
 
     rows = [centres[name][0] for name in targets]
@@ -165,17 +178,29 @@ def training_windows(settings, scene, reference, targets, centres, allowed, befo
                 continue
             chosen = random.choice(pixels, min(settings.pseudo_labels, len(pixels)), replace=False)
             row, col = np.divmod(chosen, scene.shape[1])
+            masks, keep = replay_targets(own, np.full(len(row), index), len(scene.class_names))
+            if not keep.any():
+                continue
             rows.append(row)
             cols.append(col)
-            masks_out.append(teach.one_hot(np.full(len(row), index), len(scene.class_names)))
+            masks_out.append(masks)
             counts[f"pseudo {name}"] = len(row)
     windows = teaching.read_windows(scene, np.concatenate(rows), np.concatenate(cols))
     return windows, np.concatenate(masks_out), counts
 
 
-def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> None:
-    """Train for EPOCHS, saving weights, state.json and history.csv after every epoch;
-    a run stopped between epochs resumes from its last one."""
+def replay_targets(own, labels: np.ndarray, class_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The target masks of EuroSAT patches of class indices `labels` and which of them
+    to replay: their own class with EuroSAT's, the own classes the table agrees with."""
+    if own is None:
+        return teach.one_hot(labels, class_count), np.ones(len(labels), bool)
+    masks = own.from_eurosat[labels]
+    return masks, masks.any(axis=1)
+
+
+def fit(settings, model, windows, targets, run_folder: Path, state: dict, until: int) -> None:
+    """Train up to epoch `until`, saving weights, state.json and history.csv after every
+    epoch; a run stopped between epochs resumes from its last one."""
     import keras
 
     checkpoint = run_folder / CHECKPOINTS / "last.weights.h5"
@@ -206,14 +231,33 @@ def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> Non
     batches = teach.window_batches(
         windows, targets, settings.batch_size, settings.augment, settings.seed, state["epoch"]
     )
-    if state["epoch"] < settings.epochs:
+    if state["epoch"] < until:
         model.fit(
             batches,
-            epochs=settings.epochs,
+            epochs=until,
             initial_epoch=state["epoch"],
             callbacks=[SaveEpoch()],
             verbose=1 if settings.progress else 2,
         )
+
+
+def score_map(settings, label_path, box, when: str, own):
+    """07's scores of a map inside the hold-out box. With own classes the map after is
+    scored with the identity table (auto), or the table of own classes that made
+    them; the map before (EuroSAT's classes) with the table when it names EuroSAT
+    classes, else the built-in one (None when none fits)."""
+    table = settings.table
+    own_names = own is not None and teaching.table_names_own_classes(table)
+    if own is not None and (when == "before") == bool(own_names):
+        table = "auto"
+    try:
+        return teach.score_part(
+            label_path, settings.reference, settings.reference_field, table, box
+        )
+    except InputError:
+        if when == "after" or own is None:
+            raise
+        return None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -222,6 +266,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError("give the scene with --image and your reference with --reference.")
     if settings.epochs < 1 or settings.batch_size < 1 or settings.samples_per_class < 1:
         raise InputError("epochs, batch size and samples per class must be at least 1.")
+    if settings.classes not in ("eurosat", "reference") or settings.head_epochs < 0:
+        raise InputError(
+            f"classes must be eurosat or reference (not {settings.classes}) and head epochs "
+            "at least 0."
+        )
+    if settings.classes == "reference" and settings.keep_agreeing:
+        raise InputError(
+            "--keep-agreeing keeps EuroSAT classes; leave it out with --classes reference."
+        )
     box = scene_plan.parse_numbers(settings.holdout_bbox, float, "hold-out box")
     run_folder = Path(settings.output) / (
         settings.run_name or f"reference-{scene_stem(settings.image)}"
@@ -243,9 +296,25 @@ def main(argv: list[str] | None = None) -> dict:
     start = scene.plan.model_path
     model, info = load(start)
     part = teaching.holdout_part(scene, box)
-    reference, table_name, targets = teaching.reference_targets(
-        scene, settings.reference, settings.reference_field, settings.table
-    )
+    own = None
+    if settings.classes == "reference":
+        reference, table_name, targets, own = teaching.own_class_targets(
+            scene, settings.reference, settings.reference_field, settings.table
+        )
+    elif named := teaching.table_names_own_classes(settings.table):
+        raise InputError(
+            f"table {settings.table} names classes of its own ({', '.join(named)}), not "
+            "EuroSAT's; teach them with --classes reference."
+        )
+    else:
+        reference, table_name, targets = teaching.reference_targets(
+            scene, settings.reference, settings.reference_field, settings.table
+        )
+    if own is not None and settings.eurosat and not own.from_eurosat.any():
+        raise InputError(
+            f"table {settings.table} names no EuroSAT class, so no EuroSAT patch can be "
+            "replayed as one of your classes; leave --eurosat out."
+        )
     centres, allowed = training_centres(settings, scene, reference, targets, part)
     if settings.eurosat:
         train_x, train_y = teach.eurosat_arrays(
@@ -266,28 +335,39 @@ def main(argv: list[str] | None = None) -> dict:
           f"{held_out}")  # fmt: skip
     before_map = classify(settings, start, report / "before") if settings.maps else None
     windows, targets_array, counts = training_windows(
-        settings, scene, reference, targets, centres, allowed, before_map
+        settings, scene, reference, targets, centres, allowed, before_map, own
     )
     print("training windows: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     eurosat = {}
     if settings.eurosat:
-        eurosat["before"] = teach.accuracy(model, val_x, val_y)
+        if own is None:
+            eurosat["before"] = teach.accuracy(model, val_x, val_y)
+        replay_masks, replayable = replay_targets(own, train_y, len(info.class_names))
         replayed = int(round(settings.replay * len(windows)))
         if replayed:
-            picked = np.random.default_rng(settings.seed + 2).choice(len(train_x), replayed)
+            random = np.random.default_rng(settings.seed + 2)
+            picked = random.choice(np.flatnonzero(replayable), replayed)
             windows = np.concatenate([windows, train_x[picked].astype(windows.dtype)])
-            targets_array = np.concatenate(
-                [targets_array, teach.one_hot(train_y[picked], len(info.class_names))]
-            )
+            targets_array = np.concatenate([targets_array, replay_masks[picked]])
     import keras
 
     keras.utils.set_random_seed(settings.seed)
-    trainable = teach.set_trainable(model, settings.train_layers)
-    print(f"{len(windows)} windows, {trainable} weights learn ({settings.train_layers})")
-    fit(settings, model, windows, targets_array, run_folder, state)
+    stages = [(settings.train_layers, settings.epochs)]
+    if own is not None:
+        model = teach.with_new_head(model, len(own.names), start)
+        print(f"your classes: {', '.join(own.names)} (a new head on {start}'s backbone)")
+        stages = [("head", settings.head_epochs), (settings.train_layers, settings.epochs)]
+    until = 0
+    for layers, epochs in stages:
+        until += epochs
+        if epochs and state["epoch"] < until:
+            trainable = teach.set_trainable(model, layers)
+            print(f"{len(windows)} windows, {trainable} weights learn ({layers}), "
+                  f"epochs {until - epochs + 1}-{until}")  # fmt: skip
+            fit(settings, model, windows, targets_array, run_folder, state, until)
     model_path = run_folder / "model.keras"
     with atomic_output(model_path, overwrite=True) as temporary:
-        teach.clean_copy(model, start).save(temporary)
+        teach.clean_copy(model, start, len(own.names) if own else None).save(temporary)
     if eurosat:
         eurosat["after"] = teach.accuracy(model, val_x, val_y)
     info.recipe = "train-on-reference"
@@ -295,6 +375,10 @@ def main(argv: list[str] | None = None) -> dict:
     info.epochs_trained = state["epoch"]
     info.training_seconds = state["training_seconds"]
     info.metrics = {"eurosat_validation_accuracy": eurosat}
+    if own is not None:
+        info.class_names, info.own_classes = list(own.names), True
+        info.class_colours = [list(colour) for colour in own.colours]
+        info.extra = {**info.extra, "class_of_reference_class": own.class_of}
     info.extra = {**info.extra, "started_from": start, "scene": str(settings.image),
                   "reference": str(settings.reference), "table": table_name,
                   "holdout_bbox": box, "training_windows": counts}  # fmt: skip
@@ -303,9 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     if settings.maps:
         after_map = classify(settings, str(model_path), report / "after")
         scores = {
-            when: teach.score_part(
-                path, settings.reference, settings.reference_field, settings.table, box
-            )  # fmt: skip
+            when: score_map(settings, path, box, when, own)
             for when, path in (("before", before_map), ("after", after_map))
         }
         result["held_out"] = {"bbox": box, "pixels": part, **scores}
@@ -325,6 +407,9 @@ def main(argv: list[str] | None = None) -> dict:
     if eurosat:
         print(f"EuroSAT validation accuracy: before {eurosat['before']:.4f}, "
               f"after {eurosat['after']:.4f}")  # fmt: skip
+    elif own is not None:
+        print("EuroSAT validation accuracy: not measured (the model's classes are yours: "
+              f"{', '.join(own.names)})")  # fmt: skip
     if settings.maps:
         print("\n".join(teach.held_out_lines(scores["before"], scores["after"])))
     return result

@@ -33,10 +33,12 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.facts import CLASS_NAMES
 from cnn_sentinel.scene.blocks import CLOUD_LABEL, LABEL_NODATA
 from cnn_sentinel.scene.geometry import centred_in_box
 from cnn_sentinel.scene.quicklooks import (
     QUICKLOOK_MAX_SIDE,
+    colour_table_colours,
     decimation,
     label_colours,
     true_colour_bands,
@@ -70,6 +72,10 @@ BUILT_IN_TABLES = {
         "cls_water_smpls": ["SeaLake", "River"],
     },
 }
+# Table name when a map's own classes are the reference's classes (08 --classes reference).
+IDENTITY_TABLE = "identity (the map's classes are the reference's)"
+# A table cell that is a colour (#rrggbb): the colour of the class the row teaches (08).
+COLOUR_CELL = "#"
 # Reference grid values: no reference class, and reference classes in conflict.
 NO_REFERENCE = -1
 CONFLICT = -2
@@ -83,7 +89,8 @@ OUTLINE_COLOURS = "tab10"
 
 @dataclass
 class LabelMap:
-    """A label GeoTIFF of 06: labels (rows, cols) uint8, its class names and grid."""
+    """A label GeoTIFF of 06: labels (rows, cols) uint8, its class names and grid, and
+    its classes' colours (r, g, b) from its colour table (None: EuroSAT's by name)."""
 
     path: Path
     labels: np.ndarray
@@ -91,6 +98,7 @@ class LabelMap:
     transform: tuple[float, ...]
     projection: str
     nodata: int
+    colours: list[tuple[int, int, int]] | None = None
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -157,6 +165,7 @@ def read_label_map(path: str | Path) -> LabelMap:
         tuple(transform),
         projection,
         LABEL_NODATA if nodata is None else int(nodata),
+        colour_table_colours(band, len(names)),
     )
 
 
@@ -386,7 +395,34 @@ def _warp_raster(raster: gdal.Dataset, path: Path, label_map: LabelMap) -> Refer
 def read_table(path: str | Path) -> dict[str, list[str]]:
     """A compatibility table file: JSON {"forest": ["Forest"], ...} or CSV rows
     `reference class, EuroSAT classes` (classes separated by ";" or in further cells;
-    a first row starting `reference` is a header). Empty: not assessed."""
+    a first row starting `reference` is a header). Empty: not assessed. A cell
+    `#rrggbb` is the row's colour, not a class (`table_colours`)."""
+    table = read_table_cells(path)
+    return {
+        key: [name for name in value if not name.startswith(COLOUR_CELL)]
+        for key, value in table.items()
+    }
+
+
+def table_colours(path: str | Path) -> dict[str, tuple[int, int, int]]:
+    """The colours a table file gives its rows (a cell `#rrggbb`), by reference class."""
+    colours = {}
+    for key, value in read_table_cells(path).items():
+        for cell in value:
+            if cell.startswith(COLOUR_CELL):
+                try:
+                    if len(cell) != 7:
+                        raise ValueError
+                    colours[key] = tuple(int(cell[i : i + 2], 16) for i in (1, 3, 5))
+                except ValueError:
+                    raise InputError(
+                        f"table {path} gives {key} the colour {cell}, not #rrggbb (e.g. #1e6e28)."
+                    ) from None
+    return colours
+
+
+def read_table_cells(path: str | Path) -> dict[str, list[str]]:
+    """A table file's rows as read, class names and colour cells together (`read_table`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"table {path} does not exist.")
@@ -425,9 +461,23 @@ def compatibility_table(
 ) -> tuple[str, dict[str, list[str]]]:
     """(table name, reference class -> compatible map classes) for every reference class.
 
-    spec "auto" picks the built-in table that knows the most reference classes; a file
-    is read with `read_table`, and its map classes must be classes of the map.
+    spec "auto" picks the built-in table that knows the most reference classes, or,
+    for a map whose classes are its own (not EuroSAT's) and include reference
+    classes (08 --classes reference), the identity table: each reference class agrees
+    with the map class of its name (and is not assessed when the map has none); a
+    file is read with `read_table`, and its map classes must be classes of the map.
     """
+    own = set(class_names) - set(CLASS_NAMES)
+    if spec == "auto" and own:
+        if not set(class_names) & set(reference_names):
+            raise InputError(
+                f"the map's classes ({', '.join(class_names)}) are not EuroSAT's and none is a "
+                f"reference class ({', '.join(reference_names)}); give a table with --table "
+                "that maps the reference classes to the map's."
+            )
+        return IDENTITY_TABLE, {
+            name: [name] if name in class_names else [] for name in reference_names
+        }
     if spec == "auto":
         name, table = max(
             BUILT_IN_TABLES.items(), key=lambda item: len(set(reference_names) & set(item[1]))
@@ -620,7 +670,7 @@ def save_picture(
     scale = max(1.0, max(rows, cols) / QUICKLOOK_MAX_SIDE)
     picked_rows, picked_cols = decimation(rows, scale), decimation(cols, scale)
     labels = label_map.labels[np.ix_(picked_rows, picked_cols)]
-    colours = label_colours(label_map.class_names)
+    colours = label_colours(label_map.class_names, label_map.colours)
     panels = [("label map", colours[labels])]
     if scene is not None:
         panels.insert(0, ("scene", scene_picture(*scene, label_map, labels.shape)))

@@ -31,6 +31,9 @@ class ModelInfo:
     normalisation (inside the model for models of 02-05; applied in front of the
     model for the talk's models, see for_talk_model, which set normalise_in_front).
     pixel_size: the ground size in metres of the pixels trained on (10 for EuroSAT).
+    own_classes: True when class_names are the user's own reference classes (08's
+    --classes reference), not EuroSAT's; class_colours: one [red, green, blue] (0-255)
+    per class for label maps and pictures, empty for EuroSAT's colours by class name.
     The rest records how the model was trained. `extra` keeps keys this version does
     not know. Not saved: `normalise_in_front` (whether mean/std must be applied in
     front of the model, which a model.json model never needs) and `source` (the
@@ -42,6 +45,8 @@ class ModelInfo:
     input_size: int | None = IMAGE_SIZE
     # Ground size of a pixel in metres (EuroSAT: Sentinel-2's 10 m; older files lack it).
     pixel_size: float = EUROSAT_PIXEL_SIZE
+    own_classes: bool = False
+    class_colours: list[list[int]] = field(default_factory=list)
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     normalisation_source: str = ""
@@ -97,6 +102,22 @@ class ModelInfo:
                 f"model configuration {source} has pixel_size {pixel_size!r}."
             ) from None
         known = {key: data.pop(key) for key in list(data) if key in names}
+        colours = known.get("class_colours") or []
+        try:
+            known["class_colours"] = [[int(value) for value in colour] for colour in colours]
+        except (TypeError, ValueError):
+            known["class_colours"] = None
+        if colours and (
+            known["class_colours"] is None
+            or len(colours) != len(class_names)
+            or not all(
+                len(c) == 3 and min(c) >= 0 and max(c) <= 255 for c in known["class_colours"]
+            )
+        ):
+            raise InputError(
+                f"model configuration {source} has class_colours that are not one "
+                f"[red, green, blue] (0-255) per class ({len(class_names)} classes)."
+            )
         return cls(
             class_names=[str(name) for name in class_names],
             band_names=[str(name) for name in band_names],

@@ -7,7 +7,10 @@ PermanentCrop, Pasture, HerbaceousVegetation), so a window's target is the mask 
 its compatible classes and the loss is -log of the probability the model gives to
 them together (`compatible_loss`): a window counts as right exactly when 07 would
 count its pixel as agreeing. EuroSAT patches and pseudo-labels have one class (a
-mask with one 1). Only keras and numpy at the top; TensorFlow loads with keras.
+mask with one 1). With the user's own classes (08 --classes reference) the start
+model's last Dense layer is replaced by a new one with a unit per own class
+(`with_new_head`), and the same loss is the cross-entropy of one-hot masks. Only keras
+and numpy at the top; TensorFlow loads with keras.
 """
 
 from __future__ import annotations
@@ -57,6 +60,23 @@ def set_trainable(model, which: str) -> int:
         }[which]
         layer.trainable = learns
     return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
+
+
+def with_new_head(model, class_count: int, where: str):
+    """The model with its last layer (a softmax Dense) replaced by a new softmax Dense of
+    `class_count` units of the same name on the same features (the backbone's weights
+    shared, the head's drawn afresh). InputError when the model ends otherwise."""
+    import keras
+
+    head = model.layers[-1]
+    if not isinstance(head, keras.layers.Dense):
+        raise InputError(
+            f"model {where} does not end in a Dense layer, so 08 cannot give it a head "
+            "for your own classes; train it with --classes eurosat."
+        )
+    outputs = keras.layers.Dense(class_count, activation="softmax", name=head.name)(head.input)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def compatible_loss(mask, probabilities):
@@ -148,12 +168,15 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 64
     return float(np.mean(np.argmax(predicted, axis=-1) == labels))
 
 
-def clean_copy(model, start_path: str | Path):
+def clean_copy(model, start_path: str | Path, class_count: int | None = None):
     """The trained weights in a fresh load of the start model's file (plain Keras, no
-    compile state, its layers as trainable as they were saved), for model.keras."""
+    compile state, its layers as trainable as they were saved), for model.keras; with
+    `class_count`, with the new head of the user's own classes (`with_new_head`)."""
     import keras
 
     copy = keras.saving.load_model(start_path, compile=False)
+    if class_count is not None:
+        copy = with_new_head(copy, class_count, str(start_path))
     copy.set_weights(model.get_weights())
     return copy
 
@@ -168,11 +191,14 @@ def score_part(label_path, reference_path, class_field: str, table: str, box) ->
     return evaluation.assess(label_map, reference, compatible)
 
 
-def held_out_lines(before: dict, after: dict) -> list[str]:
-    """The closing lines: class-balanced agreement before and after, then per class."""
+def held_out_lines(before: dict | None, after: dict) -> list[str]:
+    """The closing lines: class-balanced agreement before and after, then per class
+    (before None: the map before could not be scored with the table, n/a)."""
 
     def number(value) -> str:
         return "n/a" if value is None else f"{value:.4f}"
+
+    before = before or {"class_balanced_agreement": None, "classes": {}}
 
     lines = [
         f"held-out class-balanced agreement: before {number(before['class_balanced_agreement'])}"
@@ -182,7 +208,7 @@ def held_out_lines(before: dict, after: dict) -> list[str]:
         if entry["pixels"]:
             lines.append(
                 f"  {name:20s} {entry['pixels']:8d} px: before "
-                f"{number(before['classes'][name]['agreement'])}, "
+                f"{number(before['classes'].get(name, {}).get('agreement'))}, "
                 f"after {number(entry['agreement'])}"
             )
     return lines
@@ -205,12 +231,13 @@ def save_before_after(
     rows, cols = first.labels.shape
     scale = max(1.0, max(rows, cols) / QUICKLOOK_MAX_SIDE)
     picked = np.ix_(decimation(rows, scale), decimation(cols, scale))
-    colours = label_colours(first.class_names)
+    # The maps may have different classes (after: the user's own), each its colours.
+    colours = [label_colours(m.class_names, m.colours) for m in label_maps]
     scene = evaluation.open_picture_scene(scene_path, scene_bands)
     panels = [("scene", evaluation.scene_picture(*scene, first, first.labels[picked].shape))]
     panels += [
-        (name, colours[m.labels[picked]])
-        for name, m in zip(("before", "after"), label_maps, strict=True)
+        (name, colour[m.labels[picked]])
+        for name, m, colour in zip(("before", "after"), label_maps, colours, strict=True)
     ]
     minx, miny, maxx, maxy = first.bounds
     palette = plt.get_cmap(evaluation.OUTLINE_COLOURS)
@@ -229,13 +256,16 @@ def save_before_after(
         axis.set_title(name, fontsize=10)
         axis.set_xticks([])
         axis.set_yticks([])
-    present = set()
-    for label_map in label_maps:
-        present |= set(np.unique(label_map.labels[picked]).tolist())
+    legend = {}
+    for label_map, colour in zip(label_maps, colours, strict=True):
+        for value in np.unique(label_map.labels[picked]).tolist():
+            if value < len(label_map.class_names):
+                legend.setdefault(label_map.class_names[value], colour[value])
+    # The first map's classes in class order, then the other map's own ones.
+    order = list(dict.fromkeys([*first.class_names, *legend]))
     handles = [
-        Patch(facecolor=colours[value] / 255.0, edgecolor="black", label=first.class_names[value])
-        for value in sorted(present)
-        if value < len(first.class_names)
+        Patch(facecolor=legend[name] / 255.0, edgecolor="black", label=name)
+        for name in sorted(legend, key=order.index)
     ]
     handles += [
         Patch(facecolor="none", edgecolor=palette(index % 10), label=f"reference {name}")

@@ -262,3 +262,129 @@ def test_report_picture_of_a_scene_without_band_names_takes_the_models_bands(gen
         "--epochs", "1")  # fmt: skip
     picture = generated["folder"] / "runs" / "four" / "report" / "before_after.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------
+# The user's own classes (08 --classes reference): model.json, 06 and 07 take them
+# ---------------------------------------------------------------------------
+
+
+def label_classes(path) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """The class names (category names) and colour-table colours of a label GeoTIFF of 06."""
+    from osgeo import gdal
+
+    dataset = gdal.Open(str(path))
+    dataset.GetGeoTransform()  # GDAL 3.6 reads the .aux.xml on this query
+    band = dataset.GetRasterBand(1)
+    names = [name for name in band.GetCategoryNames()[:254] if name]
+    table = band.GetColorTable()
+    return names, [tuple(table.GetColorEntry(i)[:3]) for i in range(len(names))]
+
+
+def test_own_classes_chain_08_06_07(generated, tmp_path, capsys):
+    """08 --classes reference: the model's classes are the reference's taught classes
+    (the built-in OSM table teaches farm and forest, not scrub) in their EuroSAT colours
+    (farm: AnnualCrop's, forest: Forest's), 06 writes them into the label map, its colour
+    table and the probability bands, and 07 scores the map with the identity table."""
+    import keras
+    from osgeo import gdal
+
+    from cnn_sentinel.evaluation import IDENTITY_TABLE
+    from cnn_sentinel.facts import CLASS_COLOURS
+
+    result = run(generated, "--run-name", "own", "--classes", "reference")
+    out = capsys.readouterr().out
+    run_folder = generated["folder"] / "runs" / "own"
+    info = json.loads((run_folder / "model.json").read_text())
+    assert info["class_names"] == ["farm", "forest"]
+    assert info["own_classes"] is True
+    assert info["class_colours"] == [
+        list(CLASS_COLOURS["AnnualCrop"]),
+        list(CLASS_COLOURS["Forest"]),
+    ]
+    assert info["class_of_reference_class"] == {"farm": "farm", "forest": "forest"}
+    # One epoch of the new head alone, then --epochs 2 of all layers.
+    assert info["epochs_trained"] == 3
+    assert len((run_folder / "history.csv").read_text().splitlines()) == 4
+    assert keras.saving.load_model(run_folder / "model.keras").output_shape == (None, 2)
+    assert "EuroSAT validation accuracy: not measured (the model's classes are yours" in out
+    held_out = result["held_out"]
+    # Before: the start model's EuroSAT map, scored with the built-in table; after: identity.
+    assert held_out["before"]["classes"]["forest"]["compatible"] == ["Forest"]
+    assert held_out["after"]["classes"]["forest"]["compatible"] == ["forest"]
+    after = held_out["after"]["class_balanced_agreement"]
+    assert f"after {after:.4f}" in out
+
+    model_path = str(run_folder / "model.keras")
+    summary = classify_image.main(["--image", generated["scene"], "--model", model_path,
+                                   "--stride", "1", "--output-dir", str(tmp_path),
+                                   "--probabilities", "all", "--no-progress"])  # fmt: skip
+    assert set(summary["pixels"]) == {"farm", "forest"}
+    names, colours = label_classes(tmp_path / "scene_label.tif")
+    assert names == ["farm", "forest"]
+    assert colours == [CLASS_COLOURS["AnnualCrop"], CLASS_COLOURS["Forest"]]
+    probabilities = gdal.Open(str(tmp_path / "scene_prob.tif"))
+    assert [probabilities.GetRasterBand(n).GetDescription() for n in (1, 2)] == ["farm", "forest"]
+    assert (tmp_path / "scene_quicklook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = evaluate_map.main(["--map", str(tmp_path / "scene_label.tif"), "--reference",
+                                generated["reference"], "--bbox", *map(str, HOLDOUT),
+                                "--output-dir", str(tmp_path / "eval")])  # fmt: skip
+    assert report["table"] == IDENTITY_TABLE
+    assert report["classes"]["forest"]["compatible"] == ["forest"]
+    assert report["class_balanced_agreement"] == pytest.approx(after)
+    assert set(report["classes"]["forest"]["called"]) <= {"farm", "forest"}
+    assert (tmp_path / "eval" / "evaluation.png").is_file()
+
+
+def test_own_classes_named_by_the_users_table(generated, tmp_path, capsys):
+    """A table of own names: rows name the class each reference class becomes (two may
+    share one) and its colour; 07 scores the map with the same table."""
+    table = tmp_path / "own.csv"
+    table.write_text("reference,class,colour\nforest,woodland,#123456\nfarm,open land\n"
+                     "scrub,open land\n")  # fmt: skip
+    result = run(generated, "--run-name", "own-table", "--classes", "reference",
+                 "--table", table, "--epochs", "1", "--head-epochs", "0")  # fmt: skip
+    info = json.loads((generated["folder"] / "runs" / "own-table" / "model.json").read_text())
+    assert info["class_names"] == ["woodland", "open land"]
+    # woodland: the table's colour; open land: the fixed palette's first.
+    assert info["class_colours"] == [[0x12, 0x34, 0x56], list(teaching.OWN_CLASS_PALETTE[0])]
+    assert info["class_of_reference_class"] == {
+        "farm": "open land", "forest": "woodland", "scrub": "open land",
+    }  # fmt: skip
+    assert result["training_windows"] == {"farm": 24, "forest": 24, "scrub": 24}
+    assert result["held_out"]["after"]["classes"]["forest"]["compatible"] == ["woodland"]
+    # The map before has EuroSAT's classes: the built-in table scores it.
+    assert result["held_out"]["before"]["classes"]["forest"]["compatible"] == ["Forest"]
+
+
+def test_own_classes_bad_input_is_one_sentence(generated, tmp_path):
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({"forest": ["Forest"], "farm": ["open land"], "scrub": []}))
+    expect_error(generated, "names both EuroSAT classes (Forest) and classes of its own "
+                 "(open land)", "--classes", "reference", "--table", mixed)  # fmt: skip
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"forest": ["wood", "trees"], "farm": ["open"], "scrub": []}))
+    expect_error(generated, "with your own classes a row names one", "--classes", "reference",
+                 "--table", two)  # fmt: skip
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"forest": ["wood"], "farm": ["open"], "scrub": []}))
+    expect_error(generated, "teach them with --classes reference", "--table", own)
+    expect_error(generated, "no EuroSAT patch can be replayed", "--classes", "reference",
+                 "--table", own, "--eurosat", tmp_path)  # fmt: skip
+    expect_error(generated, "reference class farm has", "--classes", "reference",
+                 "--min-samples", "100000")  # fmt: skip
+    expect_error(generated, "classes must be eurosat or reference", "--classes", "mine")
+    assert not (generated["folder"] / "runs" / "reference-scene").exists()
+
+
+def test_07_refuses_a_map_of_own_classes_the_reference_does_not_name(tmp_path):
+    from cnn_sentinel.evaluation import compatibility_table
+
+    with pytest.raises(InputError, match="none is a reference class"):
+        compatibility_table("auto", ["forest", "farm"], ["woodland", "open land"])
+    name, table = compatibility_table("auto", ["forest", "farm", "scrub"], ["farm", "forest"])
+    assert table == {"forest": ["forest"], "farm": ["farm"], "scrub": []}
+    # A EuroSAT map keeps the built-in table.
+    name, _ = compatibility_table("auto", ["forest", "farm"], ["AnnualCrop", "Forest"])
+    assert name == "OpenStreetMap land use"

@@ -155,6 +155,7 @@ def _classify_into(plan: ScenePlan, report, stop) -> dict:
             probabilities=plan.probabilities,
             title=f"{plan.stem} ({plan.precision})",
             clouds=plan.masking,
+            class_colours=plan.info.class_colours,
         )
         summary = classification.run(
             scene_writers, steps=[*cloud_steps(plan), *([stop_step(stop)] if stop else [])]
@@ -214,7 +215,9 @@ def classify_rows(
         label_file = stack.enter_context(atomic_output(label_path, overwrite=True))
         probability_file = stack.enter_context(atomic_output(probability_path, overwrite=True))
         strip_writers = [
-            writers.LabelWriter(strip, label_file, class_names, plan.masking, first_row),
+            writers.LabelWriter(
+                strip, label_file, class_names, plan.masking, first_row, plan.info.class_colours
+            ),
             writers.ProbabilityWriter(
                 strip, probability_file, class_names, plan.probabilities, first_row
             ),
@@ -273,6 +276,7 @@ def assemble_scene(
             probabilities=plan.probabilities,
             title=f"{plan.stem} ({first['precision']})",
             clouds=masking,
+            class_colours=plan.info.class_colours,
         )
         try:
             for strip in strips:

@@ -43,14 +43,25 @@ def true_colour_bands(band_names: Sequence[str]) -> list[int] | None:
     return [list(band_names).index(name) for name in RGB_BAND_NAMES]
 
 
-def label_colours(class_names: Sequence[str]) -> np.ndarray:
-    """(256, 3) uint8 colour of every label value: classes, CLOUD_LABEL, nodata (black)."""
+def label_colours(class_names: Sequence[str], class_colours=None) -> np.ndarray:
+    """(256, 3) uint8 colour of every label value: classes (`class_colours`, one (r, g, b)
+    per class, when given, e.g. a model's own classes; else by name), CLOUD_LABEL, nodata
+    (black)."""
     colours = np.zeros((256, 3), np.uint8)
     for index, name in enumerate(class_names):
-        colours[index] = class_colour(name, index)
+        colours[index] = class_colours[index] if class_colours else class_colour(name, index)
     colours[CLOUD_LABEL] = CLOUD_COLOUR
     colours[LABEL_NODATA] = NODATA_COLOUR
     return colours
+
+
+def colour_table_colours(band: gdal.Band, count: int) -> list[tuple[int, int, int]] | None:
+    """The (r, g, b) of the first `count` entries of a label band's colour table (what a
+    label map of 06 says its classes look like), or None without a table."""
+    table = band.GetColorTable()
+    if table is None or table.GetCount() < count:
+        return None
+    return [tuple(table.GetColorEntry(index)[:3]) for index in range(count)]
 
 
 def label_names(class_names: Sequence[str]) -> dict[int, str]:
@@ -93,6 +104,7 @@ def save_quicklook(
     class_names: Sequence[str],
     title: str,
     picture: np.ndarray | None = None,
+    class_colours=None,
 ) -> list[str]:
     """Save decimated labels (rows, cols) uint8, beside the picture (rows, cols, 3) uint8
     when given, as a PNG with a legend of every label's share of `counts` (256,).
@@ -106,7 +118,7 @@ def save_quicklook(
     from matplotlib.patches import Patch
 
     with fonts_for(class_names):  # class names in any alphabet
-        colours = label_colours(class_names)
+        colours = label_colours(class_names, class_colours)
         panels = [("label map", colours[labels])]
         if picture is not None:
             panels.insert(0, ("true colour (B04, B03, B02)", picture))
@@ -158,6 +170,7 @@ class SideBySideQuicklookWriter:
         title: str,
         rgb_indices: Sequence[int] | None = None,
         max_side: int = QUICKLOOK_MAX_SIDE,
+        class_colours=None,
     ):
         rows, cols = dataset.RasterYSize, dataset.RasterXSize
         scale = max(1.0, max(rows, cols) / max_side)
@@ -166,6 +179,7 @@ class SideBySideQuicklookWriter:
         self.counts = np.zeros(256, np.int64)
         self.dataset, self.path, self.title = dataset, Path(path), title
         self.class_names, self.rgb_indices = list(class_names), rgb_indices
+        self.class_colours = class_colours
         self.texts: list[str] = []
 
     def add_rows(self, first_row: int, labels: np.ndarray) -> None:
@@ -183,8 +197,9 @@ class SideBySideQuicklookWriter:
         if self.rgb_indices is not None:
             picture = true_colour(self.dataset, self.rgb_indices, self.labels.shape)
         self.texts = save_quicklook(
-            self.labels, self.counts, self.path, self.class_names, self.title, picture
-        )
+            self.labels, self.counts, self.path, self.class_names, self.title, picture,
+            self.class_colours,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.dataset = None

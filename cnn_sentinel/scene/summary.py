@@ -103,8 +103,9 @@ def mosaic_quicklook(mosaic_path: Path, first_label: str, output_path: Path) -> 
     decimated mosaic), in the colours of the first scene's classes."""
     first = gdal.Open(first_label)
     category_names = first.GetRasterBand(1).GetCategoryNames() or []
-    first = None
     class_names = [name for name in category_names[:CLOUD_LABEL] if name and name != CLOUD_NAME]
+    colours = quicklooks.colour_table_colours(first.GetRasterBand(1), len(class_names))
+    first = None
     mosaic = gdal.Open(str(mosaic_path))
     rows, cols = mosaic.RasterYSize, mosaic.RasterXSize
     scale = max(1.0, max(rows, cols) / quicklooks.QUICKLOOK_MAX_SIDE)
@@ -113,5 +114,6 @@ def mosaic_quicklook(mosaic_path: Path, first_label: str, output_path: Path) -> 
     counts = np.bincount(labels.ravel(), minlength=256)
     counts[LABEL_NODATA] = 0
     quicklooks.save_quicklook(
-        labels, counts, output_path, class_names, f"mosaic of {mosaic_path.parent.name}"
-    )
+        labels, counts, output_path, class_names, f"mosaic of {mosaic_path.parent.name}",
+        class_colours=colours,
+    )  # fmt: skip

@@ -15,6 +15,11 @@ compatible (any of them counts as right, as 07 scores it); a class with an empty
 row (OSM scrub, wetland) teaches nothing. No training centre lies within one
 window's width of the hold-out box, so no training window overlaps a window whose
 centre 07 scores inside it.
+
+With the user's own classes (08's --classes reference, `own_classes`) the model's
+classes become the reference classes the table teaches, or, for a table file that
+names classes of its own instead of EuroSAT's, those classes (several reference
+classes may make one), with the table's colours (`#rrggbb` cells) or OWN_CLASS_COLOURS.
 """
 
 from __future__ import annotations
@@ -26,10 +31,45 @@ import numpy as np
 
 from cnn_sentinel import evaluation
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.facts import CLASS_COLOURS, CLASS_NAMES
 from cnn_sentinel.scene import plan as scene_plan
 
 # Scene rows read at a time when the usable pixels are found.
 STRIP_ROWS = 256
+# Colours of the user's own classes that a table gives none: by a usual land-cover
+# name (lower case), the EuroSAT colour of its kind; else the next of OWN_CLASS_PALETTE.
+OWN_CLASS_COLOURS = {
+    "forest": CLASS_COLOURS["Forest"],
+    "wood": CLASS_COLOURS["Forest"],
+    "water": CLASS_COLOURS["River"],
+    "residential": CLASS_COLOURS["Residential"],
+    "industrial": CLASS_COLOURS["Industrial"],
+    "farm": CLASS_COLOURS["AnnualCrop"],
+    "farmland": CLASS_COLOURS["AnnualCrop"],
+    "meadow": CLASS_COLOURS["Pasture"],
+    "grass": (110, 170, 60),
+    "orchard": CLASS_COLOURS["PermanentCrop"],
+    "vineyard": CLASS_COLOURS["PermanentCrop"],
+    "scrub": (140, 120, 60),
+    "wetland": (90, 170, 170),
+}
+OWN_CLASS_PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+
+
+@dataclass
+class OwnClasses:
+    """The user's own classes of 08 --classes reference: their names (the model's
+    output order), colours (r, g, b), the class each taught reference class becomes,
+    and per EuroSAT class (10, classes) the own classes it agrees with through the
+    table (for EuroSAT replay and pseudo-labels; all zero for a table of own names)."""
+
+    names: list[str]
+    colours: list[tuple[int, int, int]]
+    class_of: dict[str, str]
+    from_eurosat: np.ndarray
 
 
 @dataclass
@@ -126,10 +166,7 @@ def reference_targets(
     """The reference on the scene's grid, its table's name, and per taught reference
     class the mask of the model classes it teaches (float32, one per model class).
     InputError when the reference misses the scene or the table maps nothing."""
-    try:
-        reference = evaluation.read_reference(path, class_field, scene.grid)
-    except InputError as error:
-        raise InputError(str(error).replace(" map ", " scene ")) from None
+    reference = scene_reference(scene, path, class_field)
     table_name, table = evaluation.compatibility_table(
         table_spec, reference.names, scene.class_names
     )
@@ -146,6 +183,83 @@ def reference_targets(
             "to teach."
         )
     return reference, table_name, targets
+
+
+def own_classes(reference: evaluation.Reference, table_spec: str) -> tuple[str, OwnClasses]:
+    """The table's name and the user's own classes (see OwnClasses) for `reference`:
+    a table naming EuroSAT classes (auto: a built-in one) makes every reference class
+    with a non-empty row a class of its own name; a table file naming only classes
+    that are not EuroSAT's makes each row's class (one a row) the class. InputError
+    for a table mixing both, a row with two own classes, or a table teaching nothing."""
+    colours = {} if table_spec == "auto" else evaluation.table_colours(table_spec)
+    rows = {} if table_spec == "auto" else evaluation.read_table(table_spec)
+    named = {name for value in rows.values() for name in value}
+    eurosat, own = sorted(named & set(CLASS_NAMES)), sorted(named - set(CLASS_NAMES))
+    if eurosat and own:
+        raise InputError(
+            f"table {table_spec} names both EuroSAT classes ({', '.join(eurosat)}) and "
+            f"classes of its own ({', '.join(own)}); name only EuroSAT classes (each taught "
+            "reference class becomes a class of its name) or only your own classes."
+        )
+    if own:
+        for name, value in rows.items():
+            if len(value) > 1:
+                raise InputError(
+                    f"table {table_spec} makes reference class {name} into {len(value)} "
+                    f"classes ({', '.join(value)}); with your own classes a row names one."
+                )
+        table_name, table = evaluation.compatibility_table(table_spec, reference.names, own)
+        order = [value[0] for value in rows.values() if value]
+        class_of = {name: value[0] for name, value in table.items() if value}
+    else:
+        table_name, table = evaluation.compatibility_table(table_spec, reference.names, CLASS_NAMES)
+        order = [name for name in table if table[name]]
+        class_of = {name: name for name in order}
+    names = list(dict.fromkeys(name for name in order if name in class_of.values()))
+    if not names:
+        raise InputError(
+            f"{table_name} makes no class of reference {reference.source} "
+            f"({', '.join(reference.names)}) a class of your own, so there is nothing to teach."
+        )
+    given = {class_of[name]: colour for name, colour in colours.items() if name in class_of}
+    palette = iter(OWN_CLASS_PALETTE * (len(names) // len(OWN_CLASS_PALETTE) + 1))
+    chosen = [given.get(name) or OWN_CLASS_COLOURS.get(name.lower()) or next(palette)
+              for name in names]  # fmt: skip
+    from_eurosat = np.zeros((len(CLASS_NAMES), len(names)), np.float32)
+    for name, compatible in table.items():
+        for other in compatible if not own else []:
+            from_eurosat[CLASS_NAMES.index(other), names.index(class_of[name])] = 1.0
+    return table_name, OwnClasses(names, [tuple(c) for c in chosen], class_of, from_eurosat)
+
+
+def table_names_own_classes(table_spec: str) -> list[str]:
+    """The classes a table file names that are not EuroSAT's (none for auto)."""
+    if table_spec == "auto":
+        return []
+    rows = evaluation.read_table(table_spec)
+    return sorted({name for value in rows.values() for name in value} - set(CLASS_NAMES))
+
+
+def scene_reference(scene: TeachingScene, path, class_field: str) -> evaluation.Reference:
+    """The reference on the scene's grid (07's reading); InputError when it misses it."""
+    try:
+        return evaluation.read_reference(path, class_field, scene.grid)
+    except InputError as error:
+        raise InputError(str(error).replace(" map ", " scene ")) from None
+
+
+def own_class_targets(
+    scene: TeachingScene, path, class_field: str, table_spec: str
+) -> tuple[evaluation.Reference, str, dict[str, np.ndarray], OwnClasses]:
+    """reference_targets for the user's own classes: per taught reference class the
+    one-hot mask (float32) of the own class it becomes, and the OwnClasses."""
+    reference = scene_reference(scene, path, class_field)
+    table_name, own = own_classes(reference, table_spec)
+    targets = {}
+    for name, own_name in own.class_of.items():
+        targets[name] = np.zeros(len(own.names), np.float32)
+        targets[name][own.names.index(own_name)] = 1.0
+    return reference, table_name, targets, own
 
 
 def class_pixels(reference: evaluation.Reference, name: str, erode: int) -> np.ndarray:

@@ -98,7 +98,8 @@ class GeoTiffWriter:
 class LabelWriter(GeoTiffWriter):
     """The label raster: Byte class index, colour table, nodata LABEL_NODATA, and with
     `clouds` CLOUD_LABEL in CLOUD_COLOUR (category names follow with
-    `write_category_names` once the file has its final name)."""
+    `write_category_names` once the file has its final name). class_colours: one
+    (r, g, b) per class (a model's own classes), else EuroSAT's colours by name."""
 
     def __init__(
         self,
@@ -107,6 +108,7 @@ class LabelWriter(GeoTiffWriter):
         class_names: Sequence[str],
         clouds: bool = False,
         first_row: int = 0,
+        class_colours=None,
     ):
         self.first_row = first_row
         self.output = create_geotiff(dataset, path, 1, gdal.GDT_Byte)
@@ -115,7 +117,8 @@ class LabelWriter(GeoTiffWriter):
         band.SetDescription("label")
         colours = gdal.ColorTable()
         for index, name in enumerate(class_names):
-            colours.SetColorEntry(index, (*class_colour(name, index), 255))
+            colour = class_colours[index] if class_colours else class_colour(name, index)
+            colours.SetColorEntry(index, (*colour, 255))
         if clouds:
             colours.SetColorEntry(CLOUD_LABEL, (*CLOUD_COLOUR, 255))
         colours.SetColorEntry(LABEL_NODATA, (0, 0, 0, 0))
@@ -210,16 +213,24 @@ def output_writers(
     probabilities: str = "max",
     title: str = "",
     clouds: bool = False,
+    class_colours=None,
 ) -> list:
     """06's outputs: label and probability GeoTIFFs, and when a path is given the
     quicklook (the scene's true colour, when it has B04, B03, B02, beside the label map)."""
     writers = [
-        LabelWriter(dataset, label_path, class_names, clouds),
+        LabelWriter(dataset, label_path, class_names, clouds, class_colours=class_colours),
         ProbabilityWriter(dataset, probability_path, class_names, probabilities),
     ]
     if quicklook_path is not None:
         rgb_indices = true_colour_bands(scene_band_names(dataset))
         writers.append(
-            SideBySideQuicklookWriter(dataset, quicklook_path, class_names, title, rgb_indices)
+            SideBySideQuicklookWriter(
+                dataset,
+                quicklook_path,
+                class_names,
+                title,
+                rgb_indices,
+                class_colours=class_colours,
+            )  # fmt: skip
         )
     return writers
