@@ -66,6 +66,7 @@ REFERENCE_FIELD = "auto"  # field with the class; layer: the layer names; auto: 
 TABLE = "auto"  # auto: the built-in table that fits; or a JSON/CSV file: class -> EuroSAT classes
 CLASSES = "eurosat"  # eurosat: keep EuroSAT's ten; reference: your reference classes (a new head)
 HEAD_EPOCHS = 1  # with CLASSES reference: epochs that train the new head alone, before EPOCHS
+HEAD_LEARNING_RATE = 0.002  # Adam's learning rate of those epochs
 MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run folder or a .keras
 HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of training, scored
 EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
@@ -198,16 +199,17 @@ def replay_targets(own, labels: np.ndarray, class_count: int) -> tuple[np.ndarra
     return masks, masks.any(axis=1)
 
 
-def fit(settings, model, windows, targets, run_folder: Path, state: dict, until: int) -> None:
-    """Train up to epoch `until`, saving weights, state.json and history.csv after every
-    epoch; a run stopped between epochs resumes from its last one."""
+def fit(settings, model, windows, targets, run_folder, state: dict, until: int, rate: float):
+    """Train up to epoch `until` with Adam's learning `rate`, saving weights, state.json
+    and history.csv after every epoch; a run stopped between epochs resumes from its
+    last one."""
     import keras
 
     checkpoint = run_folder / CHECKPOINTS / "last.weights.h5"
     if state["epoch"] and checkpoint.is_file():
         model.load_weights(checkpoint)
     model.compile(
-        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        optimizer=keras.optimizers.Adam(rate),
         loss=teach.compatible_loss,
         metrics=[teach.compatible_accuracy],
     )
@@ -352,19 +354,19 @@ def main(argv: list[str] | None = None) -> dict:
     import keras
 
     keras.utils.set_random_seed(settings.seed)
-    stages = [(settings.train_layers, settings.epochs)]
+    stages = [(settings.train_layers, settings.epochs, settings.learning_rate)]
     if own is not None:
         model = teach.with_new_head(model, len(own.names), start)
         print(f"your classes: {', '.join(own.names)} (a new head on {start}'s backbone)")
-        stages = [("head", settings.head_epochs), (settings.train_layers, settings.epochs)]
+        stages.insert(0, ("head", settings.head_epochs, settings.head_learning_rate))
     until = 0
-    for layers, epochs in stages:
+    for layers, epochs, rate in stages:
         until += epochs
         if epochs and state["epoch"] < until:
             trainable = teach.set_trainable(model, layers)
             print(f"{len(windows)} windows, {trainable} weights learn ({layers}), "
                   f"epochs {until - epochs + 1}-{until}")  # fmt: skip
-            fit(settings, model, windows, targets_array, run_folder, state, until)
+            fit(settings, model, windows, targets_array, run_folder, state, until, rate)
     model_path = run_folder / "model.keras"
     with atomic_output(model_path, overwrite=True) as temporary:
         teach.clean_copy(model, start, len(own.names) if own else None).save(temporary)
