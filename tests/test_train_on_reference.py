@@ -23,6 +23,7 @@ from osgeo import ogr, osr
 from script_modules import load_script
 
 from cnn_sentinel.errors import InputError
+from cnn_sentinel.facts import CLASS_NAMES
 from cnn_sentinel.scene import teaching
 
 train_on_reference = load_script("08_train_on_reference.py", "train_on_reference")
@@ -388,3 +389,40 @@ def test_07_refuses_a_map_of_own_classes_the_reference_does_not_name(tmp_path):
     # A EuroSAT map keeps the built-in table.
     name, _ = compatibility_table("auto", ["forest", "farm"], ["AnnualCrop", "Forest"])
     assert name == "OpenStreetMap land use"
+
+
+def test_the_tutorials_table_of_own_classes(tmp_path):
+    from cnn_sentinel.evaluation import Reference
+
+    table = tmp_path / "own.csv"
+    table.write_text("reference,class,colour\nforest,woodland,#1e6e28\nfarm,open land,#e6c85a\n"
+                     "meadow,open land\ngrass,open land\nwater,water,#2050a0\n"
+                     "residential,built-up\nscrub,\nwetland,\n")  # fmt: skip
+    names = ["farm", "forest", "grass", "meadow", "residential", "scrub", "water", "wetland"]
+    reference = Reference(np.zeros((2, 2), np.int16), names, "osm")
+    _, own = teaching.own_classes(reference, str(table))
+    assert own.names == ["woodland", "open land", "water", "built-up"]
+    # built-up: no colour in the table, no usual name: the palette's first.
+    assert own.colours == [(30, 110, 40), (230, 200, 90), (32, 80, 160),
+                           teaching.OWN_CLASS_PALETTE[0]]  # fmt: skip
+    assert own.class_of == {
+        "farm": "open land", "forest": "woodland", "grass": "open land",
+        "meadow": "open land", "residential": "built-up", "water": "water",
+    }  # fmt: skip
+    assert not own.from_eurosat.any()
+    # The built-in OSM table: the taught classes under their names; EuroSAT replay masks.
+    _, built_in = teaching.own_classes(reference, "auto")
+    assert built_in.names == ["farm", "forest", "grass", "meadow", "residential", "water"]
+    pasture = built_in.from_eurosat[list(CLASS_NAMES).index("Pasture")]
+    assert pasture.tolist() == [1, 0, 1, 1, 0, 0]  # farm, grass, meadow
+
+
+def test_model_json_class_colours_are_one_rgb_per_class():
+    from cnn_sentinel.model_info import ModelInfo
+
+    info = ModelInfo.from_json({"class_names": ["a", "b"], "class_colours": [[1, 2, 3], [4, 5, 6]]})
+    assert info.class_colours == [[1, 2, 3], [4, 5, 6]] and not info.own_classes
+    assert ModelInfo.from_json({"class_names": ["a"]}).to_json()["class_colours"] == []
+    for bad in ([[1, 2, 3]], [[1, 2, 3], [4, 5, 300]], [[1, 2, 3], "red"]):
+        with pytest.raises(InputError, match=r"not one \[red, green, blue\] \(0-255\) per class"):
+            ModelInfo.from_json({"class_names": ["a", "b"], "class_colours": bad})
