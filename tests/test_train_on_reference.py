@@ -426,3 +426,25 @@ def test_model_json_class_colours_are_one_rgb_per_class():
     for bad in ([[1, 2, 3]], [[1, 2, 3], [4, 5, 300]], [[1, 2, 3], "red"]):
         with pytest.raises(InputError, match=r"not one \[red, green, blue\] \(0-255\) per class"):
             ModelInfo.from_json({"class_names": ["a", "b"], "class_colours": bad})
+
+
+@pytest.mark.slow
+def test_real_t33uuu_own_classes_scored_with_the_identity_table(scenes_dir, tmp_path, capsys):
+    reference = scenes_dir.parent / "reference" / "T33UUU_osm" / "T33UUU_osm_landuse_water.gpkg"
+    scene = scenes_dir / "sentinel2_l1c_T33UUU_20170216_13band_1536x768.tif"
+    result = train_on_reference.main(
+        ["--image", str(scene), "--reference", str(reference), "--holdout-bbox", "337680",
+         "5814360", "345360", "5822040", "--samples-per-class", "64", "--epochs", "1",
+         "--head-epochs", "0", "--classes", "reference", "--output", str(tmp_path),
+         "--run-name", "own", "--no-progress"]
+    )  # fmt: skip
+    info = json.loads((tmp_path / "own" / "model.json").read_text())
+    taught = ["farm", "forest", "grass", "meadow", "residential", "water"]
+    assert info["class_names"] == taught and info["own_classes"] is True
+    held_out = result["held_out"]
+    # The map before (EuroSAT's classes) with the built-in table, as in the test above.
+    assert held_out["before"]["class_balanced_agreement"] == pytest.approx(0.4305, abs=5e-4)
+    assert held_out["after"]["classes"]["water"]["compatible"] == ["water"]
+    assert set(held_out["after"]["not_assessed"]) == {"scrub", "wetland"}
+    assert set(held_out["after"]["classes"]["forest"]["called"]) <= set(taught)
+    assert "EuroSAT validation accuracy: not measured" in capsys.readouterr().out
