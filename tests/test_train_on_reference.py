@@ -235,15 +235,20 @@ def test_kill_9_during_training_then_the_same_command_finishes_every_epoch_once(
     assert opened.stdout.strip().splitlines()[-1] == "10"
 
 
-@pytest.mark.slow
-def test_real_t33uuu_taught_on_the_west_half_scored_on_the_east(scenes_dir, tmp_path, capsys):
+def teach_t33uuu(scenes_dir, tmp_path, run_name: str, *extra: str) -> dict:
+    """08 on the real T33UUU scene with its OSM reference, the east half held out, briefly."""
     reference = scenes_dir.parent / "reference" / "T33UUU_osm" / "T33UUU_osm_landuse_water.gpkg"
     scene = scenes_dir / "sentinel2_l1c_T33UUU_20170216_13band_1536x768.tif"
-    result = train_on_reference.main(
+    return train_on_reference.main(
         ["--image", str(scene), "--reference", str(reference), "--holdout-bbox", "337680",
          "5814360", "345360", "5822040", "--samples-per-class", "64", "--epochs", "1",
-         "--output", str(tmp_path), "--run-name", "t33uuu", "--no-progress"]
+         "--output", str(tmp_path), "--run-name", run_name, "--no-progress", *extra]
     )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_real_t33uuu_taught_on_the_west_half_scored_on_the_east(scenes_dir, tmp_path, capsys):
+    result = teach_t33uuu(scenes_dir, tmp_path, "t33uuu")
     before = result["held_out"]["before"]
     # The shipped 13-band model on the east half, as 07 --bbox measures it, 06's defaults
     # (ANTIALIAS 4; the raw stride-1 pass, --antialias 1, gives 0.4296).
@@ -430,14 +435,9 @@ def test_model_json_class_colours_are_one_rgb_per_class():
 
 @pytest.mark.slow
 def test_real_t33uuu_own_classes_scored_with_the_identity_table(scenes_dir, tmp_path, capsys):
-    reference = scenes_dir.parent / "reference" / "T33UUU_osm" / "T33UUU_osm_landuse_water.gpkg"
-    scene = scenes_dir / "sentinel2_l1c_T33UUU_20170216_13band_1536x768.tif"
-    result = train_on_reference.main(
-        ["--image", str(scene), "--reference", str(reference), "--holdout-bbox", "337680",
-         "5814360", "345360", "5822040", "--samples-per-class", "64", "--epochs", "1",
-         "--head-epochs", "0", "--classes", "reference", "--output", str(tmp_path),
-         "--run-name", "own", "--no-progress"]
-    )  # fmt: skip
+    result = teach_t33uuu(
+        scenes_dir, tmp_path, "own", "--head-epochs", "0", "--classes", "reference"
+    )
     info = json.loads((tmp_path / "own" / "model.json").read_text())
     taught = ["farm", "forest", "grass", "meadow", "residential", "water"]
     assert info["class_names"] == taught and info["own_classes"] is True
