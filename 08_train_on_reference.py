@@ -19,7 +19,8 @@ CLASSES "reference" makes the model's classes your own instead of EuroSAT's ten:
 reference classes the table teaches (a built-in table: OSM farm, forest, grass, meadow,
 residential, water), or the classes a table file of yours names instead of EuroSAT
 classes (one a row; rows may share one), coloured by the table's `#rrggbb` cells or a
-fixed palette. The start model's backbone is kept and a new softmax head with a unit
+fixed palette; "auto" (the default) is "reference" exactly when the table names classes
+of its own, else "eurosat". The start model's backbone is kept and a new softmax head with a unit
 per class learns, first alone for HEAD_EPOCHS; model.json lists the classes and their
 colours (own_classes true), and 06 and 07 take them from it. EuroSAT replay then
 teaches each patch the own classes its class agrees with through the table; the
@@ -64,7 +65,7 @@ IMAGE = None  # the scene (GeoTIFF/VRT, .SAFE folder or .zip), as 06 reads it
 REFERENCE = None  # OGR vector (polygons or points, any CRS) or a class raster, as 07 reads it
 REFERENCE_FIELD = "auto"  # field with the class; layer: the layer names; auto: fclass, class...
 TABLE = "auto"  # auto: the built-in table that fits; or a JSON/CSV file: class -> EuroSAT classes
-CLASSES = "eurosat"  # eurosat: keep EuroSAT's ten; reference: your reference classes (a new head)
+CLASSES = "auto"  # auto | eurosat | reference: EuroSAT's ten or yours (auto: TABLE's own if any)
 HEAD_EPOCHS = 1  # with CLASSES reference: epochs that train the new head alone, before EPOCHS
 HEAD_LEARNING_RATE = 0.002  # Adam's learning rate of those epochs
 MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run folder or a .keras
@@ -268,12 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError("give the scene with --image and your reference with --reference.")
     if settings.epochs < 1 or settings.batch_size < 1 or settings.samples_per_class < 1:
         raise InputError("epochs, batch size and samples per class must be at least 1.")
-    if settings.classes not in ("eurosat", "reference") or settings.head_epochs < 0:
-        raise InputError(
-            f"classes must be eurosat or reference (not {settings.classes}) and head epochs "
-            "at least 0."
-        )
-    if settings.classes == "reference" and settings.keep_agreeing:
+    if settings.head_epochs < 0:
+        raise InputError(f"head epochs must be 0 or more, not {settings.head_epochs}.")
+    classes = settings.classes
+    if classes == "auto":
+        classes = "reference" if teaching.table_names_own_classes(settings.table) else "eurosat"
+    if classes == "reference" and settings.keep_agreeing:
         raise InputError(
             "--keep-agreeing keeps EuroSAT classes; leave it out with --classes reference."
         )
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, info = load(start)
     part = teaching.holdout_part(scene, box)
     own = None
-    if settings.classes == "reference":
+    if classes == "reference":
         reference, table_name, targets, own = teaching.own_class_targets(
             scene, settings.reference, settings.reference_field, settings.table
         )

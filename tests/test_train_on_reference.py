@@ -349,8 +349,9 @@ def test_own_classes_named_by_the_users_table(generated, tmp_path, capsys):
     table = tmp_path / "own.csv"
     table.write_text("reference,class,colour\nforest,woodland,#123456\nfarm,open land\n"
                      "scrub,open land\n")  # fmt: skip
-    result = run(generated, "--run-name", "own-table", "--classes", "reference",
-                 "--table", table, "--epochs", "1", "--head-epochs", "0")  # fmt: skip
+    # --classes auto (the default) takes the table's own classes.
+    result = run(generated, "--run-name", "own-table", "--table", table, "--epochs", "1",
+                 "--head-epochs", "0")  # fmt: skip
     info = json.loads((generated["folder"] / "runs" / "own-table" / "model.json").read_text())
     assert info["class_names"] == ["woodland", "open land"]
     # woodland: the table's colour; open land: the fixed palette's first.
@@ -375,12 +376,13 @@ def test_own_classes_bad_input_is_one_sentence(generated, tmp_path):
                  "--table", two)  # fmt: skip
     own = tmp_path / "own.json"
     own.write_text(json.dumps({"forest": ["wood"], "farm": ["open"], "scrub": []}))
-    expect_error(generated, "teach them with --classes reference", "--table", own)
-    expect_error(generated, "no EuroSAT patch can be replayed", "--classes", "reference",
-                 "--table", own, "--eurosat", tmp_path)  # fmt: skip
+    expect_error(generated, "teach them with --classes reference", "--classes", "eurosat",
+                 "--table", own)  # fmt: skip
+    expect_error(generated, "no EuroSAT patch can be replayed", "--table", own, "--eurosat",
+                 tmp_path)  # fmt: skip
     expect_error(generated, "reference class farm has", "--classes", "reference",
                  "--min-samples", "100000")  # fmt: skip
-    expect_error(generated, "classes must be eurosat or reference", "--classes", "mine")
+    expect_error(generated, "head epochs must be 0 or more", "--head-epochs", "-1")
     assert not (generated["folder"] / "runs" / "reference-scene").exists()
 
 
