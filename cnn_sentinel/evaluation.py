@@ -14,7 +14,7 @@ over all classes the area-weighted agreement and the class-balanced one (the
 unweighted mean over the classes with pixels). `crop_to_box` limits all of it to
 the pixels centred in a box (07's --bbox, 08's hold-out part).
 
-About 680 lines: 07's whole measure in one place (reading any reference, the tables,
+About 730 lines: 07's whole measure in one place (reading any reference, the tables,
 the assessment and its picture), and every input 07 reads (map, vector or raster
 reference, table, scene) checked here with its own sentence, so a reader checks the
 numbers in one file.
