@@ -8,8 +8,9 @@ LocalCluster or an existing cluster), resumable.
   on any worker) and assembled by one more task (job.assemble_scene), with the same
   outputs as one process would write. Each task makes the scene's plan from 06's
   settings (plan.plan_scene); the client makes it too, for the manifest.
-- Each worker process loads a model once and keeps it (`cached_model`, keyed by
-  path and modification time): tasks carry 06's settings, never the model.
+- Each worker process loads a model once and keeps it (`cached_model`:
+  reading.load_scene_model with cache, keyed by path, modification time and thread):
+  tasks carry 06's settings, never the model.
   TensorFlow's threads in a worker follow the worker's threads.
 - Paths are made absolute here, on the client, before they are sent (the scene's, and
   OUTPUT_DIR and the model in RunPlan.task_settings): a worker of a cluster runs in its
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -41,7 +43,6 @@ from pathlib import Path
 
 from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.outputs import refuse_existing
 from cnn_sentinel.scene import cluster, job
 from cnn_sentinel.scene.listing import refuse_shared_outputs
@@ -55,6 +56,10 @@ from cnn_sentinel.scene.summary import (
     write_mosaic,
     write_summary,
 )
+
+# The scene model loader of many scenes: each process keeps its models (Dask workers
+# between tasks; this process between the scenes it plans).
+cached_model = functools.partial(load_scene_model, cache=True)
 
 
 def absolute(path: str | Path) -> Path:
@@ -91,15 +96,9 @@ def stop_if_cancelled() -> None:
         raise TaskCancelledError("the run no longer wants this task")
 
 
-# Models loaded in this process, by (path, modification time, thread): a Dask worker keeps
-# its models between tasks, so each is read from disk once per worker thread, with its
-# weights as loaded (a task may change a model's weights: the scene adaptation of issue 18
-# sets its batch-normalisation statistics, so two threads never share one model).
-_LOADED_MODELS: dict[tuple[str, int, int], tuple[object, ModelInfo, list]] = {}
-
-
+@functools.cache
 def set_up_worker_process() -> None:
-    """In a Dask worker process, before its first model: give TensorFlow as many threads
+    """In a Dask worker process, once, before its first model: give TensorFlow as many threads
     as the worker has (before TensorFlow starts; later it keeps its own), and let the
     process end without TensorFlow's clean-up (seconds of a cluster's shutdown; every
     output is closed by then, its task finished)."""
@@ -119,26 +118,11 @@ def set_up_worker_process() -> None:
         pass
 
 
-def cached_model(path: str) -> tuple[object, ModelInfo]:
-    """The model at `path` and its ModelInfo, loaded once per process and thread, its
-    weights set back to the file's at every call (what an earlier task changed is undone)."""
-    resolved = Path(path).resolve()
-    if not resolved.is_file():
-        return load_scene_model(path)  # its one sentence for a missing model
-    key = (str(resolved), resolved.stat().st_mtime_ns, threading.get_ident())
-    if key not in _LOADED_MODELS:
-        set_up_worker_process()
-        model, info = load_scene_model(resolved)
-        _LOADED_MODELS[key] = (model, info, model.get_weights())
-    model, info, weights = _LOADED_MODELS[key]
-    model.set_weights(weights)
-    return model, info
-
-
 def worker_plan(settings, image: str) -> ScenePlan:
     """The plan of a scene on a worker: with the cached model, without a progress bar,
     replacing outputs (existing ones were refused by the client, once; a task run again
     after its worker died may find the outputs it had written)."""
+    set_up_worker_process()
     plan = plan_scene(settings, image, cached_model)
     return dataclasses.replace(plan, progress=False, overwrite=True)
 
