@@ -119,9 +119,10 @@ def classify_one(
     `report`) the banner, the timing, the class shares and the files written; returns
     the run's counts (runner.SceneClassification.run) with "seconds" and "method".
     InputError for every bad input, and for a STAC item's asset that breaks off midway
-    (stac.remote_read_errors). `stop`: called before each block is written, it may raise
-    to end the run (nothing is left half-written). `locked`: the caller holds scene_lock
-    already (06 takes it before the model loads)."""
+    (stac.remote_read_errors). `stop`: called before each block is written and once more
+    before the outputs are put in place, it may raise to end the run (nothing is left
+    half-written). `locked`: the caller holds scene_lock already (06 takes it before the
+    model loads)."""
     with contextlib.ExitStack() as stack:
         if not locked:
             stack.enter_context(scene_lock(plan.outputs, plan.stem))
@@ -164,6 +165,8 @@ def _classify_into(plan: ScenePlan, report, stop) -> dict:
         )
         writers.write_record(temporary[0], classification.record())
         finish_rasters(plan, temporary)
+        if stop:
+            stop()  # the last moment to end the run before the outputs appear
     writers.write_category_names(outputs.label, clouds.category_names(class_names, plan.masking))
     seconds = time.perf_counter() - started
     report("\n".join(summary_lines(summary, seconds, classification.method, outputs)))
@@ -265,7 +268,7 @@ def assemble_scene(
     (classify_rows' counts of every strip, any order), then delete the folder. Returns
     the scene's counts as classify_one does (seconds: the strips' time added up) and
     "text", the lines classify_one prints. `stop`: called before each strip is copied
-    (it may raise)."""
+    and before the outputs are put in place (it may raise)."""
     folder = Path(folder)
     strips = sorted(strips, key=lambda strip: strip["first_row"])
     first = strips[0]
@@ -297,6 +300,8 @@ def assemble_scene(
                 writer.close()
         writers.write_record(temporary[0], first["record"])
         finish_rasters(plan, temporary)
+        if stop:
+            stop()  # the last moment to end the run before the outputs appear
     writers.write_category_names(outputs.label, clouds.category_names(class_names, masking))
     shutil.rmtree(folder, ignore_errors=True)
     summary = {

@@ -311,6 +311,14 @@ def run_on_dask(
     all_futures: list = []
     scene_keys: dict[str, Path] = {}
     run = uuid.uuid4().hex[:8]
+
+    def take_ended() -> None:
+        """Scenes whose last task ended before its result was taken: finished (their
+        outputs are complete)."""
+        for future in all_futures:
+            if future.key in last_futures and future.status == "finished":
+                take_result(future, last_futures.pop(future.key), scheduler, finished)
+
     try:
         scene_keys = submit_scenes(client, run_plan, todo, run, last_futures, all_futures, finished)
         collect_scenes(
@@ -323,14 +331,14 @@ def run_on_dask(
         )
     except KeyboardInterrupt:
         print("interrupted: stopping the run's tasks on the Dask workers...", file=sys.stderr)
-        # Scenes whose last task ended before its result was taken are finished (their
-        # outputs complete); begun: a task of the scene runs now, or one of its strips ended.
-        for future in all_futures:
-            if future.key in last_futures and future.status == "finished":
-                take_result(future, last_futures.pop(future.key), scheduler, finished)
-        begun.update(scene_keys[key] for key in cluster.running_tasks(client, run))
-        begun.update(scene_keys[future.key] for future in all_futures if future.done())
-        if not cluster.stop_tasks(client, all_futures, run):
+        take_ended()
+        # Begun: a task of the scene runs now, or one of its tasks (a strip) ended.
+        running = cluster.running_tasks(client, run)
+        ended = [future.key for future in all_futures if future.done()]
+        begun.update(scene_keys[key] for key in [*running, *ended] if key in scene_keys)
+        stopped = cluster.stop_tasks(client, all_futures, run)
+        take_ended()  # ended while the others stopped
+        if not stopped:
             print(
                 f"note: some of the run's tasks still run on the workers of {scheduler}; "
                 "they stop before their next block.",
