@@ -412,14 +412,28 @@ class ServedFolder:
     """A folder served on 127.0.0.1 over HTTP/1.1 with byte ranges (as GDAL's /vsicurl/
     reads COGs), in a thread; every GET is recorded in `requests` as (path, first byte,
     last byte) and its body bytes added to `sent`. `routes` {path: function(query or
-    JSON body) -> JSON object} answer as an API does; `break_after` N: from the N+1-th
-    ranged GET on, half the promised bytes are sent and the connection dropped."""
+    JSON body) -> JSON object} answer as an API does. `break_after` N: from the N+1-th
+    ranged GET on (`faults` of them, or all), the server fails as `fault` says: "cut"
+    sends half the promised bytes and drops the connection, "stall" sends half and then
+    nothing more until the server closes, "busy" answers HTTP 503 the first time a byte
+    range is asked for (and sends it when asked again). Set `break_after` to None to
+    bring the server back."""
 
-    def __init__(self, folder: Path, routes=None, break_after: int | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        routes=None,
+        break_after: int | None = None,
+        fault: str = "cut",
+        faults: int | None = None,
+    ):
         import http.server
         import threading
 
         self.folder, self.routes, self.break_after = Path(folder), routes or {}, break_after
+        self.fault, self.faults, self.faulted = fault, faults, 0
+        self.refused: set[tuple[str, int, int]] = set()  # ranges answered "busy" once
+        self.closing = threading.Event()
         self.requests: list[tuple[str, int, int]] = []
         self.bodies: list[dict] = []
         self.sent = 0
@@ -452,6 +466,7 @@ class ServedFolder:
         return self
 
     def __exit__(self, *exc):
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -496,16 +511,29 @@ class ServedFolder:
             headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         with self.lock:
             self.requests.append((address.path, first, last))
-            self.sent += len(part)
             broken = (
-                ranged and self.break_after is not None and len(self.requests) > self.break_after
+                ranged
+                and self.break_after is not None
+                and len(self.requests) > self.break_after
+                and (self.faults is None or self.faulted < self.faults)
+                and not (self.fault == "busy" and (address.path, first, last) in self.refused)
             )
+            if broken and self.fault == "busy":
+                self.refused.add((address.path, first, last))
+            self.faulted += bool(broken)
+            self.sent += 0 if broken and self.fault == "busy" else len(part)
+        if broken and self.fault == "busy":
+            self.reply(handler, 503, b"busy", {"Retry-After": "1"}, head=False)
+            return
         if broken:
             handler.send_response(206)
             handler.send_header("Content-Length", str(len(part)))
             handler.send_header("Content-Range", headers["Content-Range"])
             handler.end_headers()
             handler.wfile.write(part[: len(part) // 2])
+            handler.wfile.flush()
+            if self.fault == "stall":
+                self.closing.wait()
             handler.close_connection = True
             return
         self.reply(handler, 206 if ranged else 200, part, headers, head=False)

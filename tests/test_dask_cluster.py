@@ -328,3 +328,108 @@ def test_a_killed_scheduler_ends_the_run_in_a_sentence_and_the_rerun_finishes(sl
         rerun_gives_the_reference_maps(slow_case, output, started.address)
     finally:
         again.stop()
+
+
+# ---------------------------------------------------------------------------
+# Interrupted in this process, at a chosen moment: the summary says where the run stood
+# ---------------------------------------------------------------------------
+
+
+def finished_outputs(output: Path) -> dict[str, str]:
+    """{scene file name: manifest status} of a run's manifest."""
+    records = json.loads((output / "manifest.json").read_text())["scenes"]
+    return {Path(scene).name: record["status"] for scene, record in records.items()}
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_mid_scene_writes_where_it_stood(slow_case, tmp_path, monkeypatch):
+    """KeyboardInterrupt (Ctrl-C; SIGTERM raises it too) while the second scene writes its
+    first block, in-process: the first is done and recorded, the second interrupted and
+    the third never started, as summary.json and summary.csv say; the rerun finishes."""
+    from cnn_sentinel.scene import job
+
+    whole_scene = job.classify_one
+
+    def interrupted_in_s1(plan, *args, **kwargs):
+        if plan.stem != "s1":
+            return whole_scene(plan, *args, **kwargs)
+        blocks = []
+
+        def stop():  # called before each block is written
+            blocks.append(1)
+            if len(blocks) == 2:
+                raise KeyboardInterrupt
+
+        return whole_scene(plan, *args, stop=stop, **kwargs)
+
+    monkeypatch.setattr(job, "classify_one", interrupted_in_s1)
+    output = tmp_path / "maps"
+    command = [str(value) for value in classify_command(slow_case, output, "none")[2:]]
+    with pytest.raises(KeyboardInterrupt):
+        classify_image.main(command)
+    rows = json.loads((output / "summary.json").read_text())["scenes"]
+    assert [(Path(row["scene"]).stem, row["status"]) for row in rows] == [
+        ("s0", "done"),
+        ("s1", "interrupted"),
+        ("tall", "not started"),
+    ]
+    assert rows[0]["seconds"] > 0 and rows[1]["seconds"] is None
+    csv_rows = (output / "summary.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[1] for line in csv_rows] == ["done", "interrupted", "not started"]
+    assert finished_outputs(output) == {"s0.tif": "finished", "s1.tif": "started",
+                                        "tall.tif": "started"}  # fmt: skip
+    assert sorted(path.name for path in output.iterdir() if path.name.startswith(("s1", "t"))) == []
+    assert not [path for path in output.rglob("*") if ".partial-" in path.name]
+    assert unrecorded_outputs(output) == []
+    monkeypatch.setattr(job, "classify_one", whole_scene)
+    rows = classify_image.main(command)["scenes"]
+    assert [row["status"] for row in rows] == ["skipped", "done", "done"]
+    assert_reference_maps(output, slow_case["folder"] / "reference", STEMS)
+
+
+@pytest.mark.slow
+def test_a_run_on_a_cluster_interrupted_writes_where_it_stood(
+    slow_case, dask_cluster, tmp_path, monkeypatch
+):
+    """KeyboardInterrupt in the client as the first scene ends, the others' tasks running
+    or queued on the cluster: the summary has that scene done (with any other whose last
+    task had ended, recorded too) and each other one interrupted (its tasks had begun) or
+    not started, none with outputs, and nothing runs on after; the same command again
+    finishes."""
+    from cnn_sentinel.scene import many
+
+    real_bar = many.progress_bar
+
+    def interrupting_bar(*args, **kwargs):
+        bar = real_bar(*args, **kwargs)
+
+        def update(count=1):  # a scene has ended
+            raise KeyboardInterrupt
+
+        bar.update = update
+        return bar
+
+    monkeypatch.setattr(many, "progress_bar", interrupting_bar)
+    output = tmp_path / "maps"
+    command = [str(value) for value in classify_command(slow_case, output, dask_cluster.address)]
+    with pytest.raises(KeyboardInterrupt):
+        classify_image.main(command[2:])
+    assert dask_cluster.executing() == 0
+    rows = json.loads((output / "summary.json").read_text())["scenes"]
+    statuses = [row["status"] for row in rows]
+    assert 1 <= statuses.count("done") < 3, statuses
+    assert set(statuses) - {"done"} <= {"interrupted", "not started"}
+    if statuses.count("done") == 1:
+        assert "interrupted" in statuses  # two worker threads: another scene had begun
+    done = [Path(row["scene"]).name for row in rows if row["status"] == "done"]
+    assert [name for name, status in finished_outputs(output).items() if status == "finished"] == (
+        done
+    )
+    time.sleep(2)
+    assert unrecorded_outputs(output) == []
+    monkeypatch.setattr(many, "progress_bar", real_bar)
+    again = classify_image.main(command[2:])["scenes"]
+    assert [row["status"] for row in again] == [
+        "skipped" if row["status"] == "done" else "done" for row in rows
+    ]
+    assert_reference_maps(output, slow_case["folder"] / "reference", STEMS)

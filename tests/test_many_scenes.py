@@ -24,7 +24,7 @@ from script_modules import load_script
 
 import demo_data
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.scene import blocks, job, listing, manifest, many
+from cnn_sentinel.scene import blocks, job, listing, manifest, many, reading
 from cnn_sentinel.scene import plan as scene_plan
 from cnn_sentinel.scene.cluster import choose_scheduler
 from image_functions import MS_BAND_NAMES, RGB_BAND_NAMES, talk_constants
@@ -344,10 +344,10 @@ def test_the_model_is_loaded_once_per_worker(case, cluster, tmp_path):
     from dask.distributed import Client
 
     with Client(cluster) as client:
-        client.run(many._LOADED_MODELS.clear)
+        client.run(reading._LOADED_MODELS.clear)
         run([case["cloudy"], case["plain"]], case["model"], tmp_path, "--scheduler",
             cluster.scheduler_address, "--stride", "16")  # fmt: skip
-        loaded = client.run(lambda: len(many._LOADED_MODELS))
+        loaded = client.run(lambda: len(reading._LOADED_MODELS))
         threads = client.run(lambda: __import__("tensorflow").config.threading
                              .get_intra_op_parallelism_threads())  # fmt: skip
     assert set(loaded.values()) <= {0, 1} and sum(loaded.values()) >= 1
@@ -355,15 +355,27 @@ def test_the_model_is_loaded_once_per_worker(case, cluster, tmp_path):
 
 
 def test_a_cached_model_comes_back_with_its_weights_as_loaded(case):
-    """A task that changes the model (the scene adaptation sets batch-normalisation
-    statistics) leaves nothing for the next task of the worker."""
-    model, _ = many.cached_model(str(case["model"]))
+    """The scene side's one loader keeps a model per process and thread when asked (Dask
+    workers' tasks: many.cached_model): a task that changes the model (the scene
+    adaptation sets batch-normalisation statistics) leaves nothing for the next task."""
+    path = str(case["model"])
+    model, info = reading.load_scene_model(path, cache=True)
     loaded = [weights.copy() for weights in model.get_weights()]
     model.set_weights([weights + 1.0 for weights in loaded])
-    again, _ = many.cached_model(str(case["model"]))
-    assert again is model
+    again, again_info = many.cached_model(path)
+    assert again is model and again_info == info
     for weights, expected in zip(again.get_weights(), loaded, strict=True):
         np.testing.assert_array_equal(weights, expected)
+    assert reading.load_scene_model(path)[0] is not model  # uncached: read again
+    other_thread = []
+    thread = threading.Thread(
+        target=lambda: other_thread.append(reading.load_scene_model(path, cache=True)[0])
+    )
+    thread.start()
+    thread.join()
+    assert other_thread[0] is not model  # threads never share one model
+    with pytest.raises(InputError, match="model .*missing.keras does not exist"):
+        many.cached_model(str(case["model"].parent / "missing.keras"))
 
 
 def test_local_cluster_from_the_flags(case, tmp_path, capsys):

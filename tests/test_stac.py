@@ -4,7 +4,10 @@ same COGs served on 127.0.0.1 with byte ranges, and a small STAC API answering /
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -273,12 +276,13 @@ def test_an_item_url_is_fetched_its_relative_hrefs_resolved(catalog, tmp_path):
     )
 
 
-def run_script(*argv: object) -> subprocess.CompletedProcess:
+def run_script(*argv: object, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), *(str(value) for value in argv), "--no-progress"],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -312,23 +316,117 @@ def test_a_dead_url_or_a_missing_asset_is_one_sentence_and_exit_2(catalog, tmp_p
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
-def test_an_interrupted_download_leaves_nothing_behind(catalog, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_a_server_failing_midway_ends_06_in_one_sentence_and_the_rerun_finishes(
+    catalog, tmp_path, fault
+):
+    common = ["--model", catalog["model"], "--stride", 8, "--bbox", *catalog["box"]]
+    # A stalled transfer ends after GDAL_HTTP_LOW_SPEED_TIME seconds: the user's own
+    # setting (here 1 s) wins over 06's.
+    quick = {"GDAL_HTTP_LOW_SPEED_TIME": "1"}
+    with ServedFolder(catalog["folder"], break_after=16, fault=fault) as served:
+        item = remote_item(tmp_path / "items" / "far.json", served.url)
+        failed = run_script("--image", item, *common, "--output-dir", tmp_path / "out", env=quick)
+        assert failed.returncode == 2, failed.stderr
+        lines = failed.stderr.strip().splitlines()
+        message = BROKE_OFF.format(item=re.escape(str(item)), url=served.url, stem="far")
+        assert len(lines) == 1 and re.fullmatch(f"error: {message}", lines[0]), failed.stderr
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+        served.break_after = None  # the server is back
+        again = run_script("--image", item, *common, "--output-dir", tmp_path / "out", env=quick)
+    assert again.returncode == 0, again.stderr
+    assert read_raster(tmp_path / "out" / "far_label.tif").shape == (100, 100)
+
+
+def remote_item(path: Path, url: str) -> Path:
+    """An item at `path` whose 13 band assets are the catalog's COGs served at `url`."""
+    return write_item(path, {name: f"{url}/assets/{name}.tif" for name in MS_BAND_NAMES})
+
+
+# The sentence of a band asset that broke off while it was read (after its header).
+BROKE_OFF = (
+    r"band B\d\d of STAC item {item} could not be read from {url}/assets/B\d\d\.tif "
+    r"\(the connection was cut, the server stopped answering or kept failing\); "
+    r"no output of {stem} was written: run the same command again once the server answers\."
+)
+
+
+def test_a_connection_cut_midway_is_one_sentence_and_the_rerun_finishes(catalog, tmp_path):
     gdal.VSICurlClearCache()
+    common = ["--model", catalog["model"], "--stride", 8, "--bbox", *catalog["box"]]
     with ServedFolder(catalog["folder"], break_after=16) as served:
-        item = write_item(
-            tmp_path / "broken.json",
-            {name: f"{served.url}/assets/{name}.tif" for name in MS_BAND_NAMES},
-        )
-        with pytest.raises((RuntimeError, InputError)):
-            run("--image", item, "--model", catalog["model"], "--stride", 8,
-                "--bbox", *catalog["box"], "--output-dir", tmp_path / "out")  # fmt: skip
-    assert len(served.requests) > 16  # cut off while the tiles were read, after the headers
-    left = (
-        sorted(path.name for path in (tmp_path / "out").rglob("*"))
-        if (tmp_path / "out").exists()
-        else []
+        item = remote_item(tmp_path / "broken.json", served.url)
+        message = BROKE_OFF.format(item=re.escape(str(item)), url=served.url, stem="broken")
+        with pytest.raises(InputError, match=f"^{message}$"):
+            run("--image", item, *common, "--output-dir", tmp_path / "out")
+        assert len(served.requests) > 16  # cut off while the tiles were read, after the headers
+        left = sorted(path.name for path in tmp_path.joinpath("out").rglob("*"))
+        assert left == []
+        served.break_after = None  # the server is back: the same command finishes
+        gdal.VSICurlClearCache()  # as a new process starts
+        run("--image", item, *common, "--output-dir", tmp_path / "out")
+    run("--image", catalog["item"], *common, "--output-dir", tmp_path / "local")
+    for remote, here in zip(
+        outputs(tmp_path / "out", "broken"),
+        outputs(tmp_path / "local", "S2A_T33UUU_20170216"),
+        strict=True,
+    ):
+        assert np.array_equal(remote, here, equal_nan=True)
+
+
+@contextlib.contextmanager
+def gdal_options(**values: str):
+    """GDAL configuration options set for the block, as a user sets them, then restored."""
+    before = {name: gdal.GetConfigOption(name) for name in values}
+    try:
+        for name, value in values.items():
+            gdal.SetConfigOption(name, value)
+        yield
+    finally:
+        for name, value in before.items():
+            gdal.SetConfigOption(name, value)
+
+
+def test_a_busy_server_is_asked_again_and_the_run_finishes(catalog, tmp_path):
+    gdal.VSICurlClearCache()
+    common = ["--model", catalog["model"], "--stride", 8, "--bbox", *catalog["box"]]
+    # Every tile's range is answered HTTP 503 the first time: 06's GDAL_HTTP_MAX_RETRY asks
+    # again (after the user's shorter GDAL_HTTP_RETRY_DELAY, to keep the test quick).
+    with (
+        ServedFolder(catalog["folder"], break_after=13, fault="busy") as served,
+        gdal_options(GDAL_HTTP_RETRY_DELAY="0.05"),
+    ):
+        item = remote_item(tmp_path / "busy.json", served.url)
+        run("--image", item, *common, "--output-dir", tmp_path / "out")
+    assert served.faulted >= 13  # at least one range of each band was refused once
+    run("--image", catalog["item"], *common, "--output-dir", tmp_path / "local")
+    assert np.array_equal(
+        outputs(tmp_path / "out", "busy")[0],
+        outputs(tmp_path / "local", "S2A_T33UUU_20170216")[0],
     )
-    assert left == []
+
+
+def test_http_options_are_the_process_defaults_unless_the_user_set_them(monkeypatch):
+    names = list(stac.REMOTE_HTTP_OPTIONS)
+    assert {"GDAL_HTTP_MAX_RETRY", "GDAL_HTTP_RETRY_DELAY", "GDAL_HTTP_LOW_SPEED_TIME"} <= set(
+        names
+    )
+    before = {name: gdal.GetConfigOption(name) for name in names}
+    try:
+        for name in names:
+            gdal.SetConfigOption(name, None)
+            monkeypatch.delenv(name, raising=False)
+        gdal.SetConfigOption("GDAL_HTTP_MAX_RETRY", "7")  # the user's own
+        stac.use_remote_read_options(["/tmp/local.tif"])  # no remote file: nothing set
+        assert gdal.GetConfigOption("GDAL_HTTP_RETRY_DELAY") is None
+        stac.use_remote_read_options(["/vsicurl/http://127.0.0.1:9/B04.tif"])
+        for name, value in stac.REMOTE_HTTP_OPTIONS.items():
+            expected = "7" if name == "GDAL_HTTP_MAX_RETRY" else value
+            assert gdal.GetConfigOption(name) == expected, name
+    finally:
+        for name, value in before.items():
+            gdal.SetConfigOption(name, value)
 
 
 def test_items_without_rgb_are_refused_and_level_2a_takes_the_rgb_model(catalog, tmp_path, capsys):
@@ -440,6 +538,48 @@ def test_a_search_lists_its_items_and_classifies_them_as_many_scenes(catalog, tm
         run("--stac", served.url, "--collection", "sentinel-2-l1c", *search,
             "--output-dir", tmp_path / "none")  # fmt: skip
     assert not (tmp_path / "none").exists()
+
+
+def test_a_search_cut_midway_records_no_scene_finished_and_the_rerun_finishes(catalog, tmp_path):
+    gdal.VSICurlClearCache()
+    with ServedFolder(catalog["folder"], break_after=16) as served:
+        items = []
+        for name, date in (("S2A_A", "2017-02-16"), ("S2A_B", "2017-03-01")):
+            path = write_item(
+                tmp_path / f"{name}.json",
+                {band: f"{served.url}/assets/{band}.tif" for band in MS_BAND_NAMES},
+                {"datetime": f"{date}T10:00:00Z", "eo:cloud_cover": 1.0},
+            )
+            items.append(json.loads(path.read_text()))
+        served.routes.update(stac_api(served.url, items))
+        command = [
+            "--stac", served.url, "--collection", "sentinel-2-l1c", "--datetime", "2017",
+            "--bbox", *lonlat_box(catalog["box"]), "--bbox-crs", "EPSG:4326",
+            "--model", catalog["model"], "--stride", 8, "--scheduler", "none",
+            "--output-dir", tmp_path / "run",
+        ]  # fmt: skip
+        with pytest.raises(InputError, match=r"^2 of 2 scenes failed \(first: band B\d\d of STAC"):
+            run(*command)
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())["scenes"]
+        assert [row["status"] for row in summary] == ["failed", "failed"]
+        for row in summary:
+            stem = Path(row["scene"]).stem
+            assert re.fullmatch(
+                BROKE_OFF.format(item=re.escape(row["scene"]), url=served.url, stem=stem),
+                row["error"],
+            )
+        manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())["scenes"]
+        assert sorted(record["status"] for record in manifest.values()) == ["started"] * 2
+        assert sorted(tmp_path.joinpath("run").glob("*_label.tif")) == []
+        served.break_after = None  # the server is back: the same command finishes
+        gdal.VSICurlClearCache()
+        rows = run(*command)["scenes"]
+    assert [row["status"] for row in rows] == ["done", "done"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())["scenes"]
+    assert sorted(record["status"] for record in manifest.values()) == ["finished"] * 2
+    assert np.array_equal(
+        outputs(tmp_path / "run", "S2A_A")[0], outputs(tmp_path / "run", "S2A_B")[0]
+    )
 
 
 @pytest.mark.parametrize(

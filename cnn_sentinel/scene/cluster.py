@@ -254,14 +254,18 @@ def stop_tasks(client, futures: list, run: str, wait: float = STOP_WAIT_SECONDS)
     """Cancel the run's `futures` (none not yet started will start) and wait until the
     workers run none of its tasks (a running one stops before its next block; all keys
     of the run contain `run`). Returns whether they stopped within `wait` seconds."""
-    import cloudpickle
-
     client.cancel(futures, force=True)
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        running = [key for keys in client.run(running_keys).values() for key in keys if run in key]
-        if not running:
+        if not running_tasks(client, run):
             return True
         time.sleep(0.5)
     return False
+
+
+def running_tasks(client, run: str) -> list[str]:
+    """The keys of the run's tasks (all contain `run`) that the workers' threads run now."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return [key for keys in client.run(running_keys).values() for key in keys if run in key]

@@ -35,6 +35,7 @@ from cnn_sentinel.outputs import (
 from cnn_sentinel.scene import clouds, writers
 from cnn_sentinel.scene.plan import SceneOutputs, ScenePlan
 from cnn_sentinel.scene.runner import SceneClassification, prepare_classification
+from cnn_sentinel.scene.stac import remote_read_errors
 
 
 def stop_step(stop: Callable[[], None]):
@@ -117,13 +118,16 @@ def classify_one(
     (Cloud-Optimized with cog) and (quicklook) <stem>_quicklook.png, prints (through
     `report`) the banner, the timing, the class shares and the files written; returns
     the run's counts (runner.SceneClassification.run) with "seconds" and "method".
-    InputError for every bad input. `stop`: called before each block is written, it
-    may raise to end the run (nothing is left half-written). `locked`: the caller holds
-    scene_lock already (06 takes it before the model loads)."""
-    if locked:
-        return _classify_into(plan, report, stop)
-    with scene_lock(plan.outputs, plan.stem):
-        return _classify_into(plan, report, stop)
+    InputError for every bad input, and for a STAC item's asset that breaks off midway
+    (stac.remote_read_errors). `stop`: called before each block is written and once more
+    before the outputs are put in place, it may raise to end the run (nothing is left
+    half-written). `locked`: the caller holds scene_lock already (06 takes it before the
+    model loads)."""
+    with contextlib.ExitStack() as stack:
+        if not locked:
+            stack.enter_context(scene_lock(plan.outputs, plan.stem))
+        with remote_read_errors(plan.image, plan.stem):
+            return _classify_into(plan, report, stop)
 
 
 def _classify_into(plan: ScenePlan, report, stop) -> dict:
@@ -162,6 +166,8 @@ def _classify_into(plan: ScenePlan, report, stop) -> dict:
         )
         writers.write_record(temporary[0], classification.record())
         finish_rasters(plan, temporary)
+        if stop:
+            stop()  # the last moment to end the run before the outputs appear
     writers.write_category_names(outputs.label, clouds.category_names(class_names, plan.masking))
     seconds = time.perf_counter() - started
     report("\n".join(summary_lines(summary, seconds, classification.method, outputs)))
@@ -201,9 +207,17 @@ def classify_rows(
     strip's counts with its rows, classes, cloud mask and seconds. A strip finished
     before (its counts file exists, e.g. written just before its worker died) is not
     redone. `stop` as classify_one's."""
-    label_path, probability_path, counts_path = strip_files(Path(folder), first_row)
+    folder = Path(folder)
+    _, _, counts_path = strip_files(folder, first_row)
     if counts_path.exists():
         return json.loads(counts_path.read_text(encoding="utf-8"))
+    with remote_read_errors(plan.image, plan.stem):
+        return _classify_rows_into(plan, first_row, last_row, folder, stop)
+
+
+def _classify_rows_into(plan: ScenePlan, first_row: int, last_row: int, folder: Path, stop):
+    """classify_rows' work once its strip is known to be undone."""
+    label_path, probability_path, counts_path = strip_files(folder, first_row)
     classification = prepare_classification(plan)
     scene = plan.scene
     strip = gdal.Translate(
@@ -257,7 +271,7 @@ def assemble_scene(
     (classify_rows' counts of every strip, any order), then delete the folder. Returns
     the scene's counts as classify_one does (seconds: the strips' time added up) and
     "text", the lines classify_one prints. `stop`: called before each strip is copied
-    (it may raise)."""
+    and before the outputs are put in place (it may raise)."""
     folder = Path(folder)
     strips = sorted(strips, key=lambda strip: strip["first_row"])
     first = strips[0]
@@ -290,6 +304,8 @@ def assemble_scene(
                 writer.close()
         writers.write_record(temporary[0], first["record"])
         finish_rasters(plan, temporary)
+        if stop:
+            stop()  # the last moment to end the run before the outputs appear
     writers.write_category_names(outputs.label, clouds.category_names(class_names, masking))
     shutil.rmtree(folder, ignore_errors=True)
     summary = {

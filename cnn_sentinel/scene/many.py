@@ -8,8 +8,9 @@ LocalCluster or an existing cluster), resumable.
   on any worker) and assembled by one more task (job.assemble_scene), with the same
   outputs as one process would write. Each task makes the scene's plan from 06's
   settings (plan.plan_scene); the client makes it too, for the manifest.
-- Each worker process loads a model once and keeps it (`cached_model`, keyed by
-  path and modification time): tasks carry 06's settings, never the model.
+- Each worker process loads a model once and keeps it (`cached_model`:
+  reading.load_scene_model with cache, keyed by path, modification time and thread):
+  tasks carry 06's settings, never the model.
   TensorFlow's threads in a worker follow the worker's threads.
 - Paths are made absolute here, on the client, before they are sent (the scene's, and
   OUTPUT_DIR and the model in RunPlan.task_settings): a worker of a cluster runs in its
@@ -19,9 +20,10 @@ LocalCluster or an existing cluster), resumable.
   atomically and a finished strip is not redone, so outputs end complete.
 - Interrupted (Ctrl-C, SIGTERM): the run's tasks are cancelled and a running one stops
   before its next block (`stop_if_cancelled`; also when its client or its scheduler
-  is gone), so no output appears after the run has ended. manifest.py records what
-  was started and finished: the same command again skips finished scenes and redoes
-  the others, also those whose outputs an interrupted run left.
+  is gone), so no output appears after the run has ended. The summary then says where
+  the run stood: each scene done, skipped, failed, interrupted (begun) or not started.
+  manifest.py records what was started and finished: the same command again skips
+  finished scenes and redoes the others, also those whose outputs an interrupted run left.
 - A scene that fails (bad input) fails alone, with its sentence in summary.csv/.json
   (summary.py, with the mosaic of several scenes).
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -40,14 +43,23 @@ from pathlib import Path
 
 from cnn_sentinel.console import progress_bar
 from cnn_sentinel.errors import InputError
-from cnn_sentinel.model_info import ModelInfo
 from cnn_sentinel.outputs import refuse_existing
 from cnn_sentinel.scene import cluster, job
 from cnn_sentinel.scene.listing import refuse_shared_outputs
 from cnn_sentinel.scene.manifest import MANIFEST_FILE, Manifest, output_settings
 from cnn_sentinel.scene.plan import RunPlan, SceneOutputs, ScenePlan, plan_scene
 from cnn_sentinel.scene.reading import load_scene_model
-from cnn_sentinel.scene.summary import SUMMARY_CSV, summary_row, write_mosaic, write_summary
+from cnn_sentinel.scene.summary import (
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+    summary_row,
+    write_mosaic,
+    write_summary,
+)
+
+# The scene model loader of many scenes: each process keeps its models (Dask workers
+# between tasks; this process between the scenes it plans).
+cached_model = functools.partial(load_scene_model, cache=True)
 
 
 def absolute(path: str | Path) -> Path:
@@ -84,15 +96,9 @@ def stop_if_cancelled() -> None:
         raise TaskCancelledError("the run no longer wants this task")
 
 
-# Models loaded in this process, by (path, modification time, thread): a Dask worker keeps
-# its models between tasks, so each is read from disk once per worker thread, with its
-# weights as loaded (a task may change a model's weights: the scene adaptation of issue 18
-# sets its batch-normalisation statistics, so two threads never share one model).
-_LOADED_MODELS: dict[tuple[str, int, int], tuple[object, ModelInfo, list]] = {}
-
-
+@functools.cache
 def set_up_worker_process() -> None:
-    """In a Dask worker process, before its first model: give TensorFlow as many threads
+    """In a Dask worker process, once, before its first model: give TensorFlow as many threads
     as the worker has (before TensorFlow starts; later it keeps its own), and let the
     process end without TensorFlow's clean-up (seconds of a cluster's shutdown; every
     output is closed by then, its task finished)."""
@@ -112,26 +118,11 @@ def set_up_worker_process() -> None:
         pass
 
 
-def cached_model(path: str) -> tuple[object, ModelInfo]:
-    """The model at `path` and its ModelInfo, loaded once per process and thread, its
-    weights set back to the file's at every call (what an earlier task changed is undone)."""
-    resolved = Path(path).resolve()
-    if not resolved.is_file():
-        return load_scene_model(path)  # its one sentence for a missing model
-    key = (str(resolved), resolved.stat().st_mtime_ns, threading.get_ident())
-    if key not in _LOADED_MODELS:
-        set_up_worker_process()
-        model, info = load_scene_model(resolved)
-        _LOADED_MODELS[key] = (model, info, model.get_weights())
-    model, info, weights = _LOADED_MODELS[key]
-    model.set_weights(weights)
-    return model, info
-
-
 def worker_plan(settings, image: str) -> ScenePlan:
     """The plan of a scene on a worker: with the cached model, without a progress bar,
     replacing outputs (existing ones were refused by the client, once; a task run again
     after its worker died may find the outputs it had written)."""
+    set_up_worker_process()
     plan = plan_scene(settings, image, cached_model)
     return dataclasses.replace(plan, progress=False, overwrite=True)
 
@@ -184,9 +175,11 @@ def failure_sentence(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_in_process(todo: dict[Path, ScenePlan], finished) -> None:
-    """The planned scenes one after another in this process, as 06 runs one scene."""
+def run_in_process(todo: dict[Path, ScenePlan], finished, begun: set[Path]) -> None:
+    """The planned scenes one after another in this process, as 06 runs one scene; each
+    is added to `begun` as it begins."""
     for image in list(todo):
+        begun.add(image)
         try:
             summary = job.classify_one(todo.pop(image))
         except Exception as error:  # a bad scene fails alone, as a task on Dask does
@@ -237,7 +230,9 @@ def submit_scenes(
     """Submit each planned scene's tasks, filling last_futures {key of the task that ends
     a scene: image} and all_futures; a scene that cannot be submitted fails. Existing
     outputs were refused before, once; a task run again after its worker died may find
-    the outputs it had written, and replaces them (worker_plan)."""
+    the outputs it had written, and replaces them (worker_plan). Returns {key of each
+    task: its image}."""
+    scene_keys: dict[str, Path] = {}
     for image in list(todo):
         plan = todo.pop(image)
         try:
@@ -248,11 +243,22 @@ def submit_scenes(
             continue
         last_futures[futures[-1].key] = image
         all_futures += futures
+        scene_keys.update(dict.fromkeys((future.key for future in futures), image))
+    return scene_keys
 
 
-def collect_scenes(scheduler: str, progress: bool, last_futures: dict, all_futures: list, finished):
+def collect_scenes(
+    scheduler: str,
+    progress: bool,
+    last_futures: dict,
+    all_futures: list,
+    finished,
+    begun_strip=lambda key: None,
+):
     """Each scene's result as its last task ends (a progress bar counts scenes, strips in
-    its postfix); a scene whose task a lost scheduler cancelled fails with that sentence."""
+    its postfix; `begun_strip` is called with the key of each strip that ends), its key
+    then taken out of `last_futures`; a scene whose task a lost scheduler cancelled fails
+    with that sentence."""
     from dask.distributed import as_completed
 
     strips_total = len(all_futures) - len(last_futures)
@@ -261,41 +267,78 @@ def collect_scenes(scheduler: str, progress: bool, last_futures: dict, all_futur
         total=len(last_futures), unit="scene", desc="scenes", disable=not progress
     ) as bar:
         for future in as_completed(all_futures):
-            image = last_futures.get(future.key)
+            image = last_futures.pop(future.key, None)
             if image is None:
+                begun_strip(future.key)
                 strips_done += 1
                 bar.set_postfix(strips=f"{strips_done}/{strips_total}")
                 continue
-            summary = future.result() if future.status == "finished" else {}
-            if future.status == "cancelled":
-                error = lost_scheduler(scheduler)
-            elif future.status == "error":
-                error = future.exception()
-            else:
-                error = InputError(summary["error"]) if "error" in summary else None
-            if error is not None:
-                bar.write(f"error: {failure_sentence(error)}")
-                finished(image, None, error)
-            else:
-                bar.write(summary["text"])
-                finished(image, summary, None)
+            take_result(future, image, scheduler, finished, bar.write)
             bar.update(1)
 
 
+def take_result(future, image: Path, scheduler: str, finished, report=print) -> None:
+    """The ended last task of a scene: `finished` with its summary or its error (a task
+    that a lost scheduler cancelled: that sentence); the scene's lines go to `report`."""
+    summary = future.result() if future.status == "finished" else {}
+    if future.status == "cancelled":
+        error = lost_scheduler(scheduler)
+    elif future.status == "error":
+        error = future.exception()
+    else:
+        error = InputError(summary["error"]) if "error" in summary else None
+    if error is not None:
+        report(f"error: {failure_sentence(error)}")
+        finished(image, None, error)
+    else:
+        report(summary["text"])
+        finished(image, summary, None)
+
+
 def run_on_dask(
-    client, scheduler: str, run_plan: RunPlan, todo: dict[Path, ScenePlan], finished
+    client,
+    scheduler: str,
+    run_plan: RunPlan,
+    todo: dict[Path, ScenePlan],
+    finished,
+    begun: set[Path],
 ) -> None:
-    """The planned scenes as Dask tasks. Interrupted (KeyboardInterrupt: Ctrl-C or
-    SIGTERM): the run's tasks are cancelled and stopped on the workers before it goes on."""
+    """The planned scenes as Dask tasks; `begun` gets each scene whose tasks began (a strip
+    ended, or a task ran when the run was interrupted). Interrupted (KeyboardInterrupt:
+    Ctrl-C or SIGTERM): the run's tasks are cancelled and stopped on the workers before
+    it goes on."""
     last_futures: dict = {}
     all_futures: list = []
+    scene_keys: dict[str, Path] = {}
     run = uuid.uuid4().hex[:8]
+
+    def take_ended() -> None:
+        """Scenes whose last task ended before its result was taken: finished (their
+        outputs are complete)."""
+        for future in all_futures:
+            if future.key in last_futures and future.status == "finished":
+                take_result(future, last_futures.pop(future.key), scheduler, finished)
+
     try:
-        submit_scenes(client, run_plan, todo, run, last_futures, all_futures, finished)
-        collect_scenes(scheduler, run_plan.progress, last_futures, all_futures, finished)
+        scene_keys = submit_scenes(client, run_plan, todo, run, last_futures, all_futures, finished)
+        collect_scenes(
+            scheduler,
+            run_plan.progress,
+            last_futures,
+            all_futures,
+            finished,
+            lambda key: begun.add(scene_keys[key]),
+        )
     except KeyboardInterrupt:
         print("interrupted: stopping the run's tasks on the Dask workers...", file=sys.stderr)
-        if not cluster.stop_tasks(client, all_futures, run):
+        take_ended()
+        # Begun: a task of the scene runs now, or one of its tasks (a strip) ended.
+        running = cluster.running_tasks(client, run)
+        ended = [future.key for future in all_futures if future.done()]
+        begun.update(scene_keys[key] for key in [*running, *ended] if key in scene_keys)
+        stopped = cluster.stop_tasks(client, all_futures, run)
+        take_ended()  # ended while the others stopped
+        if not stopped:
             print(
                 f"note: some of the run's tasks still run on the workers of {scheduler}; "
                 "they stop before their next block.",
@@ -359,20 +402,13 @@ def classify_many(run_plan: RunPlan, images: list[Path], scheduler: str) -> list
         todo[image] = dataclasses.replace(plan, overwrite=replace)
     manifest.start({image: planned[image][0] for image in todo})
 
-    stopping = threading.Thread()
-    if todo and scheduler == "none":
-        run_in_process(todo, finished)
-    elif todo:
-        client = cluster.start_client(scheduler, run_plan.workers, run_plan.threads_per_worker)
-        try:
-            print(cluster.describe_client(client))
-            cluster.prepare_cluster(client, scheduler)
-            run_on_dask(client, scheduler, run_plan, todo, finished)
-        except BaseException:
-            cluster.stop_client(client, scheduler)
-            raise
-        # The workers take seconds to stop: meanwhile the summary and the mosaic are written.
-        stopping = threading.Thread(target=cluster.stop_client, args=(client, scheduler))
+    begun: set[Path] = set()  # scenes this run began (those not finished: interrupted)
+    try:
+        stopping = run_scenes(run_plan, todo, scheduler, finished, begun)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the summary says where the run stood
+        write_summary(run_folder, interrupted_rows(images, rows, begun))
+        print(f"wrote {run_folder / SUMMARY_JSON} (the run so far)")
+        raise
     stopping.start()
     try:
         ordered = [rows[image] for image in images]
@@ -389,6 +425,37 @@ def classify_many(run_plan: RunPlan, images: list[Path], scheduler: str) -> list
             f"see {run_folder / SUMMARY_CSV}."
         )
     return ordered
+
+
+def run_scenes(
+    run_plan: RunPlan, todo: dict[Path, ScenePlan], scheduler: str, finished, begun: set[Path]
+) -> threading.Thread:
+    """Run the planned scenes (scheduler "none": in this process; else on Dask), adding
+    each that begins to `begun`. Returns the thread that stops the Dask client (not yet
+    started: the workers take seconds to stop, meanwhile the summary is written)."""
+    if todo and scheduler == "none":
+        run_in_process(todo, finished, begun)
+    elif todo:
+        client = cluster.start_client(scheduler, run_plan.workers, run_plan.threads_per_worker)
+        try:
+            print(cluster.describe_client(client))
+            cluster.prepare_cluster(client, scheduler)
+            run_on_dask(client, scheduler, run_plan, todo, finished, begun)
+        except BaseException:
+            cluster.stop_client(client, scheduler)
+            raise
+        return threading.Thread(target=cluster.stop_client, args=(client, scheduler))
+    return threading.Thread()
+
+
+def interrupted_rows(images: list[Path], rows: dict[Path, dict], begun: set[Path]) -> list[dict]:
+    """The summary rows of an interrupted run: each scene's row where it has one (done,
+    skipped, failed), else "interrupted" where the run had begun it, else "not started"."""
+    return [
+        rows.get(image)
+        or summary_row(image, "interrupted" if image in begun else "not started", None, None)
+        for image in images
+    ]
 
 
 def common_folder(images: list[Path]) -> Path:

@@ -85,7 +85,8 @@ WINDOW_READ_ROWS = 256
 # Bytes read at a time for a model file's checksum.
 HASH_CHUNK = 2**22
 
-# A model loader: path -> (Keras model, ModelInfo), e.g. many.cached_model.
+# A model loader: path -> (Keras model, ModelInfo): reading.load_scene_model, or it with
+# cache=True (many.cached_model).
 ModelLoader = Callable[[str], tuple[object, ModelInfo]]
 
 

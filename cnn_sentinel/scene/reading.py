@@ -30,6 +30,7 @@ import dataclasses
 import math
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -93,8 +94,20 @@ def _has_normalization_layer(model) -> bool:
     return False
 
 
-def load_scene_model(model_path: str | Path):
-    """Load a Keras model for classifying scenes, and what it says about itself.
+# Models kept by load_scene_model(cache=True), by (path, modification time, thread): a Dask
+# worker keeps its models between tasks, so each is read from disk once per worker thread,
+# with its weights as loaded (a task may change a model's weights: the scene adaptation
+# sets its batch-normalisation statistics, so two threads never share one model).
+_LOADED_MODELS: dict[tuple[str, int, int], tuple[object, ModelInfo, list]] = {}
+
+
+def load_scene_model(model_path: str | Path, cache: bool = False):
+    """Load a Keras model for classifying scenes, and what it says about itself: the scene
+    side's one model loader (networks.load_model reads the file).
+
+    cache: keep the model in this process, one copy per thread (a Dask worker's tasks,
+    many.py), and set its weights back to the file's at every call (what an earlier
+    task changed is undone); a changed file (modification time) is loaded again.
 
     Returns (model, ModelInfo). The facts come from `model.json`
     beside the model ("class_names", "band_names", "input_size"; missing keys
@@ -104,6 +117,15 @@ def load_scene_model(model_path: str | Path):
     """
 
     model_path = Path(model_path)
+    if cache and model_path.is_file():
+        resolved = model_path.resolve()
+        key = (str(resolved), resolved.stat().st_mtime_ns, threading.get_ident())
+        if key not in _LOADED_MODELS:
+            model, info = load_scene_model(resolved)
+            _LOADED_MODELS[key] = (model, info, model.get_weights())
+        model, info, weights = _LOADED_MODELS[key]
+        model.set_weights(weights)
+        return model, info
     if not model_path.exists():
         raise InputError(f"model {model_path} does not exist.")
     if model_path.suffix.lower() not in MODEL_SUFFIXES:

@@ -22,12 +22,13 @@ hrefs of Microsoft Planetary Computer items.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import urllib.error
 import urllib.parse
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -69,14 +70,23 @@ REMOTE_PREFIXES: Final = {
     "gs://": "/vsigs/",
 }
 # GDAL settings for remote assets, set for their file systems only (a user's own setting of
-# any of them wins): no
-# directory listing per asset (a request, and bytes, for nothing), adjacent tiles in one
-# request, a few retries on a busy server.
+# any of them wins): no directory listing per asset (a request, and bytes, for nothing),
+# adjacent tiles in one request.
 REMOTE_READ_OPTIONS: Final = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GDAL_HTTP_MAX_RETRY": "2",
+}
+# GDAL's HTTP settings, for the whole process (GDAL 3.6 reads them only so, not per path;
+# they touch nothing but HTTP; a user's own setting wins): a busy server (HTTP 429, 500,
+# 502-504, a connection timeout) is asked again 3 times, after 1 s, then about 2 and 5 s;
+# a connection not made within 30 s, or a transfer that stalls (under 1 byte/s for 30 s),
+# ends the read (then one sentence: remote_read_errors).
+REMOTE_HTTP_OPTIONS: Final = {
+    "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "30",
+    "GDAL_HTTP_LOW_SPEED_TIME": "30",
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
 }
 # Reflectance per digital number of EuroSAT's L1C products (reflectance x 10000).
 EUROSAT_DN_SCALE: Final = 1e-4
@@ -245,14 +255,16 @@ def band_offsets(item: pystac.Item, assets: dict[str, pystac.Asset], label: str)
 
 def use_remote_read_options(files: Sequence[str]) -> None:
     """REMOTE_READ_OPTIONS for the GDAL file systems of `files` (/vsicurl/, /vsis3/, ...)
-    only, so local files keep their side files (.aux.xml), and only where the user set
-    none of them."""
-    for prefix in sorted(
-        {file[: file.index("/", 1) + 1] for file in files if file.startswith("/vsi")}
-    ):
+    only, so local files keep their side files (.aux.xml), and REMOTE_HTTP_OPTIONS for
+    the process when any file is remote; only those the user set none of."""
+    prefixes = sorted({file[: file.index("/", 1) + 1] for file in files if file.startswith("/vsi")})
+    for prefix in prefixes:
         for name, value in REMOTE_READ_OPTIONS.items():
             if gdal.GetConfigOption(name) is None:
                 gdal.SetPathSpecificOption(prefix, name, value)
+    for name, value in REMOTE_HTTP_OPTIONS.items() if prefixes else ():
+        if gdal.GetConfigOption(name) is None:
+            gdal.SetConfigOption(name, value)
 
 
 def item_stack(path: str | Path) -> gdal.Dataset:
@@ -294,6 +306,43 @@ def item_stack(path: str | Path) -> gdal.Dataset:
     if any(offsets.values()):
         stack = with_dn_offsets(stack, [offsets[name] for name in names])
     return stack
+
+
+def broken_read(error: BaseException, image: str | Path, stem: str) -> InputError | None:
+    """The sentence for a GDAL error of reading a remote band asset of the STAC item
+    `image` midway (a connection cut, a stalled or failing server): its band, its href,
+    that no output of `stem` was written and that the same command may run again; None
+    for any other error."""
+    if not isinstance(error, RuntimeError) or not is_stac_item(image):
+        return None
+    try:
+        assets = band_assets(load_item(str(image)))
+    except InputError:
+        return None
+    for band, asset in assets.items():
+        href = asset.get_absolute_href() or asset.href
+        file = gdal_path(href)
+        if file.startswith("/vsi") and re.search(re.escape(file) + r"(?![\w./-])", str(error)):
+            return InputError(
+                f"band {band} of STAC item {image} could not be read from {href} (the "
+                "connection was cut, the server stopped answering or kept failing); no "
+                f"output of {stem} was written: run the same command again once the server "
+                "answers."
+            )
+    return None
+
+
+@contextlib.contextmanager
+def remote_read_errors(image: str | Path, stem: str) -> Iterator[None]:
+    """Around the reading of a scene: a remote band asset of a STAC item that breaks off
+    midway ends in its one sentence (broken_read, an InputError) instead of GDAL's error."""
+    try:
+        yield
+    except RuntimeError as error:
+        sentence = broken_read(error, image, stem)
+        if sentence is None:
+            raise
+        raise sentence from None
 
 
 # ---------------------------------------------------------------------------

@@ -25,13 +25,16 @@ gdal.UseExceptions()
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
+# A scene's status in the summary: done, skipped (finished before), failed (its sentence in
+# "error"); after an interrupt also interrupted (begun, not finished) and not started.
+STATUSES = ("done", "skipped", "failed", "interrupted", "not started")
 MOSAIC_FILE = "mosaic.vrt"
 MOSAIC_QUICKLOOK = "mosaic_quicklook.png"
 
 
 def summary_row(image: Path, status: str, summary: dict | None, error: str | None) -> dict:
-    """scene, status (done | skipped | failed), seconds, windows/s, class shares (0..1 of
-    the classified pixels), cloud share, error; "done": whether it has outputs."""
+    """scene, status (one of STATUSES), seconds, windows/s, class shares (0..1 of the
+    classified pixels), cloud share, error; "done": whether it has outputs."""
     row = {
         "scene": str(image),
         "status": status,
@@ -60,7 +63,8 @@ def summary_row(image: Path, status: str, summary: dict | None, error: str | Non
 
 
 def write_summary(folder: Path, rows: list[dict]) -> None:
-    """summary.json (the rows) and summary.csv (one column per class share)."""
+    """summary.json (the rows) and summary.csv (one column per class share), each
+    written atomically (a run interrupted meanwhile leaves the previous one whole)."""
     classes = list(dict.fromkeys(name for row in rows for name in row["shares"]))
     columns = ["scene", "status", "seconds", "windows_per_second"]
     columns += [f"share_{name}" for name in classes] + ["cloud_share", "error"]
