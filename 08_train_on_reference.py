@@ -58,6 +58,9 @@ MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run fol
 HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of training, scored
 EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
 REPLAY = 0.25  # EuroSAT patches replayed per scene window (0: none)
+DISTILL = 0.0  # share of a replayed patch's target that is the start model's probabilities
+DISTILL_SCENE = 0  # windows where no reference is, taught the start model's probabilities (0: none)
+INTERPOLATE = 1.0  # saved weights: (1 - this) * start + this * trained, all of them (1: as trained)
 SAMPLES_PER_CLASS = 500  # training windows per reference class (repeated if it has fewer)
 MIN_SAMPLES = 20  # a reference class with fewer usable pixels is an error
 ERODE = 0  # pixels taken off the edge of every reference class against edge noise
@@ -173,6 +176,33 @@ def training_windows(settings, scene, reference, targets, centres, allowed, befo
     return windows, np.concatenate(masks_out), counts
 
 
+def distillation(settings, model, scene, reference, allowed, windows, targets, replayed, counts):
+    """Targets of teach.teaching_loss: the replayed EuroSAT patches (the last `replayed`
+    windows) keep DISTILL of the start model's probabilities beside their label, and
+    DISTILL_SCENE windows where no reference lies learn the start model's probabilities
+    (Learning without Forgetting); `model` is still the start model."""
+    width = targets.shape[1]
+    soft = np.zeros_like(targets)
+    weight = np.ones(len(targets), np.float32)
+    if replayed:
+        start = model.predict(windows[-replayed:].astype(np.float32), batch_size=64, verbose=0)
+        soft[-replayed:] = settings.distill * start
+        weight[-replayed:] = 1.0 - settings.distill
+    wide = teach.distillation_targets(targets, soft, weight[:, None])
+    if settings.distill_scene:
+        free = np.flatnonzero(allowed & (reference.classes == teaching.evaluation.NO_REFERENCE))
+        random = np.random.default_rng(settings.seed + 3)
+        chosen = random.choice(free, min(settings.distill_scene, len(free)), replace=False)
+        row, col = np.divmod(chosen, scene.shape[1])
+        extra = teaching.read_windows(scene, row, col)
+        start = model.predict(extra.astype(np.float32), batch_size=64, verbose=0)
+        windows = np.concatenate([windows, extra.astype(windows.dtype)])
+        wide = np.concatenate([wide, teach.distillation_targets(np.zeros((len(row), width)),
+                                                                start, 0.0)])  # fmt: skip
+        counts["distilled scene"] = len(row)
+    return windows, wide
+
+
 def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> None:
     """Train for EPOCHS, saving weights, state.json and history.csv after every epoch;
     a run stopped between epochs resumes from its last one."""
@@ -183,8 +213,8 @@ def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> Non
         model.load_weights(checkpoint)
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),
-        loss=teach.compatible_loss,
-        metrics=[teach.compatible_accuracy],
+        loss=teach.teaching_loss,
+        metrics=[teach.teaching_accuracy],
     )
 
     class SaveEpoch(keras.callbacks.Callback):
@@ -270,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("training windows: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     eurosat = {}
+    replayed = 0
     if settings.eurosat:
         eurosat["before"] = teach.accuracy(model, val_x, val_y)
         replayed = int(round(settings.replay * len(windows)))
@@ -279,12 +310,21 @@ def main(argv: list[str] | None = None) -> dict:
             targets_array = np.concatenate(
                 [targets_array, teach.one_hot(train_y[picked], len(info.class_names))]
             )
+    if settings.distill or settings.distill_scene:
+        windows, targets_array = distillation(
+            settings, model, scene, reference, allowed, windows, targets_array, replayed, counts
+        )
     import keras
 
     keras.utils.set_random_seed(settings.seed)
     trainable = teach.set_trainable(model, settings.train_layers)
     print(f"{len(windows)} windows, {trainable} weights learn ({settings.train_layers})")
+    start_weights = model.get_weights()
     fit(settings, model, windows, targets_array, run_folder, state)
+    if settings.interpolate != 1.0:
+        model.set_weights(
+            teach.interpolate_weights(start_weights, model.get_weights(), settings.interpolate)
+        )
     model_path = run_folder / "model.keras"
     with atomic_output(model_path, overwrite=True) as temporary:
         teach.clean_copy(model, start).save(temporary)

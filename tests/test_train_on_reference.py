@@ -262,3 +262,82 @@ def test_report_picture_of_a_scene_without_band_names_takes_the_models_bands(gen
         "--epochs", "1")  # fmt: skip
     picture = generated["folder"] / "runs" / "four" / "report" / "before_after.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interpolation_at_0_is_the_start_model_and_at_1_the_taught_one(tmp_path):
+    from cnn_sentinel import reference_training as teach
+
+    start, taught = valid_model(3, seed=0), valid_model(3, seed=1)
+    windows = np.random.default_rng(0).uniform(0, 3000, (6, 64, 64, 3)).astype(np.float32)
+    start_weights, taught_weights = start.get_weights(), taught.get_weights()
+    expected = {0.0: start(windows), 1.0: taught(windows)}
+    mixed = valid_model(3, seed=2)
+    for share, outputs in expected.items():
+        mixed.set_weights(teach.interpolate_weights(start_weights, taught_weights, share))
+        np.testing.assert_array_equal(np.asarray(mixed(windows)), np.asarray(outputs))
+    halfway = teach.interpolate_weights(start_weights, taught_weights, 0.5)
+    # Every weight, the batch-norm moving statistics included, half way.
+    names = [weight.path for weight in start.weights]
+    assert any("moving_variance" in name for name in names)
+    for name, before, after, middle in zip(
+        names, start_weights, taught_weights, halfway, strict=True
+    ):
+        np.testing.assert_allclose(middle, (before + after) / 2, rtol=1e-6, err_msg=name)
+
+
+def test_teaching_loss_with_distillation_targets():
+    import keras
+
+    from cnn_sentinel import reference_training as teach
+
+    probabilities = np.array([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]], np.float32)
+    mask = np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]], np.float32)
+    soft = np.array([[0, 0, 0], [0.2, 0.3, 0.1], [0.7, 0.2, 0.1]], np.float32)
+    targets = teach.distillation_targets(mask, soft, np.array([1.0, 0.4, 0.0]))
+    assert targets.shape == (3, 7)
+    loss = np.asarray(teach.teaching_loss(keras.ops.array(targets), probabilities))
+    expected = [
+        -np.log(0.9),
+        -0.4 * np.log(0.5) - (0.2 * np.log(0.5) + 0.3 * np.log(0.25) + 0.1 * np.log(0.25)),
+        -(0.7 * np.log(0.2) + 0.2 * np.log(0.2) + 0.1 * np.log(0.6)),
+    ]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # A mask alone (classes wide) is the compatible-class loss.
+    plain = np.asarray(teach.teaching_loss(keras.ops.array(mask[:2]), probabilities[:2]))
+    np.testing.assert_allclose(plain, [-np.log(0.9), -np.log(0.5)], rtol=1e-5)
+    accuracy = np.asarray(teach.teaching_accuracy(keras.ops.array(targets), probabilities))
+    # Row 3 has no mask: right when the best class is the soft target's best (0; it is 2).
+    np.testing.assert_array_equal(accuracy, [1, 1, 0])
+
+
+def test_distillation_targets_are_the_start_models_probabilities(generated):
+    from types import SimpleNamespace
+
+    model = valid_model(3, seed=0)
+    windows = np.random.default_rng(1).uniform(0, 3000, (7, 64, 64, 3)).astype(np.uint16)
+    targets = np.zeros((7, 10), np.float32)
+    targets[:4, 2] = targets[:4, 5] = 1  # scene windows: two compatible classes
+    targets[4:, 7] = 1  # the 3 replayed EuroSAT patches: their label
+    settings = SimpleNamespace(distill=0.75, distill_scene=0, seed=0)
+    same, wide = train_on_reference.distillation(
+        settings, model, None, None, None, windows, targets, 3, {}
+    )
+    assert same is windows and wide.shape == (7, 21)
+    start = model.predict(windows[4:].astype(np.float32), verbose=0)
+    np.testing.assert_array_equal(wide[:, :10], targets)
+    np.testing.assert_allclose(wide[4:, 10:20], 0.75 * start, rtol=1e-6)
+    np.testing.assert_array_equal(wide[:4, 10:20], 0)
+    np.testing.assert_array_equal(wide[:, 20], [1, 1, 1, 1, 0.25, 0.25, 0.25])
+
+
+def test_distillation_on_the_scene_and_interpolation_in_a_run(generated):
+    import keras
+
+    result = run(generated, "--run-name", "distil", "--distill-scene", "10",
+                 "--interpolate", "0", "--no-maps", "--epochs", "1")  # fmt: skip
+    assert result["training_windows"] == {"farm": 24, "forest": 24, "distilled scene": 10}
+    taught = keras.saving.load_model(generated["folder"] / "runs" / "distil" / "model.keras")
+    start = keras.saving.load_model(generated["model"])
+    # --interpolate 0 saves the start model's weights exactly.
+    for before, after in zip(start.get_weights(), taught.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
