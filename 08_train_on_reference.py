@@ -59,7 +59,9 @@ HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of trainin
 EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
 REPLAY = 0.25  # EuroSAT patches replayed per scene window (0: none)
 DISTILL = 0.0  # share of a replayed patch's target that is the start model's probabilities
+DISTILL_REFERENCE = 0.0  # weight of the start model's choice among a window's compatible classes
 DISTILL_SCENE = 0  # windows where no reference is, taught the start model's probabilities (0: none)
+L2_SP = 0.0  # strength of the pull of every learning weight toward its start value (0: none)
 INTERPOLATE = 1.0  # saved weights: (1 - this) * start + this * trained, all of them (1: as trained)
 SAMPLES_PER_CLASS = 500  # training windows per reference class (repeated if it has fewer)
 MIN_SAMPLES = 20  # a reference class with fewer usable pixels is an error
@@ -180,12 +182,20 @@ def distillation(settings, model, scene, reference, allowed, windows, targets, r
     """Targets of teach.teaching_loss: the replayed EuroSAT patches (the last `replayed`
     windows) keep DISTILL of the start model's probabilities beside their label, and
     DISTILL_SCENE windows where no reference lies learn the start model's probabilities
-    (Learning without Forgetting); `model` is still the start model."""
+    (Learning without Forgetting); the scene's windows learn, with weight DISTILL_REFERENCE,
+    the start model's probabilities among their compatible classes (which of AnnualCrop,
+    Pasture... a farm is); `model` is still the start model."""
     width = targets.shape[1]
     soft = np.zeros_like(targets)
     weight = np.ones(len(targets), np.float32)
+    if settings.distill_reference:
+        scene_rows = len(targets) - replayed
+        start = teach.predict_windows(model, windows[:scene_rows])
+        soft[:scene_rows] = settings.distill_reference * teach.within_compatible(
+            start, targets[:scene_rows]
+        )
     if replayed:
-        start = model.predict(windows[-replayed:].astype(np.float32), batch_size=64, verbose=0)
+        start = teach.predict_windows(model, windows[-replayed:])
         soft[-replayed:] = settings.distill * start
         weight[-replayed:] = 1.0 - settings.distill
     wide = teach.distillation_targets(targets, soft, weight[:, None])
@@ -195,7 +205,7 @@ def distillation(settings, model, scene, reference, allowed, windows, targets, r
         chosen = random.choice(free, min(settings.distill_scene, len(free)), replace=False)
         row, col = np.divmod(chosen, scene.shape[1])
         extra = teaching.read_windows(scene, row, col)
-        start = model.predict(extra.astype(np.float32), batch_size=64, verbose=0)
+        start = teach.predict_windows(model, extra)
         windows = np.concatenate([windows, extra.astype(windows.dtype)])
         wide = np.concatenate([wide, teach.distillation_targets(np.zeros((len(row), width)),
                                                                 start, 0.0)])  # fmt: skip
@@ -310,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
             targets_array = np.concatenate(
                 [targets_array, teach.one_hot(train_y[picked], len(info.class_names))]
             )
-    if settings.distill or settings.distill_scene:
+    if settings.distill or settings.distill_scene or settings.distill_reference:
         windows, targets_array = distillation(
             settings, model, scene, reference, allowed, windows, targets_array, replayed, counts
         )
@@ -320,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainable = teach.set_trainable(model, settings.train_layers)
     print(f"{len(windows)} windows, {trainable} weights learn ({settings.train_layers})")
     start_weights = model.get_weights()
+    if settings.l2_sp:
+        teach.pull_to_start(model, settings.l2_sp)
     fit(settings, model, windows, targets_array, run_folder, state)
     if settings.interpolate != 1.0:
         model.set_weights(

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     saved = json.loads((run / "model.json").read_text())
     taught_settings = parse_settings(SCRIPT_08, [])
     vars(taught_settings).update(saved["settings"])
-    start_path = saved["extra"]["started_from"]
-    box = [float(value) for value in saved["extra"]["holdout_bbox"]]
+    start_path = saved["started_from"]
+    box = [float(value) for value in saved["holdout_bbox"]]
     start = keras.saving.load_model(start_path, compile=False)
     taught = keras.saving.load_model(run / "model.keras", compile=False)
     start_weights, taught_weights = start.get_weights(), taught.get_weights()

@@ -59,6 +59,19 @@ def set_trainable(model, which: str) -> int:
     return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
 
 
+def pull_to_start(model, strength: float) -> None:
+    """L2-SP: every trainable weight gets the penalty strength * sum((w - w_start) ** 2),
+    w_start its value now, added to the loss while the model trains (the saved model,
+    `clean_copy`, holds no regulariser)."""
+    import keras
+
+    for variable in model.trainable_weights:
+        start = keras.ops.convert_to_tensor(np.array(variable.numpy()))
+        variable.regularizer = lambda value, start=start: (
+            strength * keras.ops.sum(keras.ops.square(value - start))
+        )
+
+
 def compatible_loss(mask, probabilities):
     """-log of the probability given to the compatible classes (mask 1) together."""
     import keras
@@ -75,6 +88,13 @@ def distillation_targets(mask, soft=None, mask_weight=1.0) -> np.ndarray:
     soft = np.zeros_like(mask) if soft is None else np.asarray(soft, np.float32)
     weight = np.broadcast_to(np.asarray(mask_weight, np.float32).reshape(-1, 1), (len(mask), 1))
     return np.concatenate([mask, soft, weight], axis=1).astype(np.float32)
+
+
+def within_compatible(probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The probabilities of the compatible classes (mask 1), rescaled to sum to 1 (equal
+    shares where the model gives them none), (n, classes) float32."""
+    inside = np.asarray(probabilities, np.float64) * mask + 1e-12 * mask
+    return (inside / inside.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def teaching_loss(targets, probabilities):
@@ -192,6 +212,16 @@ def eurosat_arrays(split: str | Path, part: str, band_names: Sequence[str], clas
     indices = select_bands(list(band_names), available)
     images, labels, _ = load_arrays(folder, indices, list(class_names), progress=False)
     return images, labels
+
+
+def predict_windows(model, windows: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """The model's probabilities for (n, rows, cols, bands) windows of any dtype, converted
+    to float32 a chunk at a time (the whole set as float32 would double the memory)."""
+    parts = [
+        model.predict(windows[i : i + chunk].astype(np.float32), batch_size=64, verbose=0)
+        for i in range(0, len(windows), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def one_hot(labels: np.ndarray, count: int) -> np.ndarray:

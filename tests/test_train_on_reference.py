@@ -315,18 +315,23 @@ def test_distillation_targets_are_the_start_models_probabilities(generated):
 
     model = valid_model(3, seed=0)
     windows = np.random.default_rng(1).uniform(0, 3000, (7, 64, 64, 3)).astype(np.uint16)
+    start = model.predict(windows.astype(np.float32), verbose=0)
+    first, second = np.argsort(start[:4].mean(axis=0))[-2:]
     targets = np.zeros((7, 10), np.float32)
-    targets[:4, 2] = targets[:4, 5] = 1  # scene windows: two compatible classes
+    targets[:4, first] = targets[:4, second] = 1  # scene windows: two compatible classes
     targets[4:, 7] = 1  # the 3 replayed EuroSAT patches: their label
-    settings = SimpleNamespace(distill=0.75, distill_scene=0, seed=0)
+    settings = SimpleNamespace(distill=0.75, distill_reference=0.5, distill_scene=0, seed=0)
     same, wide = train_on_reference.distillation(
         settings, model, None, None, None, windows, targets, 3, {}
     )
     assert same is windows and wide.shape == (7, 21)
-    start = model.predict(windows[4:].astype(np.float32), verbose=0)
     np.testing.assert_array_equal(wide[:, :10], targets)
-    np.testing.assert_allclose(wide[4:, 10:20], 0.75 * start, rtol=1e-6)
-    np.testing.assert_array_equal(wide[:4, 10:20], 0)
+    np.testing.assert_allclose(wide[4:, 10:20], 0.75 * start[4:], rtol=1e-5)
+    # The scene's windows: the start model's probabilities of their two classes, summing to 0.5.
+    share = start[:4, first] / (start[:4, first] + start[:4, second])
+    np.testing.assert_allclose(wide[:4, 10 + first], 0.5 * share, rtol=1e-5)
+    np.testing.assert_allclose(wide[:4, 10 + second], 0.5 * (1 - share), rtol=1e-5)
+    assert np.count_nonzero(wide[:4, 10:20]) == 8
     np.testing.assert_array_equal(wide[:, 20], [1, 1, 1, 1, 0.25, 0.25, 0.25])
 
 
@@ -341,3 +346,21 @@ def test_distillation_on_the_scene_and_interpolation_in_a_run(generated):
     # --interpolate 0 saves the start model's weights exactly.
     for before, after in zip(start.get_weights(), taught.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
+
+
+def test_l2_sp_penalty_is_the_squared_distance_to_the_start_weights():
+    from cnn_sentinel import reference_training as teach
+
+    model = valid_model(3, seed=0)
+    teach.pull_to_start(model, 0.5)
+    assert float(sum(model.losses)) == 0.0
+    moved = model.trainable_weights[0]
+    moved.assign(moved + 0.1)
+    expected = 0.5 * 0.01 * np.prod(moved.shape)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
+    windows = np.random.default_rng(2).uniform(0, 3000, (5, 64, 64, 3)).astype(np.uint16)
+    np.testing.assert_allclose(
+        teach.predict_windows(model, windows, chunk=2),
+        model.predict(windows.astype(np.float32), verbose=0),
+        rtol=1e-5,
+    )
