@@ -69,6 +69,8 @@ ERODE = 0  # pixels taken off the edge of every reference class against edge noi
 KEEP_AGREEING = False  # a window the start model already calls a compatible class keeps that class
 PSEUDO_LABELS = 0  # windows per class the start model is sure of, where no reference is
 PSEUDO_CONFIDENCE = 0.9  # the start model's probability a pseudo-label needs
+HEAD_EPOCHS = 0  # epochs of the head alone before TRAIN_LAYERS learn (LP-FT; 0: none)
+HEAD_LEARNING_RATE = 0.001  # Adam's learning rate of those head epochs
 TRAIN_LAYERS = "all"  # all | frozen-bn | head | last-block | bn: the layers that learn
 LEARNING_RATE = 0.0002  # Adam's learning rate
 EPOCHS = 5  # passes over the training windows
@@ -213,6 +215,27 @@ def distillation(settings, model, scene, reference, allowed, windows, targets, r
     return windows, wide
 
 
+def fit_head_first(settings, model, windows, targets, state: dict) -> None:
+    """LP-FT: HEAD_EPOCHS of the head alone before the first epoch, so that the layers
+    below learn against a head that already fits the scene and move less. Not saved on
+    its own: a resumed run's checkpoint holds its result."""
+    import keras
+
+    if not settings.head_epochs or state["epoch"]:
+        return
+    teach.set_trainable(model, "head")
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.head_learning_rate),
+        loss=teach.teaching_loss,
+        metrics=[teach.teaching_accuracy],
+    )
+    batches = teach.window_batches(
+        windows, targets, settings.batch_size, settings.augment, settings.seed + 4, 0
+    )
+    model.fit(batches, epochs=settings.head_epochs, verbose=1 if settings.progress else 2)
+    teach.set_trainable(model, settings.train_layers)
+
+
 def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> None:
     """Train for EPOCHS, saving weights, state.json and history.csv after every epoch;
     a run stopped between epochs resumes from its last one."""
@@ -332,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     start_weights = model.get_weights()
     if settings.l2_sp:
         teach.pull_to_start(model, settings.l2_sp)
+    fit_head_first(settings, model, windows, targets_array, state)
     fit(settings, model, windows, targets_array, run_folder, state)
     if settings.interpolate != 1.0:
         model.set_weights(

@@ -364,3 +364,31 @@ def test_l2_sp_penalty_is_the_squared_distance_to_the_start_weights():
         model.predict(windows.astype(np.float32), verbose=0),
         rtol=1e-5,
     )
+
+
+def test_head_epochs_train_the_head_alone_before_the_first_epoch():
+    from types import SimpleNamespace
+
+    from cnn_sentinel import reference_training as teach
+
+    model = valid_model(3, seed=0)
+    windows = np.random.default_rng(3).uniform(0, 3000, (16, 64, 64, 3)).astype(np.uint16)
+    targets = teach.one_hot(np.arange(16) % 10, 10)
+    settings = SimpleNamespace(head_epochs=1, head_learning_rate=0.01, batch_size=8,
+                               augment=True, seed=0, progress=False, train_layers="all")  # fmt: skip
+    teach.set_trainable(model, "all")
+    before = [weight.numpy().copy() for weight in model.weights]
+    head = {weight.path for weight in teach.flat_layers(model)[-1].weights}
+    assert head
+    train_on_reference.fit_head_first(settings, model, windows, targets, {"epoch": 1})
+    for weight, start in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), start)  # resumed: nothing again
+    train_on_reference.fit_head_first(settings, model, windows, targets, {"epoch": 0})
+    for weight, start in zip(model.weights, before, strict=True):
+        changed = not np.array_equal(weight.numpy(), start)
+        assert changed == (weight.path in head), weight.path
+    # The layers of TRAIN_LAYERS learn again afterwards.
+    learning = [weight.path for weight in model.trainable_weights]
+    teach.set_trainable(model, "all")
+    assert learning == [weight.path for weight in model.trainable_weights]
+    assert len(learning) > len(head)
