@@ -15,6 +15,16 @@ EUROSAT replays patches of a split of 01 against forgetting, and both models are
 measured on its validation set. PSEUDO_LABELS adds windows the start model is sure
 of where the reference says nothing (the lakes and fields it already knows).
 
+Against forgetting (benchmarks/README.md, "Teaching a model the user's scene"): every
+layer learns but batch normalisation, which keeps the start model's statistics
+(TRAIN_LAYERS frozen-bn), and the replayed EuroSAT patches learn the start model's
+probabilities (DISTILL 1: Learning without Forgetting) instead of their labels. Also
+there, not the defaults: DISTILL_REFERENCE (the start model's choice among a window's
+compatible classes), DISTILL_SCENE (its probabilities on windows no reference covers),
+L2_SP (a pull toward the start weights), HEAD_EPOCHS (the head alone first, LP-FT) and
+INTERPOLATE (WiSE-FT: the saved weights part start, part taught; below 1 it gives back
+EuroSAT and small clearings for some of the forest).
+
 Writes runs/<run name>/ like 02-05: model.keras (plain Keras), model.json (where the
 model came from and how it was taught), history.csv, report/ (the maps before and
 after, 06 at stride 1 over the whole scene; held_out.json, 07's scores inside the
@@ -58,7 +68,7 @@ MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run fol
 HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of training, scored
 EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
 REPLAY = 0.25  # EuroSAT patches replayed per scene window (0: none)
-DISTILL = 0.0  # share of a replayed patch's target that is the start model's probabilities
+DISTILL = 1.0  # share of a replayed patch's target that is the start model's probabilities
 DISTILL_REFERENCE = 0.0  # weight of the start model's choice among a window's compatible classes
 DISTILL_SCENE = 0  # windows where no reference is, taught the start model's probabilities (0: none)
 L2_SP = 0.0  # strength of the pull of every learning weight toward its start value (0: none)
@@ -71,7 +81,7 @@ PSEUDO_LABELS = 0  # windows per class the start model is sure of, where no refe
 PSEUDO_CONFIDENCE = 0.9  # the start model's probability a pseudo-label needs
 HEAD_EPOCHS = 0  # epochs of the head alone before TRAIN_LAYERS learn (LP-FT; 0: none)
 HEAD_LEARNING_RATE = 0.001  # Adam's learning rate of those head epochs
-TRAIN_LAYERS = "all"  # all | frozen-bn | head | last-block | bn: the layers that learn
+TRAIN_LAYERS = "frozen-bn"  # all | frozen-bn | head | last-block | bn: the layers that learn
 LEARNING_RATE = 0.0002  # Adam's learning rate
 EPOCHS = 5  # passes over the training windows
 BATCH_SIZE = 64  # windows per step

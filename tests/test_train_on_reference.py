@@ -374,8 +374,10 @@ def test_head_epochs_train_the_head_alone_before_the_first_epoch():
     model = valid_model(3, seed=0)
     windows = np.random.default_rng(3).uniform(0, 3000, (16, 64, 64, 3)).astype(np.uint16)
     targets = teach.one_hot(np.arange(16) % 10, 10)
-    settings = SimpleNamespace(head_epochs=1, head_learning_rate=0.01, batch_size=8,
-                               augment=True, seed=0, progress=False, train_layers="all")  # fmt: skip
+    settings = SimpleNamespace(
+        head_epochs=1, head_learning_rate=0.01, batch_size=8, augment=True, seed=0,
+        progress=False, train_layers="all",
+    )  # fmt: skip
     teach.set_trainable(model, "all")
     before = [weight.numpy().copy() for weight in model.weights]
     head = {weight.path for weight in teach.flat_layers(model)[-1].weights}
