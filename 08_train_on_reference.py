@@ -83,7 +83,8 @@ HEAD_EPOCHS = 0  # epochs of the head alone before TRAIN_LAYERS learn (LP-FT; 0:
 HEAD_LEARNING_RATE = 0.001  # Adam's learning rate of those head epochs
 TRAIN_LAYERS = "frozen-bn"  # all | frozen-bn | head | last-block | bn: the layers that learn
 LEARNING_RATE = 0.0002  # Adam's learning rate
-EPOCHS = 5  # passes over the training windows
+EPOCHS = 5  # passes over the training windows (per member of the soup)
+SOUP = 1  # models taught with seeds SEED, SEED + 1...; the saved one averages their weights
 BATCH_SIZE = 64  # windows per step
 AUGMENT = True  # each window under one of the 8 flips and 90-degree rotations
 BANDS = None  # scene bands for the model (06's --bands); None: by band name or in order
@@ -231,7 +232,7 @@ def fit_head_first(settings, model, windows, targets, state: dict) -> None:
     its own: a resumed run's checkpoint holds its result."""
     import keras
 
-    if not settings.head_epochs or state["epoch"]:
+    if not settings.head_epochs or state["epoch"] % settings.epochs:
         return
     teach.set_trainable(model, "head")
     model.compile(
@@ -246,13 +247,40 @@ def fit_head_first(settings, model, windows, targets, state: dict) -> None:
     teach.set_trainable(model, settings.train_layers)
 
 
-def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> None:
-    """Train for EPOCHS, saving weights, state.json and history.csv after every epoch;
-    a run stopped between epochs resumes from its last one."""
+def fit_soup(settings, model, windows, targets, run_folder: Path, state: dict) -> None:
+    """SOUP members, each taught from the start weights for EPOCHS with its own random
+    seed (dropout, Keras' initial state; the batches follow the run's epoch count), then
+    every weight averaged over them (a model soup: what one seed gets by luck, the
+    average keeps). A finished member is saved as checkpoints/member-<k>.weights.h5."""
+    import keras
+
+    start = model.get_weights()
+    members = []
+    for member in range(settings.soup):
+        saved = run_folder / CHECKPOINTS / f"member-{member}.weights.h5"
+        if state["epoch"] >= (member + 1) * settings.epochs and saved.is_file():
+            model.load_weights(saved)
+        else:
+            model.set_weights(start)
+            keras.utils.set_random_seed(settings.seed + member)
+            fit_head_first(settings, model, windows, targets, state)
+            fit(settings, model, windows, targets, run_folder, state, member)
+            partial = saved.with_name(f"partial-{os.getpid()}.weights.h5")
+            model.save_weights(partial)
+            os.replace(partial, saved)
+        members.append(model.get_weights())
+    model.set_weights(teach.average_weights(members))
+
+
+def fit(settings, model, windows, targets, run_folder: Path, state: dict, member: int = 0):
+    """Train member `member` of the soup for EPOCHS (the run's epochs member * EPOCHS + 1
+    on), saving weights, state.json and history.csv after every epoch; a run stopped
+    between epochs resumes from its last one."""
     import keras
 
     checkpoint = run_folder / CHECKPOINTS / "last.weights.h5"
-    if state["epoch"] and checkpoint.is_file():
+    first, last = member * settings.epochs, (member + 1) * settings.epochs
+    if state["epoch"] > first and checkpoint.is_file():
         model.load_weights(checkpoint)
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),
@@ -279,11 +307,11 @@ def fit(settings, model, windows, targets, run_folder: Path, state: dict) -> Non
     batches = teach.window_batches(
         windows, targets, settings.batch_size, settings.augment, settings.seed, state["epoch"]
     )
-    if state["epoch"] < settings.epochs:
+    if state["epoch"] < last:
         model.fit(
             batches,
-            epochs=settings.epochs,
-            initial_epoch=state["epoch"],
+            epochs=last,
+            initial_epoch=max(state["epoch"], first),
             callbacks=[SaveEpoch()],
             verbose=1 if settings.progress else 2,
         )
@@ -365,8 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
     start_weights = model.get_weights()
     if settings.l2_sp:
         teach.pull_to_start(model, settings.l2_sp)
-    fit_head_first(settings, model, windows, targets_array, state)
-    fit(settings, model, windows, targets_array, run_folder, state)
+    fit_soup(settings, model, windows, targets_array, run_folder, state)
     if settings.interpolate != 1.0:
         model.set_weights(
             teach.interpolate_weights(start_weights, model.get_weights(), settings.interpolate)

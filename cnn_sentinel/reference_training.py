@@ -130,6 +130,16 @@ def teaching_accuracy(targets, probabilities):
     return compatible_accuracy(chosen, probabilities)
 
 
+def average_weights(members: list[list]) -> list:
+    """A model soup: each weight averaged over the members' weights (one member: its own)."""
+    if len(members) == 1:
+        return [np.asarray(weight) for weight in members[0]]
+    return [
+        np.mean(np.stack(weights), axis=0).astype(np.asarray(weights[0]).dtype)
+        for weights in zip(*members, strict=True)
+    ]
+
+
 def interpolate_weights(start: list, tuned: list, share: float) -> list:
     """WiSE-FT: every weight (batch-norm moving statistics included) at (1 - share) * start
     + share * tuned; share 0 gives the start weights exactly, 1 the tuned ones."""

@@ -376,7 +376,7 @@ def test_head_epochs_train_the_head_alone_before_the_first_epoch():
     targets = teach.one_hot(np.arange(16) % 10, 10)
     settings = SimpleNamespace(
         head_epochs=1, head_learning_rate=0.01, batch_size=8, augment=True, seed=0,
-        progress=False, train_layers="all",
+        progress=False, train_layers="all", epochs=2,
     )  # fmt: skip
     teach.set_trainable(model, "all")
     before = [weight.numpy().copy() for weight in model.weights]
@@ -394,3 +394,37 @@ def test_head_epochs_train_the_head_alone_before_the_first_epoch():
     teach.set_trainable(model, "all")
     assert learning == [weight.path for weight in model.trainable_weights]
     assert len(learning) > len(head)
+
+
+def test_soup_averages_its_members_and_resumes_each_once(generated):
+    import keras
+
+    from cnn_sentinel import reference_training as teach
+
+    run(generated, "--run-name", "soup", "--soup", "2", "--no-maps", "--epochs", "1")
+    folder = generated["folder"] / "runs" / "soup"
+    state = json.loads((folder / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2] and state["finished"]
+    members = []
+    for member in range(2):
+        model = keras.saving.load_model(generated["model"], compile=False)
+        model.load_weights(folder / "checkpoints" / f"member-{member}.weights.h5")
+        members.append(model.get_weights())
+    soup = keras.saving.load_model(folder / "model.keras").get_weights()
+    assert not np.array_equal(members[0][-2], members[1][-2])  # two seeds, two models
+    for weight, first, second in zip(soup, members[0], members[1], strict=True):
+        np.testing.assert_allclose(weight, (first + second) / 2, rtol=1e-6, atol=1e-7)
+    average = teach.average_weights([[np.array([1.0, 2.0])], [np.array([3.0, 6.0])]])
+    np.testing.assert_array_equal(average[0], [2.0, 4.0])
+    # Stopped after the first member: the second is taught, the first is not again.
+    (folder / "checkpoints" / "member-1.weights.h5").unlink()
+    state.update(epoch=1, finished=False, history=state["history"][:1])
+    (folder / "state.json").write_text(json.dumps(state))
+    run(generated, "--run-name", "soup", "--soup", "2", "--no-maps", "--epochs", "1")
+    state = json.loads((folder / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2] and state["finished"]
+    # The same soup up to dropout's random state, which in one run goes on from member to
+    # member and in a resumed one starts afresh.
+    again = keras.saving.load_model(folder / "model.keras").get_weights()
+    for weight, before in zip(again, soup, strict=True):
+        np.testing.assert_allclose(weight, before, rtol=0, atol=2e-3)
