@@ -39,7 +39,7 @@ REFERENCE = {
     "scrub": [(0, 3, 0, 10)],
 }
 FAST = ["--samples-per-class", "24", "--min-samples", "4", "--epochs", "2", "--batch-size", "16",
-        "--no-progress"]  # fmt: skip
+        "--soup", "1", "--no-progress"]  # fmt: skip
 
 
 def rectangle(first_row, last_row, first_col, last_col) -> ogr.Geometry:
@@ -201,7 +201,8 @@ def test_kill_9_during_training_then_the_same_command_finishes_every_epoch_once(
                "--image", generated["scene"], "--reference", generated["reference"],
                "--model", generated["model"], "--output", str(folder),
                "--holdout-bbox", *map(str, HOLDOUT), "--samples-per-class", "200",
-               "--min-samples", "4", "--epochs", "30", "--batch-size", "16", "--no-progress",
+               "--min-samples", "4", "--epochs", "30", "--batch-size", "16", "--soup", "1",
+               "--no-progress",
                "--no-maps", "--run-name", "killed"]  # fmt: skip
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     state_file = folder / "killed" / "state.json"
@@ -401,7 +402,18 @@ def test_soup_averages_its_members_and_resumes_each_once(generated):
 
     from cnn_sentinel import reference_training as teach
 
-    run(generated, "--run-name", "soup", "--soup", "2", "--no-maps", "--epochs", "1")
+    run(
+        generated,
+        "--run-name",
+        "soup",
+        "--soup",
+        "2",
+        "--no-maps",
+        "--epochs",
+        "1",
+        "--interpolate",
+        "1",
+    )
     folder = generated["folder"] / "runs" / "soup"
     state = json.loads((folder / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2] and state["finished"]
@@ -420,7 +432,18 @@ def test_soup_averages_its_members_and_resumes_each_once(generated):
     (folder / "checkpoints" / "member-1.weights.h5").unlink()
     state.update(epoch=1, finished=False, history=state["history"][:1])
     (folder / "state.json").write_text(json.dumps(state))
-    run(generated, "--run-name", "soup", "--soup", "2", "--no-maps", "--epochs", "1")
+    run(
+        generated,
+        "--run-name",
+        "soup",
+        "--soup",
+        "2",
+        "--no-maps",
+        "--epochs",
+        "1",
+        "--interpolate",
+        "1",
+    )
     state = json.loads((folder / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2] and state["finished"]
     # The same soup up to dropout's random state, which in one run goes on from member to
