@@ -397,23 +397,15 @@ def test_head_epochs_train_the_head_alone_before_the_first_epoch():
     assert len(learning) > len(head)
 
 
+SOUP_RUN = ["--run-name", "soup", "--soup", "2", "--no-maps", "--epochs", "1", "--interpolate", "1"]
+
+
 def test_soup_averages_its_members_and_resumes_each_once(generated):
     import keras
 
     from cnn_sentinel import reference_training as teach
 
-    run(
-        generated,
-        "--run-name",
-        "soup",
-        "--soup",
-        "2",
-        "--no-maps",
-        "--epochs",
-        "1",
-        "--interpolate",
-        "1",
-    )
+    run(generated, *SOUP_RUN)
     folder = generated["folder"] / "runs" / "soup"
     state = json.loads((folder / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2] and state["finished"]
@@ -432,18 +424,7 @@ def test_soup_averages_its_members_and_resumes_each_once(generated):
     (folder / "checkpoints" / "member-1.weights.h5").unlink()
     state.update(epoch=1, finished=False, history=state["history"][:1])
     (folder / "state.json").write_text(json.dumps(state))
-    run(
-        generated,
-        "--run-name",
-        "soup",
-        "--soup",
-        "2",
-        "--no-maps",
-        "--epochs",
-        "1",
-        "--interpolate",
-        "1",
-    )
+    run(generated, *SOUP_RUN)
     state = json.loads((folder / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2] and state["finished"]
     # The same soup up to dropout's random state, which in one run goes on from member to
