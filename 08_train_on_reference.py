@@ -212,8 +212,10 @@ def distillation(settings, model, scene, reference, allowed, windows, targets, r
         soft[-replayed:] = settings.distill * start
         weight[-replayed:] = 1.0 - settings.distill
     wide = teach.distillation_targets(targets, soft, weight[:, None])
+    free = []
     if settings.distill_scene:
         free = np.flatnonzero(allowed & (reference.classes == teaching.evaluation.NO_REFERENCE))
+    if len(free):
         random = np.random.default_rng(settings.seed + 3)
         chosen = random.choice(free, min(settings.distill_scene, len(free)), replace=False)
         row, col = np.divmod(chosen, scene.shape[1])

@@ -253,6 +253,10 @@ def test_real_t33uuu_taught_on_the_west_half_scored_on_the_east(scenes_dir, tmp_
         "farm", "forest", "grass", "meadow", "residential", "water",
     }  # fmt: skip
     assert "held-out class-balanced agreement: before 0.4305" in capsys.readouterr().out
+    # 08's defaults in full (500 windows per class, a soup of 3 x 7 epochs, --eurosat split_ms)
+    # reach 0.7650 on this half, forest 0.5713, EuroSAT 0.9659 -> 0.9545 (benchmarks/README.md);
+    # this shortened run only checks the chain on the real data.
+    assert result["held_out"]["after"]["classes"]["forest"]["pixels"] == 24399
 
 
 def test_report_picture_of_a_scene_without_band_names_takes_the_models_bands(generated, tmp_path):
