@@ -436,3 +436,16 @@ def test_soup_averages_its_members_and_resumes_each_once(generated):
     again = keras.saving.load_model(folder / "model.keras").get_weights()
     for weight, before in zip(again, soup, strict=True):
         np.testing.assert_allclose(weight, before, rtol=0, atol=2e-3)
+
+
+def test_interpolation_benchmark_share_0_and_1_give_the_runs_before_and_after(
+    generated, rgb_split, tmp_path
+):
+    sweep = load_script("benchmarks/teach_interpolation.py", "teach_interpolation")
+    result = run(generated, "--run-name", "sweep", "--eurosat", rgb_split)
+    rows = sweep.main(["--run", str(generated["folder"] / "runs" / "sweep"), "--shares", "0",
+                       "1", "--output-dir", str(tmp_path), "--no-progress"])  # fmt: skip
+    held_out, eurosat = result["held_out"], result["eurosat_validation_accuracy"]
+    for row, when in zip(rows, ("before", "after"), strict=True):
+        assert row["balanced"] == pytest.approx(held_out[when]["class_balanced_agreement"])
+        assert row["eurosat"] == pytest.approx(eurosat[when])
