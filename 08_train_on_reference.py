@@ -72,7 +72,7 @@ DISTILL = 1.0  # share of a replayed patch's target that is the start model's pr
 DISTILL_REFERENCE = 0.0  # weight of the start model's choice among a window's compatible classes
 DISTILL_SCENE = 0  # windows where no reference is, taught the start model's probabilities (0: none)
 L2_SP = 0.0  # strength of the pull of every learning weight toward its start value (0: none)
-INTERPOLATE = 0.9  # saved weights: (1 - this) * start + this * trained, all of them (1: as trained)
+INTERPOLATE = 0.9  # saved weights: (1 - this) * start + this * taught (soup), all (1: as taught)
 SAMPLES_PER_CLASS = 500  # training windows per reference class (repeated if it has fewer)
 MIN_SAMPLES = 20  # a reference class with fewer usable pixels is an error
 ERODE = 0  # pixels taken off the edge of every reference class against edge noise
@@ -323,8 +323,10 @@ def main(argv: list[str] | None = None) -> dict:
     settings = parse_settings(__file__, argv)
     if not settings.image or not settings.reference:
         raise InputError("give the scene with --image and your reference with --reference.")
-    if settings.epochs < 1 or settings.batch_size < 1 or settings.samples_per_class < 1:
-        raise InputError("epochs, batch size and samples per class must be at least 1.")
+    if min(settings.epochs, settings.batch_size, settings.samples_per_class, settings.soup) < 1:
+        raise InputError("epochs, batch size, samples per class and soup must be at least 1.")
+    if not 0 <= settings.distill <= 1:
+        raise InputError(f"--distill is a share between 0 and 1, not {settings.distill}.")
     box = scene_plan.parse_numbers(settings.holdout_bbox, float, "hold-out box")
     run_folder = Path(settings.output) / (
         settings.run_name or f"reference-{scene_stem(settings.image)}"

@@ -182,6 +182,8 @@ def test_bad_input_is_one_sentence(generated, tmp_path):
         valid_model(13), tmp_path / "ms", [f"B{n:02d}" for n in range(1, 13)] + ["B8A"]
     )
     expect_error(generated, "B08", "--model", wide)
+    expect_error(generated, "soup must be at least 1", "--soup", "0")
+    expect_error(generated, "--distill is a share between 0 and 1", "--distill", "1.5")
     # Every bad input is found before the run folder is made.
     assert not (generated["folder"] / "runs" / "reference-scene").exists()
 
