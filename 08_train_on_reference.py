@@ -17,13 +17,14 @@ of where the reference says nothing (the lakes and fields it already knows).
 
 Against forgetting (benchmarks/README.md, "Teaching a model the user's scene"): every
 layer learns but batch normalisation, which keeps the start model's statistics
-(TRAIN_LAYERS frozen-bn), and the replayed EuroSAT patches learn the start model's
-probabilities (DISTILL 1: Learning without Forgetting) instead of their labels. Also
+(TRAIN_LAYERS frozen-bn); the replayed EuroSAT patches learn the start model's
+probabilities (DISTILL 1: Learning without Forgetting) instead of their labels; SOUP 3
+models are taught with seeds SEED, SEED + 1, SEED + 2 and their weights averaged (a model
+soup); and the saved weights lie INTERPOLATE 0.9 of the way from the start model to that
+soup (WiSE-FT; lower gives back EuroSAT and small clearings for some of the forest). Also
 there, not the defaults: DISTILL_REFERENCE (the start model's choice among a window's
 compatible classes), DISTILL_SCENE (its probabilities on windows no reference covers),
-L2_SP (a pull toward the start weights), HEAD_EPOCHS (the head alone first, LP-FT) and
-INTERPOLATE (WiSE-FT: the saved weights part start, part taught; below 1 it gives back
-EuroSAT and small clearings for some of the forest).
+L2_SP (a pull toward the start weights) and HEAD_EPOCHS (the head alone first, LP-FT).
 
 Writes runs/<run name>/ like 02-05: model.keras (plain Keras), model.json (where the
 model came from and how it was taught), history.csv, report/ (the maps before and
