@@ -15,16 +15,29 @@ EUROSAT replays patches of a split of 01 against forgetting, and both models are
 measured on its validation set. PSEUDO_LABELS adds windows the start model is sure
 of where the reference says nothing (the lakes and fields it already knows).
 
+Against forgetting (benchmarks/README.md, "Teaching a model the user's scene"): every
+layer learns but batch normalisation, which keeps the start model's statistics
+(TRAIN_LAYERS frozen-bn); the replayed EuroSAT patches learn the start model's
+probabilities (DISTILL 1: Learning without Forgetting) instead of their labels; SOUP 3
+models are taught with seeds SEED, SEED + 1, SEED + 2 and their weights averaged (a model
+soup); and the saved weights lie INTERPOLATE 0.9 of the way from the start model to that
+soup (WiSE-FT; lower gives back EuroSAT and small clearings for some of the forest). Also
+there, not the defaults: DISTILL_REFERENCE (the start model's choice among a window's
+compatible classes), DISTILL_SCENE (its probabilities on windows no reference covers),
+L2_SP (a pull toward the start weights) and HEAD_EPOCHS (the head alone first, LP-FT).
+
 CLASSES "reference" makes the model's classes your own instead of EuroSAT's ten: the
 reference classes the table teaches (a built-in table: OSM farm, forest, grass, meadow,
 residential, water), or the classes a table file of yours names instead of EuroSAT
 classes (one a row; rows may share one), coloured by the table's `#rrggbb` cells or a
 fixed palette; "auto" (the default) is "reference" exactly when the table names classes
-of its own, else "eurosat". The start model's backbone is kept and a new softmax head with a unit
-per class learns, first alone for HEAD_EPOCHS; model.json lists the classes and their
-colours (own_classes true), and 06 and 07 take them from it. EuroSAT replay then
-teaches each patch the own classes its class agrees with through the table; the
-model's EuroSAT accuracy is not measured (it has no EuroSAT classes).
+of its own, else "eurosat". The start model's backbone is kept and a new softmax head
+with a unit per class learns with it (first alone for HEAD_EPOCHS, if given); model.json
+lists the classes and their colours (own_classes true), and 06 and 07 take them from it.
+EuroSAT replay then teaches each patch the own classes its class agrees with through the
+table; the model's EuroSAT accuracy is not measured (it has no EuroSAT classes).
+DISTILL* and INTERPOLATE do not apply then: the start model's answers are EuroSAT's
+classes.
 
 Writes runs/<run name>/ like 02-05: model.keras (plain Keras), model.json (where the
 model came from and how it was taught), history.csv, report/ (the maps before and
@@ -66,21 +79,27 @@ REFERENCE = None  # OGR vector (polygons or points, any CRS) or a class raster, 
 REFERENCE_FIELD = "auto"  # field with the class; layer: the layer names; auto: fclass, class...
 TABLE = "auto"  # auto: the built-in table that fits; or a JSON/CSV file: class -> EuroSAT classes
 CLASSES = "auto"  # auto | eurosat | reference: EuroSAT's ten or yours (auto: TABLE's own if any)
-HEAD_EPOCHS = 1  # with CLASSES reference: epochs that train the new head alone, before EPOCHS
-HEAD_LEARNING_RATE = 0.002  # Adam's learning rate of those epochs
 MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run folder or a .keras
 HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of training, scored
 EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
 REPLAY = 0.25  # EuroSAT patches replayed per scene window (0: none)
+DISTILL = 1.0  # share of a replayed patch's target that is the start model's probabilities
+DISTILL_REFERENCE = 0.0  # weight of the start model's choice among a window's compatible classes
+DISTILL_SCENE = 0  # windows where no reference is, taught the start model's probabilities (0: none)
+L2_SP = 0.0  # strength of the pull of every learning weight toward its start value (0: none)
+INTERPOLATE = 0.9  # saved weights: (1 - this) * start + this * taught (soup), all (1: as taught)
 SAMPLES_PER_CLASS = 500  # training windows per reference class (repeated if it has fewer)
 MIN_SAMPLES = 20  # a reference class with fewer usable pixels is an error
 ERODE = 0  # pixels taken off the edge of every reference class against edge noise
 KEEP_AGREEING = False  # a window the start model already calls a compatible class keeps that class
 PSEUDO_LABELS = 0  # windows per class the start model is sure of, where no reference is
 PSEUDO_CONFIDENCE = 0.9  # the start model's probability a pseudo-label needs
-TRAIN_LAYERS = "all"  # all | frozen-bn | head | last-block | bn: the layers that learn
-LEARNING_RATE = 0.0002  # Adam's learning rate
-EPOCHS = 5  # passes over the training windows
+HEAD_EPOCHS = 0  # epochs of the head alone before TRAIN_LAYERS learn, per member (LP-FT; 0: none)
+HEAD_LEARNING_RATE = 0.001  # Adam's learning rate of those head epochs
+TRAIN_LAYERS = "frozen-bn"  # all | frozen-bn | head | last-block | bn: the layers that learn
+LEARNING_RATE = 0.0003  # Adam's learning rate
+EPOCHS = 7  # passes over the training windows (per member of the soup)
+SOUP = 3  # models taught with seeds SEED, SEED + 1...; the saved one averages their weights
 BATCH_SIZE = 64  # windows per step
 AUGMENT = True  # each window under one of the 8 flips and 90-degree rotations
 BANDS = None  # scene bands for the model (06's --bands); None: by band name or in order
@@ -200,19 +219,103 @@ def replay_targets(own, labels: np.ndarray, class_count: int) -> tuple[np.ndarra
     return masks, masks.any(axis=1)
 
 
-def fit(settings, model, windows, targets, run_folder, state: dict, until: int, rate: float):
-    """Train up to epoch `until` with Adam's learning `rate`, saving weights, state.json
-    and history.csv after every epoch; a run stopped between epochs resumes from its
-    last one."""
+def distillation(settings, model, scene, reference, allowed, windows, targets, replayed, counts):
+    """Targets of teach.teaching_loss: the replayed EuroSAT patches (the last `replayed`
+    windows) keep DISTILL of the start model's probabilities beside their label, and
+    DISTILL_SCENE windows where no reference lies learn the start model's probabilities
+    (Learning without Forgetting); the scene's windows learn, with weight DISTILL_REFERENCE,
+    the start model's probabilities among their compatible classes (which of AnnualCrop,
+    Pasture... a farm is); `model` is still the start model."""
+    width = targets.shape[1]
+    soft = np.zeros_like(targets)
+    weight = np.ones(len(targets), np.float32)
+    if settings.distill_reference:
+        scene_rows = len(targets) - replayed
+        start = teach.predict_windows(model, windows[:scene_rows])
+        soft[:scene_rows] = settings.distill_reference * teach.within_compatible(
+            start, targets[:scene_rows]
+        )
+    if replayed:
+        start = teach.predict_windows(model, windows[-replayed:])
+        soft[-replayed:] = settings.distill * start
+        weight[-replayed:] = 1.0 - settings.distill
+    wide = teach.distillation_targets(targets, soft, weight[:, None])
+    free = []
+    if settings.distill_scene:
+        free = np.flatnonzero(allowed & (reference.classes == teaching.evaluation.NO_REFERENCE))
+    if len(free):
+        random = np.random.default_rng(settings.seed + 3)
+        chosen = random.choice(free, min(settings.distill_scene, len(free)), replace=False)
+        row, col = np.divmod(chosen, scene.shape[1])
+        extra = teaching.read_windows(scene, row, col)
+        start = teach.predict_windows(model, extra)
+        windows = np.concatenate([windows, extra.astype(windows.dtype)])
+        wide = np.concatenate([wide, teach.distillation_targets(np.zeros((len(row), width)),
+                                                                start, 0.0)])  # fmt: skip
+        counts["distilled scene"] = len(row)
+    return windows, wide
+
+
+def fit_head_first(settings, model, windows, targets, state: dict) -> None:
+    """LP-FT: HEAD_EPOCHS of the head alone before the first epoch, so that the layers
+    below learn against a head that already fits the scene and move less. Not saved on
+    its own: a resumed run's checkpoint holds its result."""
+    import keras
+
+    if not settings.head_epochs or state["epoch"] % settings.epochs:
+        return
+    teach.set_trainable(model, "head")
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.head_learning_rate),
+        loss=teach.teaching_loss,
+        metrics=[teach.teaching_accuracy],
+    )
+    batches = teach.window_batches(
+        windows, targets, settings.batch_size, settings.augment, settings.seed + 4, 0
+    )
+    model.fit(batches, epochs=settings.head_epochs, verbose=1 if settings.progress else 2)
+    teach.set_trainable(model, settings.train_layers)
+
+
+def fit_soup(settings, model, windows, targets, run_folder: Path, state: dict) -> None:
+    """SOUP members, each taught from the start weights for EPOCHS with its own random
+    seed (dropout, Keras' initial state; the batches follow the run's epoch count), then
+    every weight averaged over them (a model soup: what one seed gets by luck, the
+    average keeps). A finished member is saved as checkpoints/member-<k>.weights.h5."""
+    import keras
+
+    start = model.get_weights()
+    members = []
+    for member in range(settings.soup):
+        saved = run_folder / CHECKPOINTS / f"member-{member}.weights.h5"
+        if state["epoch"] >= (member + 1) * settings.epochs and saved.is_file():
+            model.load_weights(saved)
+        else:
+            model.set_weights(start)
+            keras.utils.set_random_seed(settings.seed + member)
+            fit_head_first(settings, model, windows, targets, state)
+            fit(settings, model, windows, targets, run_folder, state, member)
+            partial = saved.with_name(f"partial-{os.getpid()}.weights.h5")
+            model.save_weights(partial)
+            os.replace(partial, saved)
+        members.append(model.get_weights())
+    model.set_weights(teach.average_weights(members))
+
+
+def fit(settings, model, windows, targets, run_folder: Path, state: dict, member: int = 0):
+    """Train member `member` of the soup for EPOCHS (the run's epochs member * EPOCHS + 1
+    on), saving weights, state.json and history.csv after every epoch; a run stopped
+    between epochs resumes from its last one."""
     import keras
 
     checkpoint = run_folder / CHECKPOINTS / "last.weights.h5"
-    if state["epoch"] and checkpoint.is_file():
+    first, last = member * settings.epochs, (member + 1) * settings.epochs
+    if state["epoch"] > first and checkpoint.is_file():
         model.load_weights(checkpoint)
     model.compile(
-        optimizer=keras.optimizers.Adam(rate),
-        loss=teach.compatible_loss,
-        metrics=[teach.compatible_accuracy],
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss=teach.teaching_loss,
+        metrics=[teach.teaching_accuracy],
     )
 
     class SaveEpoch(keras.callbacks.Callback):
@@ -234,11 +337,11 @@ def fit(settings, model, windows, targets, run_folder, state: dict, until: int, 
     batches = teach.window_batches(
         windows, targets, settings.batch_size, settings.augment, settings.seed, state["epoch"]
     )
-    if state["epoch"] < until:
+    if state["epoch"] < last:
         model.fit(
             batches,
-            epochs=until,
-            initial_epoch=state["epoch"],
+            epochs=last,
+            initial_epoch=max(state["epoch"], first),
             callbacks=[SaveEpoch()],
             verbose=1 if settings.progress else 2,
         )
@@ -267,8 +370,10 @@ def main(argv: list[str] | None = None) -> dict:
     settings = parse_settings(__file__, argv)
     if not settings.image or not settings.reference:
         raise InputError("give the scene with --image and your reference with --reference.")
-    if settings.epochs < 1 or settings.batch_size < 1 or settings.samples_per_class < 1:
-        raise InputError("epochs, batch size and samples per class must be at least 1.")
+    if min(settings.epochs, settings.batch_size, settings.samples_per_class, settings.soup) < 1:
+        raise InputError("epochs, batch size, samples per class and soup must be at least 1.")
+    if not 0 <= settings.distill <= 1:
+        raise InputError(f"--distill is a share between 0 and 1, not {settings.distill}.")
     if settings.head_epochs < 0:
         raise InputError(f"head epochs must be 0 or more, not {settings.head_epochs}.")
     classes = settings.classes
@@ -342,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print("training windows: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     eurosat = {}
+    replayed = 0
     if settings.eurosat:
         if own is None:
             eurosat["before"] = teach.accuracy(model, val_x, val_y)
@@ -352,22 +458,28 @@ def main(argv: list[str] | None = None) -> dict:
             picked = random.choice(np.flatnonzero(replayable), replayed)
             windows = np.concatenate([windows, train_x[picked].astype(windows.dtype)])
             targets_array = np.concatenate([targets_array, replay_masks[picked]])
+    distilled = settings.distill or settings.distill_scene or settings.distill_reference
+    if own is None and distilled:
+        windows, targets_array = distillation(
+            settings, model, scene, reference, allowed, windows, targets_array, replayed, counts
+        )
     import keras
 
     keras.utils.set_random_seed(settings.seed)
-    stages = [(settings.train_layers, settings.epochs, settings.learning_rate)]
     if own is not None:
         model = teach.with_new_head(model, len(own.names), start)
-        print(f"your classes: {', '.join(own.names)} (a new head on {start}'s backbone)")
-        stages.insert(0, ("head", settings.head_epochs, settings.head_learning_rate))
-    until = 0
-    for layers, epochs, rate in stages:
-        until += epochs
-        if epochs and state["epoch"] < until:
-            trainable = teach.set_trainable(model, layers)
-            print(f"{len(windows)} windows, {trainable} weights learn ({layers}), "
-                  f"epochs {until - epochs + 1}-{until}")  # fmt: skip
-            fit(settings, model, windows, targets_array, run_folder, state, until, rate)
+        print(f"your classes: {', '.join(own.names)} (a new head on {start}'s backbone; "
+              "no distillation or interpolation toward its EuroSAT classes)")  # fmt: skip
+    trainable = teach.set_trainable(model, settings.train_layers)
+    print(f"{len(windows)} windows, {trainable} weights learn ({settings.train_layers})")
+    start_weights = model.get_weights()
+    if settings.l2_sp:
+        teach.pull_to_start(model, settings.l2_sp)
+    fit_soup(settings, model, windows, targets_array, run_folder, state)
+    if own is None and settings.interpolate != 1.0:
+        model.set_weights(
+            teach.interpolate_weights(start_weights, model.get_weights(), settings.interpolate)
+        )
     model_path = run_folder / "model.keras"
     with atomic_output(model_path, overwrite=True) as temporary:
         teach.clean_copy(model, start, len(own.names) if own else None).save(temporary)

@@ -79,12 +79,100 @@ def with_new_head(model, class_count: int, where: str):
     return keras.Model(inputs, outputs, name=model.name)
 
 
+def pull_to_start(model, strength: float) -> None:
+    """L2-SP: every trainable weight gets the penalty strength * sum((w - w_start) ** 2),
+    w_start its value now, added to the loss while the model trains (the saved model,
+    `clean_copy`, holds no regulariser)."""
+    import keras
+
+    for variable in model.trainable_weights:
+        start = keras.ops.convert_to_tensor(np.array(variable.numpy()))
+        variable.regularizer = lambda value, start=start: (
+            strength * keras.ops.sum(keras.ops.square(value - start))
+        )
+
+
 def compatible_loss(mask, probabilities):
     """-log of the probability given to the compatible classes (mask 1) together."""
     import keras
 
     inside = keras.ops.sum(mask * probabilities, axis=-1)
     return -keras.ops.log(keras.ops.clip(inside, 1e-7, 1.0))
+
+
+def distillation_targets(mask, soft=None, mask_weight=1.0) -> np.ndarray:
+    """Targets of `teaching_loss`, (n, 2 * classes + 1) float32: the compatible-class mask,
+    the soft target (the start model's probabilities, scaled by their weight; zeros when
+    None) and the weight of the mask's term."""
+    mask = np.asarray(mask, np.float32)
+    soft = np.zeros_like(mask) if soft is None else np.asarray(soft, np.float32)
+    weight = np.broadcast_to(np.asarray(mask_weight, np.float32).reshape(-1, 1), (len(mask), 1))
+    return np.concatenate([mask, soft, weight], axis=1).astype(np.float32)
+
+
+def within_compatible(probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The probabilities of the compatible classes (mask 1), rescaled to sum to 1 (equal
+    shares where the model gives them none), (n, classes) float32."""
+    inside = np.asarray(probabilities, np.float64) * mask + 1e-12 * mask
+    return (inside / inside.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def teaching_loss(targets, probabilities):
+    """`compatible_loss` for targets of one mask per window (classes wide); for targets of
+    `distillation_targets` (2 * classes + 1 wide) the mask's term times its weight plus the
+    cross-entropy to the soft target (Learning without Forgetting: the replayed patches
+    keep the start model's answers, not only their labels)."""
+    import keras
+
+    classes = probabilities.shape[-1]
+    if targets.shape[-1] == classes:
+        return compatible_loss(targets, probabilities)
+    mask, soft = targets[..., :classes], targets[..., classes : 2 * classes]
+    weight = targets[..., 2 * classes]
+    inside = keras.ops.sum(mask * probabilities, axis=-1)
+    hard = -keras.ops.log(keras.ops.clip(inside, 1e-7, 1.0)) * weight
+    logs = keras.ops.log(keras.ops.clip(probabilities, 1e-7, 1.0))
+    return hard - keras.ops.sum(soft * logs, axis=-1)
+
+
+def teaching_accuracy(targets, probabilities):
+    """`compatible_accuracy` on the mask, or, where a window has only a soft target, 1
+    where the most probable class is the soft target's."""
+    import keras
+
+    classes = probabilities.shape[-1]
+    if targets.shape[-1] == classes:
+        return compatible_accuracy(targets, probabilities)
+    mask, soft = targets[..., :classes], targets[..., classes : 2 * classes]
+    has_mask = keras.ops.cast(keras.ops.sum(mask, axis=-1) > 0, probabilities.dtype)
+    best_soft = keras.ops.one_hot(keras.ops.argmax(soft, axis=-1), classes)
+    chosen = has_mask[..., None] * mask + (1.0 - has_mask[..., None]) * best_soft
+    return compatible_accuracy(chosen, probabilities)
+
+
+def average_weights(members: list[list]) -> list:
+    """A model soup: each weight averaged over the members' weights (one member: its own)."""
+    if len(members) == 1:
+        return [np.asarray(weight) for weight in members[0]]
+    return [
+        np.mean(np.stack(weights), axis=0).astype(np.asarray(weights[0]).dtype)
+        for weights in zip(*members, strict=True)
+    ]
+
+
+def interpolate_weights(start: list, tuned: list, share: float) -> list:
+    """WiSE-FT: every weight (batch-norm moving statistics included) at (1 - share) * start
+    + share * tuned; share 0 gives the start weights exactly, 1 the tuned ones."""
+    mixed = []
+    for before, after in zip(start, tuned, strict=True):
+        before, after = np.asarray(before), np.asarray(after)
+        if np.issubdtype(before.dtype, np.floating):
+            keep = before.dtype.type(1.0 - share)
+            move = before.dtype.type(share)
+            mixed.append((keep * before + move * after).astype(before.dtype))
+        else:
+            mixed.append(after if share >= 0.5 else before)
+    return mixed
 
 
 def compatible_accuracy(mask, probabilities):
@@ -154,6 +242,16 @@ def eurosat_arrays(split: str | Path, part: str, band_names: Sequence[str], clas
     indices = select_bands(list(band_names), available)
     images, labels, _ = load_arrays(folder, indices, list(class_names), progress=False)
     return images, labels
+
+
+def predict_windows(model, windows: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """The model's probabilities for (n, rows, cols, bands) windows of any dtype, converted
+    to float32 a chunk at a time (the whole set as float32 would double the memory)."""
+    parts = [
+        model.predict(windows[i : i + chunk].astype(np.float32), batch_size=64, verbose=0)
+        for i in range(0, len(windows), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def one_hot(labels: np.ndarray, count: int) -> np.ndarray:
