@@ -32,12 +32,14 @@ residential, water), or the classes a table file of yours names instead of EuroS
 classes (one a row; rows may share one), coloured by the table's `#rrggbb` cells or a
 fixed palette; "auto" (the default) is "reference" exactly when the table names classes
 of its own, else "eurosat". The start model's backbone is kept and a new softmax head
-with a unit per class learns with it (first alone for HEAD_EPOCHS, if given); model.json
+with a unit per class learns with it (first alone for HEAD_EPOCHS); model.json
 lists the classes and their colours (own_classes true), and 06 and 07 take them from it.
 EuroSAT replay then teaches each patch the own classes its class agrees with through the
 table; the model's EuroSAT accuracy is not measured (it has no EuroSAT classes).
 DISTILL* and INTERPOLATE do not apply then: the start model's answers are EuroSAT's
-classes.
+classes. With OWN_CLASSES_RECIPE (the default) own classes are taught with OWN_RECIPE,
+the recipe measured for them (all layers, Adam 0.0002, 5 epochs, one model, a head
+epoch first), not with the settings tuned for the EuroSAT route.
 
 Writes runs/<run name>/ like 02-05: model.keras (plain Keras), model.json (where the
 model came from and how it was taught), history.csv, report/ (the maps before and
@@ -79,6 +81,7 @@ REFERENCE = None  # OGR vector (polygons or points, any CRS) or a class raster, 
 REFERENCE_FIELD = "auto"  # field with the class; layer: the layer names; auto: fclass, class...
 TABLE = "auto"  # auto: the built-in table that fits; or a JSON/CSV file: class -> EuroSAT classes
 CLASSES = "auto"  # auto | eurosat | reference: EuroSAT's ten or yours (auto: TABLE's own if any)
+OWN_CLASSES_RECIPE = True  # with your classes: OWN_RECIPE's layers, rate, epochs, soup, head
 MODEL = "auto"  # start: auto (the shipped model that fits the scene), a run folder or a .keras
 HOLDOUT_BBOX = ()  # xmin ymin xmax ymax in the scene's CRS: kept out of training, scored
 EUROSAT = None  # split folder of 01 (train/, validation/): replayed, and accuracy measured
@@ -114,6 +117,16 @@ SEED = 0  # seed of sampling, shuffling and augmentation
 PROGRESS = True  # show Keras' progress
 OVERWRITE = False  # replace existing outputs: teach a finished run of the same name again
 
+# The recipe measured for your own classes (a new head; benchmarks/README.md, "Own
+# classes"): it replaces these settings when OWN_CLASSES_RECIPE is on.
+OWN_RECIPE: Final = {
+    "train_layers": "all",
+    "learning_rate": 0.0002,
+    "epochs": 5,
+    "soup": 1,
+    "head_epochs": 1,
+    "head_learning_rate": 0.002,
+}
 SCRIPT_06: Final = Path(__file__).resolve().parent / "06_classify_image.py"
 # Settings a resumed run may change (they do not change what is trained).
 FREE_ON_RESUME: Final = ("progress", "output", "run_name", "overwrite", "maps")
@@ -383,6 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(
             "--keep-agreeing keeps EuroSAT classes; leave it out with --classes reference."
         )
+    if classes == "reference" and settings.own_classes_recipe:
+        for name, value in OWN_RECIPE.items():
+            setattr(settings, name, value)
     box = scene_plan.parse_numbers(settings.holdout_bbox, float, "hold-out box")
     run_folder = Path(settings.output) / (
         settings.run_name or f"reference-{scene_stem(settings.image)}"
@@ -470,6 +486,9 @@ def main(argv: list[str] | None = None) -> dict:
         model = teach.with_new_head(model, len(own.names), start)
         print(f"your classes: {', '.join(own.names)} (a new head on {start}'s backbone; "
               "no distillation or interpolation toward its EuroSAT classes)")  # fmt: skip
+        if settings.own_classes_recipe:
+            print("the own-classes recipe: " + ", ".join(f"{k} {v}" for k, v in OWN_RECIPE.items())
+                  + " (--no-own-classes-recipe: your flags)")  # fmt: skip
     trainable = teach.set_trainable(model, settings.train_layers)
     print(f"{len(windows)} windows, {trainable} weights learn ({settings.train_layers})")
     start_weights = model.get_weights()

@@ -305,7 +305,8 @@ def test_own_classes_chain_08_06_07(generated, tmp_path, capsys):
     from cnn_sentinel.evaluation import IDENTITY_TABLE
     from cnn_sentinel.facts import CLASS_COLOURS
 
-    result = run(generated, "--run-name", "own", "--classes", "reference", "--head-epochs", "1")
+    result = run(generated, "--run-name", "own", "--classes", "reference", "--head-epochs", "1",
+                 "--no-own-classes-recipe")  # fmt: skip
     out = capsys.readouterr().out
     run_folder = generated["folder"] / "runs" / "own"
     info = json.loads((run_folder / "model.json").read_text())
@@ -358,7 +359,7 @@ def test_own_classes_named_by_the_users_table(generated, tmp_path, capsys):
                      "scrub,open land\n")  # fmt: skip
     # --classes auto (the default) takes the table's own classes.
     result = run(generated, "--run-name", "own-table", "--table", table, "--epochs", "1",
-                 "--head-epochs", "0")  # fmt: skip
+                 "--head-epochs", "0", "--no-own-classes-recipe")  # fmt: skip
     info = json.loads((generated["folder"] / "runs" / "own-table" / "model.json").read_text())
     assert info["class_names"] == ["woodland", "open land"]
     # woodland: the table's colour; open land: the fixed palette's first.
@@ -370,6 +371,25 @@ def test_own_classes_named_by_the_users_table(generated, tmp_path, capsys):
     assert result["held_out"]["after"]["classes"]["forest"]["compatible"] == ["woodland"]
     # The map before has EuroSAT's classes: the built-in table scores it.
     assert result["held_out"]["before"]["classes"]["forest"]["compatible"] == ["Forest"]
+
+
+def test_own_classes_take_their_own_recipe_unless_told_not_to(generated, capsys):
+    """With own classes 08 teaches with OWN_RECIPE (all layers, 5 epochs, one model, a
+    head epoch first), whatever the flags of those settings say; --no-own-classes-recipe
+    keeps the flags."""
+    run(generated, "--run-name", "recipe", "--classes", "reference", "--no-maps",
+        "--train-layers", "head")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "the own-classes recipe: train_layers all, learning_rate 0.0002, epochs 5" in out
+    assert "weights learn (all)" in out
+    state = json.loads((generated["folder"] / "runs" / "recipe" / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4, 5]
+    run(generated, "--run-name", "flags", "--classes", "reference", "--no-maps",
+        "--train-layers", "head", "--no-own-classes-recipe")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "own-classes recipe" not in out and "weights learn (head)" in out
+    state = json.loads((generated["folder"] / "runs" / "flags" / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2]  # FAST's --epochs 2
 
 
 def test_own_classes_bad_input_is_one_sentence(generated, tmp_path):
@@ -445,7 +465,14 @@ def test_model_json_class_colours_are_one_rgb_per_class():
 @pytest.mark.slow
 def test_real_t33uuu_own_classes_scored_with_the_identity_table(scenes_dir, tmp_path, capsys):
     result = teach_t33uuu(
-        scenes_dir, tmp_path, "own", "--head-epochs", "0", "--classes", "reference"
+        scenes_dir,
+        tmp_path,
+        "own",
+        "--head-epochs",
+        "0",
+        "--classes",
+        "reference",
+        "--no-own-classes-recipe",
     )
     info = json.loads((tmp_path / "own" / "model.json").read_text())
     taught = ["farm", "forest", "grass", "meadow", "residential", "water"]
